@@ -1,0 +1,3 @@
+from agora.cli import main
+
+raise SystemExit(main())

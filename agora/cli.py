@@ -1,0 +1,113 @@
+"""``agora``: serve, migrate, admin. Configuration comes from the environment (see README)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Sequence
+
+from agora.config import Config, ConfigError, load_config
+from agora.errors import AppError
+from agora.server.logs import setup_logging
+
+log = logging.getLogger("agora")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agora", description="Agora social-network backend node")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run a node")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+
+    sub.add_parser("migrate", help="apply pending migrations and exit")
+
+    admin = sub.add_parser("admin", help="account administration").add_subparsers(
+        dest="admin_command", required=True)
+    c = admin.add_parser("create-user", help="create an account")
+    c.add_argument("--username", required=True)
+    c.add_argument("--email", required=True)
+    c.add_argument("--password", required=True)
+    c.add_argument("--role", default="user", choices=["user", "moderator", "admin"])
+    r = admin.add_parser("set-role", help="change an account's role")
+    r.add_argument("--username", required=True)
+    r.add_argument("--role", required=True, choices=["user", "moderator", "admin"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"agora: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(production=config.production, level=config.log_level, node_id=config.node_id)
+
+    if args.command == "serve":
+        from agora.server.run import serve
+
+        return serve(config, args.host, args.port)
+    return _offline(config, args)
+
+
+def _offline(config: Config, args: argparse.Namespace) -> int:
+    """Commands that act on the database and exit (no Redis needed)."""
+    from agora.server.embedded import EmbeddedError
+    from agora.server.run import resolve, run
+    from agora.storage.migrations import MigrationError, migrate
+
+    try:
+        resolved, embedded = resolve(config, need_redis=False, lock=False)
+    except EmbeddedError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        url = resolved.database.url
+        assert url is not None
+        try:
+            applied = run(migrate(url))
+        except MigrationError as exc:
+            log.error("cannot migrate: %s", exc)
+            return 1
+        if args.command == "migrate":
+            print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+            return 0
+        return run(_admin(resolved, args))
+    finally:
+        embedded.stop()
+
+
+async def _admin(config: Config, args: argparse.Namespace) -> int:
+    from agora.services.accounts import create_user, set_role
+    from agora.services.passwords import Passwords
+    from agora.storage.accounts import AccountStore
+    from agora.storage.db import Database
+
+    assert config.database.url is not None
+    db = await Database.connect(config.database.url, min_size=1, max_size=2)
+    passwords = Passwords(config.auth.password_time_cost, config.auth.password_memory_kib)
+    try:
+        store = AccountStore(db)
+        if args.admin_command == "create-user":
+            user = await create_user(store, passwords, args.username, args.email, args.password,
+                                     role=args.role)
+            print(f"created user {user.username} (id {user.id}, role {user.role})")
+        else:
+            user = await set_role(store, args.username, args.role)
+            print(f"user {user.username} now has role {user.role}")
+        return 0
+    except AppError as exc:
+        detail = "; ".join(f"{k}: {v}" for k, v in (exc.fields or {}).items())
+        print(f"agora: {exc.message}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+        return 1
+    finally:
+        passwords.close()
+        await asyncio.wait_for(db.close(), 5)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

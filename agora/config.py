@@ -1,0 +1,226 @@
+"""Configuration: read once from the environment, validated, then frozen.
+
+One frozen struct per section. A bad value raises :class:`ConfigError` naming the variable;
+``agora`` prints that one line and exits with status 2. Secrets come only from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+ENVIRONMENTS = ("development", "production", "test")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; ``str()`` is the one line shown to the user."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str | None  # None: start the embedded PostgreSQL
+    pool_min: int = 2
+    pool_max: int = 20
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str | None  # None: start the embedded Redis
+    prefix: str = "agora:"
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    jwt_secret: str | None  # None outside production: generated under the data dir
+    access_ttl: int = 15 * 60
+    refresh_ttl: int = 30 * 24 * 3600
+    password_time_cost: int = 3
+    password_memory_kib: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    rate_limit: float = 20.0  # sustained frames/s per session; 0 = no limit
+    rate_burst: int = 40
+    outbound_queue: int = 1000  # frames queued for one client before it is dropped
+    max_frame_bytes: int = 64 * 1024
+    heartbeat: float = 20.0
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str
+    node_id: str
+    data_dir: Path
+    media_dir: Path
+    log_level: str
+    database: DatabaseConfig
+    redis: RedisConfig
+    auth: AuthConfig
+    ws: WebSocketConfig = field(default_factory=WebSocketConfig)
+    amqp_url: str | None = None
+    elasticsearch_url: str | None = None
+    metrics_token: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    shutdown_timeout: float = 8.0
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    def with_overrides(self, **changes: object) -> "Config":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, what: str) -> T:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(name, f"must be {what}, got {raw!r}") from None
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme.lower() not in schemes or not rest:
+        raise ConfigError(name, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return raw
+
+
+def default_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{secrets.token_hex(3)}"
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+
+    mode = (_get(env, "AGORA_ENV") or "development").lower()
+    if mode not in ENVIRONMENTS:
+        raise ConfigError("AGORA_ENV", f"must be one of {', '.join(ENVIRONMENTS)}, got {mode!r}")
+
+    level = (_get(env, "AGORA_LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("AGORA_LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
+
+    node_id = _get(env, "AGORA_NODE_ID") or default_node_id()
+    if not _NODE_ID.match(node_id):
+        raise ConfigError("AGORA_NODE_ID", "must be 1-64 letters, digits, '_', '.' or '-'")
+
+    data_dir = Path(_get(env, "AGORA_DATA_DIR") or "var").absolute()
+    media_raw = _get(env, "AGORA_MEDIA_DIR")
+    media_dir = Path(media_raw).absolute() if media_raw else data_dir / "media"
+
+    secret = _get(env, "AGORA_JWT_SECRET")
+    if secret is None and mode == "production":
+        raise ConfigError("AGORA_JWT_SECRET", "is required when AGORA_ENV=production")
+    if secret is not None and len(secret.encode()) < MIN_SECRET_LENGTH:
+        raise ConfigError("AGORA_JWT_SECRET", f"must be at least {MIN_SECRET_LENGTH} bytes long")
+
+    prefix = _get(env, "AGORA_REDIS_PREFIX") or "agora:"
+    if not _PREFIX.match(prefix):
+        raise ConfigError("AGORA_REDIS_PREFIX", "must be 1-64 letters, digits or '_.:-'")
+
+    pool_min = _parse(env, "AGORA_DB_POOL_MIN", _positive_int, 2, "a positive integer")
+    pool_max = _parse(env, "AGORA_DB_POOL_MAX", _positive_int, 20, "a positive integer")
+    if pool_max < pool_min:
+        raise ConfigError("AGORA_DB_POOL_MAX", f"must be >= AGORA_DB_POOL_MIN ({pool_min})")
+
+    ws = WebSocketConfig(
+        rate_limit=_parse(env, "AGORA_WS_RATE_LIMIT", _non_negative_float, 20.0,
+                          "a non-negative number of frames per second"),
+        outbound_queue=_parse(env, "AGORA_WS_OUTBOUND_QUEUE", _positive_int, 1000,
+                              "a positive integer"),
+    )
+    ws = replace(ws, rate_burst=max(1, int(ws.rate_limit * 2)))
+
+    return Config(
+        env=mode,
+        node_id=node_id,
+        data_dir=data_dir,
+        media_dir=media_dir,
+        log_level=level,
+        database=DatabaseConfig(
+            url=_url(env, "AGORA_DATABASE_URL", ("postgres", "postgresql")),
+            pool_min=pool_min,
+            pool_max=pool_max,
+        ),
+        redis=RedisConfig(url=_url(env, "AGORA_REDIS_URL", ("redis", "rediss", "unix")),
+                          prefix=prefix),
+        auth=AuthConfig(jwt_secret=secret),
+        ws=ws,
+        amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
+        elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
+        metrics_token=_get(env, "AGORA_METRICS_TOKEN"),
+        shutdown_timeout=_parse(env, "AGORA_SHUTDOWN_TIMEOUT", _non_negative_float, 8.0,
+                                "a non-negative number of seconds"),
+    )
+
+
+def ensure_jwt_secret(config: Config, warn: Callable[[str], None]) -> Config:
+    """Outside production a missing secret is generated once and kept under the data dir."""
+    if config.auth.jwt_secret is not None:
+        return config
+    path = config.data_dir / "jwt_secret"
+    if path.exists():
+        secret = path.read_text().strip()
+    else:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret + "\n")
+    warn(f"AGORA_JWT_SECRET is not set; using the generated secret in {path} "
+         "(set AGORA_JWT_SECRET for production)")
+    return replace(config, auth=replace(config.auth, jwt_secret=secret))

@@ -1,0 +1,1 @@
+"""Wire types: every REST body and WebSocket frame is a msgspec type defined here."""

@@ -1,0 +1,124 @@
+"""Decoding request bodies and query strings into msgspec types, reporting *every* bad field.
+
+msgspec stops at the first error. The fast path decodes straight into the type; only when that
+fails do we decode to plain JSON and check each field on its own, so the error envelope can name
+every bad field with its own message (the contract asks for all of them, not only the first).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, TypeVar
+
+import msgspec
+
+from agora.errors import AppError, ErrorCode, invalid
+
+T = TypeVar("T")
+
+encoder = msgspec.json.Encoder()
+_any_decoder = msgspec.json.Decoder()
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+
+_PATH_SUFFIX = re.compile(r" - at `\$(.*)`$")
+
+
+def _decoder(tp: type[T]) -> msgspec.json.Decoder[T]:
+    dec = _decoders.get(tp)
+    if dec is None:
+        dec = _decoders[tp] = msgspec.json.Decoder(tp)
+    return dec
+
+
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "array": "a list", "object": "an object", "null": "null"}
+_LENGTH = re.compile(r"^Expected `(str|array|object)` of length (>=|<=) (\d+)$")
+_BOUND = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (-?[\d.]+)$")
+_WRONG_TYPE = re.compile(r"^Expected `([^`]+)`, got `([^`]+)`$")
+
+
+def _clean(message: str, description: str | None = None) -> str:
+    """Turn msgspec's wording into a sentence for a person, without the JSON path."""
+    message = _PATH_SUFFIX.sub("", message)
+    if "matching regex" in message or message.startswith("Invalid enum value"):
+        return f"must be {description}" if description else message.replace("Invalid", "invalid")
+    if m := _LENGTH.match(message):
+        unit = "characters" if m.group(1) == "str" else "items"
+        word = "at least" if m.group(2) == ">=" else "at most"
+        return f"must be {word} {m.group(3)} {unit}"
+    if m := _BOUND.match(message):
+        word = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}[m.group(2)]
+        return f"must be {word} {m.group(3)}"
+    if m := _WRONG_TYPE.match(message):
+        expected = " or ".join(_TYPE_NAMES.get(t.strip(), t.strip()) for t in m.group(1).split("|"))
+        return f"must be {expected}, not {_TYPE_NAMES.get(m.group(2), m.group(2))}"
+    return message
+
+
+def _description(tp: Any) -> str | None:
+    for meta in getattr(tp, "__metadata__", ()):
+        if isinstance(meta, msgspec.Meta) and meta.description:
+            return meta.description
+    for arg in getattr(tp, "__args__", ()):  # Optional[Annotated[...]] and unions
+        found = _description(arg)
+        if found:
+            return found
+    return None
+
+
+def _field_errors(tp: type, data: Any, *, strict: bool) -> dict[str, str]:
+    if not isinstance(data, dict):
+        return {"$": f"expected a JSON object, got {type(data).__name__}"}
+    errors: dict[str, str] = {}
+    for info in msgspec.structs.fields(tp):
+        name = info.encode_name
+        if name not in data:
+            if info.required:
+                errors[name] = "this field is required"
+            continue
+        try:
+            msgspec.convert(data[name], info.type, strict=strict)
+        except msgspec.ValidationError as exc:
+            errors[name] = _clean(str(exc), _description(info.type))
+    return errors
+
+
+def _whole_struct_error(tp: type, data: Any, *, strict: bool) -> dict[str, str]:
+    try:
+        msgspec.convert(data, tp, strict=strict)
+    except msgspec.ValidationError as exc:
+        return {"$": _clean(str(exc))}
+    return {}
+
+
+def decode_body(tp: type[T], raw: bytes) -> T:
+    """Decode a JSON request body into ``tp`` or raise the ``validation_error`` envelope."""
+    try:
+        return _decoder(tp).decode(raw)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        raise AppError(
+            ErrorCode.VALIDATION_ERROR,
+            "the request body is not valid JSON",
+            status=400,
+            fields={"$": _clean(str(exc))},
+        ) from None
+    data = _any_decoder.decode(raw)
+    errors = _field_errors(tp, data, strict=True) or _whole_struct_error(tp, data, strict=True)
+    raise invalid(errors)
+
+
+def convert_query(tp: type[T], params: Mapping[str, str]) -> T:
+    """Convert query-string parameters (all strings) into ``tp``; bad ones answer 400."""
+    data = dict(params)
+    try:
+        return msgspec.convert(data, tp, strict=False)
+    except msgspec.ValidationError:
+        errors = _field_errors(tp, data, strict=False) or _whole_struct_error(tp, data, strict=False)
+        raise AppError(ErrorCode.VALIDATION_ERROR, "the query string is not valid", status=400,
+                       fields=errors) from None
+
+
+def encode(value: Any) -> bytes:
+    return encoder.encode(value)

@@ -1,0 +1,37 @@
+"""Types shared by every part of the API: errors, pages, ids."""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+Id = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$", description="An object id (a string of digits).")]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=100, description="Page size, 1-100 (default 20).")]
+Cursor = Annotated[str, msgspec.Meta(max_length=512, description="Opaque cursor from `next_cursor`.")]
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """The envelope of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+class Page(msgspec.Struct, Generic[T]):
+    """A page of a list; pass `next_cursor` back as `?cursor=` for the next one (null: the end)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+class PageQuery(msgspec.Struct):
+    limit: Limit = 20
+    cursor: Cursor | None = None

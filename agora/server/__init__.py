@@ -1,0 +1,1 @@
+"""The node: application factory, middleware, runner, embedded services, ops endpoints."""

@@ -1,0 +1,111 @@
+"""The application factory: one function builds a node's aiohttp app from a resolved config.
+
+Each resource's life is a ``cleanup_ctx`` generator (start, ``yield``, close), in dependency
+order; aiohttp closes them in reverse on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from agora.clock import Clock
+from agora.config import Config
+from agora.handlers import auth, docs, users
+from agora.server import keys, ops
+from agora.server.amqp import Amqp
+from agora.server.metrics import Metrics
+from agora.server.middleware import add_request_id, envelope_middleware
+from agora.server.routing import mount
+from agora.services.accounts import AccountService
+from agora.services.passwords import Passwords
+from agora.services.ratelimit import RateLimiter
+from agora.services.revocations import Revocations
+from agora.services.tokens import TokenIssuer
+from agora.storage import redis as redis_store
+from agora.storage.accounts import AccountStore
+from agora.storage.db import Database
+from agora.storage.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+API_PREFIX = "/api/v1"
+REST_TABLES = [auth.routes, users.routes]
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    assert config.database.url, "resolve embedded services before building the app"
+    applied = await migrate(config.database.url)
+    if applied:
+        log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
+    db = await Database.connect(config.database.url, min_size=config.database.pool_min,
+                                max_size=config.database.pool_max,
+                                observe=app[keys.METRICS].observe_db)
+    app[keys.DB] = db
+    yield
+    await db.close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    assert config.redis.url, "resolve embedded services before building the app"
+    client = redis_store.connect(config.redis.url)
+    await client.ping()
+    app[keys.REDIS] = client
+    app[keys.REDIS_KEYS] = redis_store.Keys(config.redis.prefix)
+    yield
+    await client.aclose()
+
+
+async def _amqp(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    amqp = Amqp(config.amqp_url) if config.amqp_url else None
+    if amqp is not None:
+        await amqp.connect()
+    app[keys.AMQP] = amqp
+    yield
+    if amqp is not None:
+        await amqp.close()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    config, clock = app[keys.CONFIG], app[keys.CLOCK]
+    db, redis, rkeys = app[keys.DB], app[keys.REDIS], app[keys.REDIS_KEYS]
+    assert config.auth.jwt_secret, "resolve the JWT secret before building the app"
+    store = AccountStore(db)
+    passwords = Passwords(config.auth.password_time_cost, config.auth.password_memory_kib)
+    revocations = Revocations(redis, rkeys, store, clock, config.auth.access_ttl)
+    await revocations.start()
+    app[keys.ACCOUNTS] = AccountService(
+        store=store, passwords=passwords,
+        tokens=TokenIssuer(config.auth.jwt_secret, config.auth.access_ttl, clock),
+        revocations=revocations, limiter=RateLimiter(redis, rkeys), clock=clock,
+        refresh_ttl=config.auth.refresh_ttl)
+    yield
+    await revocations.stop()
+    passwords.close()
+
+
+def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
+    """Build a node. ``config`` must be resolved: database and Redis URLs and JWT secret set."""
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[envelope_middleware])
+    app[keys.CONFIG] = config
+    app[keys.CLOCK] = clock or Clock()
+    app[keys.METRICS] = Metrics()
+    app.cleanup_ctx.extend([_database, _redis, _amqp, _services])
+    app.on_response_prepare.append(add_request_id)
+
+    app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
+    ops.add_routes(app)
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
+                         autoescape=jinja2.select_autoescape(["html"]))
+    docs.add_routes(app, str(HERE / "static"))
+    return app

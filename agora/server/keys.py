@@ -1,0 +1,29 @@
+"""Typed application state (aiohttp ``AppKey``s): what the app factory builds, handlers read."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from agora.clock import Clock
+from agora.config import Config
+
+if TYPE_CHECKING:
+    from agora.server.amqp import Amqp
+    from agora.server.metrics import Metrics
+    from agora.server.routing import Endpoint
+    from agora.services.accounts import AccountService
+    from agora.storage.db import Database
+    from agora.storage.redis import Keys
+
+CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Clock)
+METRICS = web.AppKey("metrics", "Metrics")
+ENDPOINTS = web.AppKey("endpoints", "list[Endpoint]")
+DB = web.AppKey("db", "Database")
+REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS_KEYS = web.AppKey("redis_keys", "Keys")
+AMQP = web.AppKey("amqp", "Amqp | None")
+ACCOUNTS = web.AppKey("accounts", "AccountService")

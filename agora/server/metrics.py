@@ -1,0 +1,45 @@
+"""Prometheus metrics, one registry per app (so tests can run several apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "agora_http_requests_total", "HTTP requests answered", ["method", "route", "status"],
+            registry=r)
+        self.http_latency = Histogram(
+            "agora_http_request_duration_seconds", "HTTP request handling time",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.http_in_flight = Gauge(
+            "agora_http_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.db_seconds = Histogram(
+            "agora_db_statement_duration_seconds", "PostgreSQL statements and transactions by name",
+            ["name"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ws_sessions = Gauge(
+            "agora_ws_sessions", "Open WebSocket sessions on this node", registry=r)
+        self.ws_frames_in = Counter(
+            "agora_ws_frames_in_total", "Frames received from clients", ["type"], registry=r)
+        self.ws_frames_out = Counter(
+            "agora_ws_frames_out_total", "Frames sent to clients", registry=r)
+        self.ws_closed = Counter(
+            "agora_ws_closed_total", "Sessions closed by the server", ["reason"], registry=r)
+        self.actors = Gauge(
+            "agora_actors", "Live actors on this node", ["kind"], registry=r)
+        self.actor_restarts = Counter(
+            "agora_actor_restarts_total", "Actors restarted after a crash", ["kind"], registry=r)
+
+    def observe_db(self, name: str, seconds: float) -> None:
+        self.db_seconds.labels(name).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

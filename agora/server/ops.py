@@ -1,0 +1,66 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+
+from aiohttp import web
+
+from agora.errors import forbidden
+from agora.protocol.codec import encode
+from agora.server import keys
+from agora.storage.redis import ping as redis_ping
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process runs."""
+    return web.json_response({"status": "ok", "node_id": request.app[keys.CONFIG].node_id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 only when every backing service answers; 503 with what failed otherwise."""
+    app = request.app
+    checks: dict[str, asyncio.Future[bool] | asyncio.Task[bool]] = {
+        "postgres": asyncio.ensure_future(app[keys.DB].ping()),
+        "redis": asyncio.ensure_future(redis_ping(app[keys.REDIS])),
+    }
+    amqp = app.get(keys.AMQP)
+    if amqp is not None:
+        checks["rabbitmq"] = asyncio.ensure_future(amqp.ensure())
+    await asyncio.gather(*checks.values(), return_exceptions=True)
+    results = {name: ("ok" if (not f.exception() and f.result()) else "unavailable")
+               for name, f in checks.items()}
+    ready = all(v == "ok" for v in results.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": results}
+    return web.Response(body=encode(body), status=200 if ready else 503,
+                        content_type="application/json")
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; loopback callers only, others with ``AGORA_METRICS_TOKEN`` as bearer."""
+    if not _is_loopback(request.remote):
+        token = request.app[keys.CONFIG].metrics_token
+        header = request.headers.get("Authorization", "")
+        if not token or not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+            raise forbidden("metrics are served to loopback or with the metrics token")
+    m = request.app[keys.METRICS]
+    resp = web.Response(body=m.render())
+    resp.headers["Content-Type"] = m.content_type
+    return resp
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

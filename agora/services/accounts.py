@@ -1,0 +1,193 @@
+"""Registration, login, token refresh and rotation, logout, profiles, roles."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import msgspec
+
+from agora.clock import Clock
+from agora.errors import AppError, ErrorCode, invalid, not_found, unauthorized
+from agora.protocol.accounts import AuthOut, MeOut, RegisterIn, UpdateMeIn, UserOut
+from agora.services.passwords import Passwords
+from agora.services.ratelimit import RateLimiter
+from agora.services.revocations import Revocations
+from agora.services.tokens import InvalidToken, TokenIssuer, hash_refresh_token, new_refresh_token
+from agora.storage.accounts import AccountStore, DuplicateUser, Refresh, UserRecord
+
+log = logging.getLogger(__name__)
+
+ROLES = ("user", "moderator", "admin")
+LOGIN_FAILURES_ALLOWED = 10
+LOGIN_FAILURE_WINDOW = 15 * 60
+BAD_CREDENTIALS = "wrong login or password"
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is calling: the user and the login session (``sid``) behind the access token."""
+
+    user_id: int
+    session_id: int
+
+
+def user_out(user: UserRecord) -> UserOut:
+    return UserOut(id=str(user.id), username=user.username, display_name=user.display_name,
+                   bio=user.bio, avatar_url=None, created_at=user.created_at)
+
+
+def me_out(user: UserRecord) -> MeOut:
+    return MeOut(id=str(user.id), username=user.username, display_name=user.display_name,
+                 bio=user.bio, avatar_url=None, created_at=user.created_at, email=user.email,
+                 role=user.role)  # type: ignore[arg-type]
+
+
+class AccountService:
+    def __init__(self, store: AccountStore, passwords: Passwords, tokens: TokenIssuer,
+                 revocations: Revocations, limiter: RateLimiter, clock: Clock,
+                 refresh_ttl: int) -> None:
+        self.store = store
+        self.passwords = passwords
+        self.tokens = tokens
+        self.revocations = revocations
+        self.limiter = limiter
+        self.clock = clock
+        self.refresh_ttl = refresh_ttl
+
+    # -- authentication of calls -------------------------------------------------------------
+
+    def authenticate(self, access_token: str) -> Viewer:
+        """Check an access token: signature, algorithm, expiry, required claims, revocation."""
+        try:
+            claims = self.tokens.decode_access(access_token)
+        except InvalidToken:
+            raise unauthorized("the access token is invalid or expired") from None
+        if self.revocations.is_revoked(claims.session_id):
+            raise unauthorized("this login has been signed out")
+        return Viewer(claims.user_id, claims.session_id)
+
+    # -- sign-up, sign-in, tokens -------------------------------------------------------------
+
+    async def create_user(self, username: str, email: str, password: str,
+                          display_name: str | None = None, role: str = "user") -> UserRecord:
+        return await create_user(self.store, self.passwords, username, email, password,
+                                 display_name, role)
+
+    async def register(self, body: RegisterIn, user_agent: str = "") -> AuthOut:
+        user = await self.create_user(body.username, body.email, body.password, body.display_name)
+        log.info("registered user %s", user.id)
+        return await self._open_session(user, user_agent)
+
+    async def login(self, login: str, password: str, user_agent: str = "") -> AuthOut:
+        bucket = f"login:{login.lower()}"
+        await self.limiter.check(bucket, LOGIN_FAILURES_ALLOWED)
+        user = await self.store.find_by_login(login)
+        if not await self.passwords.verify(user.password_hash if user else None, password):
+            await self.limiter.hit(bucket, LOGIN_FAILURES_ALLOWED + 1, LOGIN_FAILURE_WINDOW)
+            raise unauthorized(BAD_CREDENTIALS)
+        assert user is not None
+        if user.status != "active":
+            raise AppError(ErrorCode.FORBIDDEN, "this account is suspended")
+        if self.passwords.needs_rehash(user.password_hash):
+            await self.store.update_password_hash(user.id, await self.passwords.hash(password))
+        await self.limiter.reset(bucket)
+        return await self._open_session(user, user_agent)
+
+    async def refresh(self, refresh_token: str) -> AuthOut:
+        new_token, new_hash = new_refresh_token()
+        result = await self.store.rotate_refresh(hash_refresh_token(refresh_token), new_hash,
+                                                 self._refresh_expiry())
+        if result.outcome is Refresh.REUSED:
+            assert result.session_id is not None
+            log.warning("refresh token reused; revoked login session %s", result.session_id)
+            await self.revocations.revoke([result.session_id])
+            raise unauthorized("this refresh token was already used; the login is revoked")
+        if result.outcome is not Refresh.ROTATED:
+            raise unauthorized("the refresh token is invalid, expired or revoked")
+        assert result.session_id is not None and result.user_id is not None
+        user = await self.store.get_user(result.user_id)
+        assert user is not None
+        return self._auth_out(user, result.session_id, new_token)
+
+    async def logout(self, refresh_token: str) -> None:
+        """Revoke the login the token belongs to. Unknown tokens are accepted silently, so
+        logout is idempotent and reveals nothing (RFC 7009 does the same)."""
+        session_id = await self.store.session_of_token(hash_refresh_token(refresh_token))
+        if session_id is None:
+            return
+        await self.store.revoke_session(session_id, "logout")
+        await self.revocations.revoke([session_id])
+
+    async def revoke_all(self, user_id: int, reason: str) -> list[int]:
+        session_ids = await self.store.revoke_user_sessions(user_id, reason)
+        if session_ids:
+            await self.revocations.revoke(session_ids)
+        return session_ids
+
+    async def _open_session(self, user: UserRecord, user_agent: str) -> AuthOut:
+        token, token_hash = new_refresh_token()
+        session_id = await self.store.open_session(user.id, token_hash, self._refresh_expiry(),
+                                                   user_agent)
+        return self._auth_out(user, session_id, token)
+
+    def _auth_out(self, user: UserRecord, session_id: int, refresh_token: str) -> AuthOut:
+        return AuthOut(user=me_out(user),
+                       access_token=self.tokens.issue_access(user.id, session_id),
+                       refresh_token=refresh_token, expires_in=self.tokens.access_ttl)
+
+    def _refresh_expiry(self) -> datetime:
+        return self.clock.now() + timedelta(seconds=self.refresh_ttl)
+
+    # -- profiles -----------------------------------------------------------------------------
+
+    async def me(self, viewer: Viewer) -> MeOut:
+        user = await self.store.get_user(viewer.user_id)
+        if user is None:
+            raise unauthorized("this account no longer exists")
+        return me_out(user)
+
+    async def get_user(self, user_id: int) -> UserOut:
+        user = await self.store.get_user(user_id)
+        if user is None or user.status != "active":
+            raise not_found("user")
+        return user_out(user)
+
+    async def update_me(self, viewer: Viewer, body: UpdateMeIn) -> MeOut:
+        changes = {f: getattr(body, f) for f in body.__struct_fields__
+                   if getattr(body, f) is not msgspec.UNSET}
+        if "avatar_media_id" in changes and changes["avatar_media_id"] is not None:
+            # Media uploads arrive with the media issue; until then no id can name an image.
+            raise invalid({"avatar_media_id": "no such media"})
+        user = await self.store.update_profile(viewer.user_id, changes)
+        if user is None:
+            raise unauthorized("this account no longer exists")
+        return me_out(user)
+
+    async def set_role(self, username: str, role: str) -> UserRecord:
+        return await set_role(self.store, username, role)
+
+
+async def create_user(store: AccountStore, passwords: Passwords, username: str, email: str,
+                      password: str, display_name: str | None = None,
+                      role: str = "user") -> UserRecord:
+    """Create an account (also used by ``agora admin create-user``, which has no Redis)."""
+    if role not in ROLES:
+        raise invalid({"role": f"must be one of {', '.join(ROLES)}"})
+    password_hash = await passwords.hash(password)
+    try:
+        return await store.create_user(username, email, password_hash, display_name or username,
+                                       role)
+    except DuplicateUser as dup:
+        raise AppError(ErrorCode.CONFLICT, f"this {dup.field} is already taken",
+                       fields={dup.field: "already taken"}) from None
+
+
+async def set_role(store: AccountStore, username: str, role: str) -> UserRecord:
+    if role not in ROLES:
+        raise invalid({"role": f"must be one of {', '.join(ROLES)}"})
+    user = await store.set_role(username, role)
+    if user is None:
+        raise not_found("user")
+    return user

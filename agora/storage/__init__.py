@@ -1,0 +1,1 @@
+"""PostgreSQL (the record) and Redis access. Only this package holds SQL; one store per aggregate."""

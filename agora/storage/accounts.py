@@ -1,0 +1,211 @@
+"""Accounts: users, login sessions (refresh-token families) and refresh tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import asyncpg
+
+from agora.storage.db import Database, Record
+
+USER_COLUMNS = ("id, username, email, password_hash, display_name, bio, avatar_media_id, role, "
+                "status, created_at")
+
+INSERT_USER = f"""
+INSERT INTO accounts.users (username, email, password_hash, display_name, role)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING {USER_COLUMNS}
+"""
+SELECT_USER = f"SELECT {USER_COLUMNS} FROM accounts.users WHERE id = $1"
+SELECT_USERS = f"SELECT {USER_COLUMNS} FROM accounts.users WHERE id = ANY($1::bigint[])"
+SELECT_USER_BY_LOGIN = f"""
+SELECT {USER_COLUMNS} FROM accounts.users
+WHERE lower(username) = lower($1) OR lower(email) = lower($1)
+LIMIT 1
+"""
+UPDATE_PROFILE = f"""
+UPDATE accounts.users SET
+    display_name = CASE WHEN $2 THEN $3 ELSE display_name END,
+    bio = CASE WHEN $4 THEN $5 ELSE bio END,
+    avatar_media_id = CASE WHEN $6 THEN $7 ELSE avatar_media_id END,
+    updated_at = now()
+WHERE id = $1
+RETURNING {USER_COLUMNS}
+"""
+UPDATE_PASSWORD_HASH = "UPDATE accounts.users SET password_hash = $2 WHERE id = $1"
+SET_ROLE = f"UPDATE accounts.users SET role = $2, updated_at = now() WHERE lower(username) = lower($1) RETURNING {USER_COLUMNS}"
+SET_STATUS = f"UPDATE accounts.users SET status = $2, updated_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}"
+
+INSERT_SESSION = """
+INSERT INTO accounts.login_sessions (user_id, user_agent) VALUES ($1, $2) RETURNING id
+"""
+INSERT_REFRESH = """
+INSERT INTO accounts.refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)
+"""
+# Lock the token and its session: concurrent refreshes of one family are serialised, so exactly
+# one of two racing presentations of the same token wins and the other is seen as reuse.
+LOCK_REFRESH = """
+SELECT t.session_id, t.used_at, t.expires_at < now() AS expired, s.revoked_at, s.user_id,
+       u.status
+FROM accounts.refresh_tokens t
+JOIN accounts.login_sessions s ON s.id = t.session_id
+JOIN accounts.users u ON u.id = s.user_id
+WHERE t.token_hash = $1
+FOR UPDATE OF t, s
+"""
+MARK_REFRESH_USED = "UPDATE accounts.refresh_tokens SET used_at = now() WHERE token_hash = $1"
+TOUCH_SESSION = "UPDATE accounts.login_sessions SET last_used_at = now() WHERE id = $1"
+REVOKE_SESSION = """
+UPDATE accounts.login_sessions SET revoked_at = now(), revoked_reason = $2
+WHERE id = $1 AND revoked_at IS NULL
+"""
+REVOKE_USER_SESSIONS = """
+UPDATE accounts.login_sessions SET revoked_at = now(), revoked_reason = $2
+WHERE user_id = $1 AND revoked_at IS NULL
+RETURNING id
+"""
+SESSION_OF_TOKEN = "SELECT session_id FROM accounts.refresh_tokens WHERE token_hash = $1"
+SESSION_STATE = """
+SELECT s.revoked_at IS NOT NULL AS revoked FROM accounts.login_sessions s WHERE s.id = $1
+"""
+RECENTLY_REVOKED = """
+SELECT id FROM accounts.login_sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int
+    username: str
+    email: str
+    password_hash: str
+    display_name: str
+    bio: str
+    avatar_media_id: int | None
+    role: str
+    status: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Record) -> "UserRecord":
+        return cls(*row.values())
+
+
+class Refresh(Enum):
+    ROTATED = "rotated"
+    REUSED = "reused"  # a used token came back: the family is now revoked
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    outcome: Refresh
+    session_id: int | None = None
+    user_id: int | None = None
+
+
+class DuplicateUser(Exception):
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+class AccountStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_user(self, username: str, email: str, password_hash: str,
+                          display_name: str, role: str = "user") -> UserRecord:
+        try:
+            row = await self.db.fetchrow("create_user", INSERT_USER, username, email,
+                                         password_hash, display_name, role)
+        except asyncpg.UniqueViolationError as exc:
+            field = "email" if "email" in (exc.constraint_name or "") else "username"
+            raise DuplicateUser(field) from None
+        assert row is not None
+        return UserRecord.of(row)
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        row = await self.db.fetchrow("get_user", SELECT_USER, user_id)
+        return UserRecord.of(row) if row else None
+
+    async def get_users(self, user_ids: list[int]) -> dict[int, UserRecord]:
+        rows = await self.db.fetch("get_users", SELECT_USERS, user_ids)
+        return {r["id"]: UserRecord.of(r) for r in rows}
+
+    async def find_by_login(self, login: str) -> UserRecord | None:
+        row = await self.db.fetchrow("find_user_by_login", SELECT_USER_BY_LOGIN, login)
+        return UserRecord.of(row) if row else None
+
+    async def update_profile(self, user_id: int, changes: dict[str, Any]) -> UserRecord | None:
+        row = await self.db.fetchrow(
+            "update_profile", UPDATE_PROFILE, user_id,
+            "display_name" in changes, changes.get("display_name"),
+            "bio" in changes, changes.get("bio"),
+            "avatar_media_id" in changes, changes.get("avatar_media_id"))
+        return UserRecord.of(row) if row else None
+
+    async def update_password_hash(self, user_id: int, password_hash: str) -> None:
+        await self.db.execute("rehash_password", UPDATE_PASSWORD_HASH, user_id, password_hash)
+
+    async def set_role(self, username: str, role: str) -> UserRecord | None:
+        row = await self.db.fetchrow("set_role", SET_ROLE, username, role)
+        return UserRecord.of(row) if row else None
+
+    async def set_status(self, user_id: int, status: str) -> UserRecord | None:
+        row = await self.db.fetchrow("set_status", SET_STATUS, user_id, status)
+        return UserRecord.of(row) if row else None
+
+    async def open_session(self, user_id: int, token_hash: bytes, expires_at: datetime,
+                           user_agent: str) -> int:
+        async with self.db.transaction("open_login_session") as tx:
+            session_id: int = await tx.fetchval("insert_session", INSERT_SESSION, user_id,
+                                                user_agent[:300])
+            await tx.execute("insert_refresh", INSERT_REFRESH, token_hash, session_id, expires_at)
+        return session_id
+
+    async def rotate_refresh(self, token_hash: bytes, new_hash: bytes,
+                             expires_at: datetime) -> RefreshResult:
+        async with self.db.transaction("rotate_refresh") as tx:
+            row = await tx.fetchrow("lock_refresh", LOCK_REFRESH, token_hash)
+            if row is None:
+                return RefreshResult(Refresh.UNKNOWN)
+            session_id, user_id = row["session_id"], row["user_id"]
+            if row["revoked_at"] is not None:
+                return RefreshResult(Refresh.REVOKED, session_id, user_id)
+            if row["used_at"] is not None:
+                await tx.execute("revoke_session", REVOKE_SESSION, session_id, "refresh_token_reuse")
+                return RefreshResult(Refresh.REUSED, session_id, user_id)
+            if row["expired"]:
+                return RefreshResult(Refresh.EXPIRED, session_id, user_id)
+            if row["status"] != "active":
+                return RefreshResult(Refresh.SUSPENDED, session_id, user_id)
+            await tx.execute("mark_refresh_used", MARK_REFRESH_USED, token_hash)
+            await tx.execute("insert_refresh", INSERT_REFRESH, new_hash, session_id, expires_at)
+            await tx.execute("touch_session", TOUCH_SESSION, session_id)
+        return RefreshResult(Refresh.ROTATED, session_id, user_id)
+
+    async def session_of_token(self, token_hash: bytes) -> int | None:
+        value: int | None = await self.db.fetchval("session_of_token", SESSION_OF_TOKEN, token_hash)
+        return value
+
+    async def revoke_session(self, session_id: int, reason: str) -> None:
+        await self.db.execute("revoke_session", REVOKE_SESSION, session_id, reason)
+
+    async def revoke_user_sessions(self, user_id: int, reason: str) -> list[int]:
+        rows = await self.db.fetch("revoke_user_sessions", REVOKE_USER_SESSIONS, user_id, reason)
+        return [r["id"] for r in rows]
+
+    async def session_revoked(self, session_id: int) -> bool:
+        value = await self.db.fetchval("session_state", SESSION_STATE, session_id)
+        return value is None or bool(value)
+
+    async def revoked_since(self, since: datetime) -> list[int]:
+        rows = await self.db.fetch("recently_revoked", RECENTLY_REVOKED, since)
+        return [r["id"] for r in rows]

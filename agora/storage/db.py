@@ -1,0 +1,137 @@
+"""The PostgreSQL pool and named queries.
+
+Every statement runs through :class:`Database` (autocommit, one statement) or a :class:`Tx`
+(one named transaction), each with a name, so metrics and logs say what ran (Synapse's
+``runInteraction("desc", f)``). Stores never touch the pool directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import asyncpg
+import msgspec
+
+Record = asyncpg.Record
+Observer = Callable[[str, float], None]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode,
+        )
+
+
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+class _Runner:
+    """The four query verbs, timed and counted under a name."""
+
+    _conn_or_pool: Any
+    _observe: Observer
+    _db: "Database"
+
+    async def fetch(self, name: str, sql: str, *args: Any) -> list[Record]:
+        start = time.perf_counter()
+        try:
+            return await self._conn_or_pool.fetch(sql, *args)  # type: ignore[no-any-return]
+        finally:
+            self._done(name, start)
+
+    async def fetchrow(self, name: str, sql: str, *args: Any) -> Record | None:
+        start = time.perf_counter()
+        try:
+            return await self._conn_or_pool.fetchrow(sql, *args)  # type: ignore[no-any-return]
+        finally:
+            self._done(name, start)
+
+    async def fetchval(self, name: str, sql: str, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await self._conn_or_pool.fetchval(sql, *args)
+        finally:
+            self._done(name, start)
+
+    async def execute(self, name: str, sql: str, *args: Any) -> str:
+        start = time.perf_counter()
+        try:
+            return await self._conn_or_pool.execute(sql, *args)  # type: ignore[no-any-return]
+        finally:
+            self._done(name, start)
+
+    async def executemany(self, name: str, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        start = time.perf_counter()
+        try:
+            await self._conn_or_pool.executemany(sql, args)
+        finally:
+            self._done(name, start)
+
+    def _done(self, name: str, start: float) -> None:
+        self._db.queries += 1
+        self._observe(name, time.perf_counter() - start)
+
+
+class Tx(_Runner):
+    """One open transaction on one connection."""
+
+    def __init__(self, db: "Database", conn: asyncpg.Connection, name: str) -> None:
+        self._db = db
+        self._conn_or_pool = conn
+        self._observe = db.observe
+        self.name = name
+        self.connection = conn
+
+
+class Database(_Runner):
+    """An asyncpg pool plus the bookkeeping of what ran.
+
+    ``queries`` counts statements sent (tests use it to prove a page costs a bounded number
+    of queries); ``observe(name, seconds)`` feeds the metrics.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, observe: Observer | None = None) -> None:
+        self._db = self
+        self.pool = pool
+        self._conn_or_pool = pool
+        self.observe: Observer = observe or (lambda name, seconds: None)
+        self._observe = self.observe
+        self.queries = 0
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20,
+                      observe: Observer | None = None) -> "Database":
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+            command_timeout=30, max_inactive_connection_lifetime=300,
+        )
+        assert pool is not None
+        return cls(pool, observe)
+
+    @asynccontextmanager
+    async def transaction(self, name: str, *, isolation: str = "read_committed") -> AsyncIterator[Tx]:
+        """``async with db.transaction("register_user") as tx:`` commits on success."""
+        start = time.perf_counter()
+        async with self.pool.acquire() as conn:
+            async with conn.transaction(isolation=isolation):
+                yield Tx(self, conn, name)
+        self.observe(f"tx:{name}", time.perf_counter() - start)
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            async with self.pool.acquire(timeout=timeout) as conn:
+                await conn.fetchval("SELECT 1", timeout=timeout)
+            return True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+
+    async def close(self, timeout: float = 5.0) -> None:
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout)
+        except TimeoutError:
+            self.pool.terminate()

@@ -1,0 +1,44 @@
+"""The Redis connection and every key name Agora uses (one place, one prefix).
+
+Redis holds only what can be rebuilt: feed caches, presence, the cluster registry and the
+node inbox streams. PostgreSQL is the record; losing Redis loses no message or post.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+
+def connect(url: str) -> aioredis.Redis:
+    options: dict[str, object] = {"decode_responses": False, "health_check_interval": 30,
+                                  "socket_connect_timeout": 5, "retry_on_timeout": True}
+    if not url.startswith("unix://"):
+        options["socket_keepalive"] = True
+    return aioredis.Redis.from_url(url, **options)
+
+
+class Keys:
+    """Key names under one prefix, so several deployments (or test runs) can share a Redis."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @property
+    def revocations(self) -> str:
+        """Stream of revoked login-session ids, read by every node."""
+        return f"{self.prefix}revocations"
+
+    def rate(self, bucket: str) -> str:
+        return f"{self.prefix}rate:{bucket}"
+
+    def feed(self, user_id: int) -> str:
+        return f"{self.prefix}feed:{user_id}"
+
+
+async def ping(client: aioredis.Redis, timeout: float = 2.0) -> bool:
+    import asyncio
+
+    try:
+        return bool(await asyncio.wait_for(client.ping(), timeout))
+    except (OSError, TimeoutError, aioredis.RedisError):
+        return False
