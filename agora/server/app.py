@@ -20,7 +20,7 @@ from agora.handlers import auth, docs, users
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
 from agora.server.metrics import Metrics
-from agora.server.middleware import add_request_id, envelope_middleware
+from agora.server.middleware import InFlight, add_request_id, envelope_middleware
 from agora.server.routing import mount
 from agora.services.accounts import AccountService
 from agora.services.passwords import Passwords
@@ -100,6 +100,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[keys.CONFIG] = config
     app[keys.CLOCK] = clock or Clock()
     app[keys.METRICS] = Metrics()
+    app[keys.IN_FLIGHT] = InFlight()
     app.cleanup_ctx.extend([_database, _redis, _amqp, _services])
     app.on_response_prepare.append(add_request_id)
 

@@ -13,6 +13,7 @@ from agora.config import Config
 if TYPE_CHECKING:
     from agora.server.amqp import Amqp
     from agora.server.metrics import Metrics
+    from agora.server.middleware import InFlight
     from agora.server.routing import Endpoint
     from agora.services.accounts import AccountService
     from agora.storage.db import Database
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
 METRICS = web.AppKey("metrics", "Metrics")
+IN_FLIGHT = web.AppKey("in_flight", "InFlight")
 ENDPOINTS = web.AppKey("endpoints", "list[Endpoint]")
 DB = web.AppKey("db", "Database")
 REDIS = web.AppKey("redis", aioredis.Redis)

@@ -6,6 +6,7 @@ as the contract's JSON envelope, never HTML or a stack trace, and carries the re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -23,7 +24,7 @@ from agora.server.logs import request_id_var
 log = logging.getLogger("agora.http")
 
 REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID_KEY = "agora.request_id"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,6 +35,35 @@ _HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
     413: (ErrorCode.PAYLOAD_TOO_LARGE, "the request body is too large"),
     415: (ErrorCode.UNSUPPORTED_MEDIA_TYPE, "unsupported content type"),
 }
+
+
+class InFlight:
+    """Counts HTTP requests being handled (not WebSocket sessions), so shutdown can wait for them.
+
+    aiohttp's own graceful shutdown stops reading from connections first, which loses a request
+    whose body is still arriving; the runner instead stops listening, waits here, then cleans up.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
 
 def error_response(err: AppError) -> web.Response:
@@ -67,9 +97,13 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     request[REQUEST_ID_KEY] = request_id
     token = request_id_var.set(request_id)
     metrics = request.app[keys.METRICS]
+    in_flight = request.app[keys.IN_FLIGHT]
     route = _route_name(request)
     start = time.perf_counter()
-    metrics.http_in_flight.inc()
+    counted = request.headers.get("Upgrade", "").lower() != "websocket"
+    if counted:
+        in_flight.enter()
+        metrics.http_in_flight.inc()
     status = 500
     try:
         try:
@@ -88,7 +122,9 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         return response
     finally:
         elapsed = time.perf_counter() - start
-        metrics.http_in_flight.dec()
+        if counted:
+            in_flight.leave()
+            metrics.http_in_flight.dec()
         metrics.http_requests.labels(request.method, route, str(status)).inc()
         metrics.http_latency.labels(request.method, route).observe(elapsed)
         log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,

@@ -28,7 +28,7 @@ Q = TypeVar("Q")
 JSON = "application/json"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 _ID = re.compile(r"^[0-9]{1,19}$")
-VIEWER_KEY = "agora.viewer"
+VIEWER_KEY = web.RequestKey("viewer", Viewer)
 
 
 @dataclass(slots=True)

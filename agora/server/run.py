@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from agora.config import Config, ensure_jwt_secret
+from agora.server import keys
 from agora.server.app import create_app
 from agora.server.embedded import Embedded, EmbeddedError, EmbeddedPostgres, EmbeddedRedis
 from agora.storage.migrations import MigrationError
@@ -86,7 +87,7 @@ def serve(config: Config, host: str, port: int) -> int:
 async def _serve(config: Config, host: str, port: int) -> int:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.shutdown_timeout)
+                           shutdown_timeout=1.0)  # drain() already waited for requests
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
@@ -107,10 +108,24 @@ async def _serve(config: Config, host: str, port: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining in-flight requests (up to %.0fs)", config.shutdown_timeout)
+    await drain(runner, app, config.shutdown_timeout)
+    return 0
+
+
+async def drain(runner: web.AppRunner, app: web.Application, timeout: float) -> None:
+    """Stop listening, let in-flight requests finish (bodies still arriving included), then
+    close sessions and pools. Bounded: the whole shutdown takes at most ``timeout`` + 1.5 s."""
+    in_flight = app[keys.IN_FLIGHT]
+    log.info("draining %d in-flight request(s) (up to %.0fs)", in_flight.count, timeout)
+    deadline = asyncio.get_running_loop().time() + timeout
+    for site in list(runner.sites):
+        await site.stop()
+    if not await in_flight.wait_idle(timeout):
+        log.warning("%d request(s) still running after %.0fs; cancelling them",
+                    in_flight.count, timeout)
+    remaining = max(0.5, deadline - asyncio.get_running_loop().time())
     try:
-        # Stops listening, lets in-flight requests finish, then closes pools (cleanup_ctx).
-        await asyncio.wait_for(runner.cleanup(), timeout=config.shutdown_timeout + 1.5)
+        # Closes WebSocket sessions (on_shutdown), idle connections, then pools (cleanup_ctx).
+        await asyncio.wait_for(runner.cleanup(), timeout=remaining + 1.5)
     except TimeoutError:
         log.error("shutdown did not finish in time; exiting anyway")
-    return 0

@@ -1,0 +1,90 @@
+"""Session-wide real services and a fresh database; per-test apps on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import replace
+from typing import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from agora.config import Config, load_config
+from agora.server.app import create_app
+from agora.storage.migrations import migrate
+from tests.support.services import ServiceSet, create_database, drop_database
+
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[ServiceSet]:
+    found = ServiceSet()
+    found.start()
+    yield found
+    found.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(services: ServiceSet) -> Iterator[str]:
+    """A fresh database for this test session, migrated, dropped at the end."""
+    name = f"agora_test_{secrets.token_hex(4)}"
+    asyncio.run(create_database(services.pg_admin_dsn, name))
+    url = services.database_dsn(name)
+    asyncio.run(migrate(url))
+    yield url
+    asyncio.run(drop_database(services.pg_admin_dsn, name))
+
+
+@pytest.fixture(scope="session")
+def redis_prefix(services: ServiceSet) -> Iterator[str]:
+    """This session's Redis key namespace, deleted at the end."""
+    prefix = f"agoratest{secrets.token_hex(4)}:"
+    yield prefix
+
+    async def clean() -> None:
+        client = aioredis.Redis.from_url(services.redis_url)
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            await client.delete(key)
+        await client.aclose()
+
+    asyncio.run(clean())
+
+
+@pytest.fixture
+def config(services: ServiceSet, database_url: str, redis_prefix: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Config:
+    base = load_config({
+        "AGORA_ENV": "test",
+        "AGORA_DATABASE_URL": database_url,
+        "AGORA_REDIS_URL": services.redis_url,
+        "AGORA_REDIS_PREFIX": redis_prefix,
+        "AGORA_JWT_SECRET": JWT_SECRET,
+        "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("var")),
+        "AGORA_DB_POOL_MIN": "1",
+        "AGORA_DB_POOL_MAX": "10",
+    })
+    # Cheap argon2 parameters: the hashing itself is argon2-cffi's business, not ours.
+    return replace(base, auth=replace(base.auth, password_time_cost=1, password_memory_kib=8192))
+
+
+AppFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]],
+                      config: Config) -> AsyncIterator[AppFactory]:
+    """Build a node app (optionally with config changes) and a client on a real socket."""
+
+    async def make(app: web.Application | None = None, **changes: object) -> TestClient:
+        return await aiohttp_client(app or create_app(config.with_overrides(**changes)))
+
+    yield make
+
+
+@pytest.fixture
+async def client(make_client: AppFactory) -> TestClient:
+    return await make_client()

@@ -1,0 +1,56 @@
+"""Small helpers to talk to a node through its real HTTP API in tests."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+_counter = itertools.count()
+PASSWORD = "correct horse battery"
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}{os.getpid() % 10000}_{next(_counter)}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class User:
+    """A registered account and its tokens."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.id: str = body["user"]["id"]
+        self.username: str = body["user"]["username"]
+        self.access: str = body["access_token"]
+        self.refresh: str = body["refresh_token"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.access)
+
+
+async def register(client: TestClient, username: str | None = None, **extra: Any) -> User:
+    username = username or unique()
+    payload = {"username": username, "email": f"{username}@example.test", "password": PASSWORD,
+               **extra}
+    resp = await client.post("/api/v1/auth/register", json=payload)
+    body = await resp.json()
+    assert resp.status == 201, body
+    return User(body)
+
+
+async def expect_error(resp: Any, status: int, code: str) -> dict[str, Any]:
+    """Assert the contract's error envelope with this status and code; return its detail."""
+    assert resp.status == status, (resp.status, await resp.text())
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]  # type: ignore[no-any-return]

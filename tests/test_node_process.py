@@ -1,0 +1,134 @@
+"""Whole nodes as processes: nothing configured (embedded services), SIGTERM drain, JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import JWT_SECRET
+from tests.support.api import PASSWORD
+from tests.support.node import NodeProcess
+from tests.support.services import ServiceSet
+
+pytestmark = pytest.mark.slow
+
+
+def _children_running(pattern: str, cwd: Path) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pattern in cmd and str(cwd) in cmd:
+            found.append(int(pid))
+    return found
+
+
+async def _register_and_login(url: str, username: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{url}/api/v1/auth/register", json={
+            "username": username, "email": f"{username}@example.test", "password": PASSWORD})
+        assert resp.status == 201, await resp.text()
+        await _login(url, username)
+
+
+async def _login(url: str, username: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{url}/api/v1/auth/login",
+                               json={"login": username, "password": PASSWORD})
+        assert resp.status == 200, await resp.text()
+        token = (await resp.json())["access_token"]
+        me = await http.get(f"{url}/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert (await me.json())["username"] == username
+
+
+async def test_node_with_nothing_configured(tmp_path: Path) -> None:
+    node = NodeProcess({}, tmp_path)
+    took = node.start(ready_within=60)
+    try:
+        await _register_and_login(node.url, "embedded_user")
+        log = node.log
+        assert "PostgreSQL: embedded" in log and "Redis: embedded" in log
+        assert "AGORA_JWT_SECRET is not set" in log
+        assert (tmp_path / "var" / "postgres" / "PG_VERSION").exists()
+        assert (tmp_path / "var" / "redis").is_dir()
+        assert _children_running("redis-server", tmp_path)
+        assert _children_running("postgres", tmp_path)
+    finally:
+        assert node.stop() == 0
+    # Both engines stop with the node ...
+    for _ in range(50):
+        if not _children_running("redis-server", tmp_path) and not _children_running("postgres -D", tmp_path):
+            break
+        time.sleep(0.1)
+    assert not _children_running("redis-server", tmp_path)
+    assert not _children_running("postgres -D", tmp_path)
+    # ... and a restarted node finds its data.
+    again = NodeProcess({}, tmp_path, port=node.port)
+    again.start(ready_within=60)
+    try:
+        await _login(again.url, "embedded_user")
+    finally:
+        assert again.stop() == 0
+    assert took < 60
+
+
+async def test_second_node_on_the_same_embedded_data_is_refused(tmp_path: Path) -> None:
+    first = NodeProcess({}, tmp_path)
+    first.start()
+    try:
+        second = NodeProcess({}, tmp_path)
+        with pytest.raises(AssertionError, match="another Agora node"):
+            second.start(ready_within=30)
+    finally:
+        assert first.stop() == 0
+
+
+async def test_sigterm_drains_in_flight_requests(tmp_path: Path, services: ServiceSet,
+                                                 database_url: str, redis_prefix: str) -> None:
+    node = NodeProcess({
+        "AGORA_ENV": "production", "AGORA_JWT_SECRET": JWT_SECRET,
+        "AGORA_DATABASE_URL": database_url, "AGORA_REDIS_URL": services.redis_url,
+        "AGORA_REDIS_PREFIX": redis_prefix,
+    }, tmp_path)
+    node.start()
+    assert node.proc is not None
+    body = json.dumps({"username": "drained_user", "email": "drained@example.test",
+                       "password": PASSWORD}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    # A request whose body is still arriving when SIGTERM lands.
+    writer.write(b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/json\r\nX-Request-ID: drain-test-1\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    sent_at = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    writer.write(body[10:])
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert b" 201 " in status_line, status_line
+    writer.close()
+    code = await asyncio.get_running_loop().run_in_executor(None, node.proc.wait, 15)
+    assert code == 0
+    assert time.monotonic() - sent_at < 10
+    # New connections are refused once draining began.
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", node.port)
+    # Production logs are JSON lines, each with the request id.
+    entries = [json.loads(line) for line in node.log.splitlines() if line.startswith("{")]
+    assert entries and len(entries) == len([ln for ln in node.log.splitlines() if ln.strip()])
+    register = [e for e in entries if e.get("route") == "/api/v1/auth/register"]
+    assert register and register[0]["request_id"] == "drain-test-1" and register[0]["status"] == 201
+    assert any("draining" in e["msg"] for e in entries)

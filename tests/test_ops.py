@@ -1,0 +1,109 @@
+"""/healthz, /readyz (with services cut through a TCP proxy) and /metrics."""
+
+from __future__ import annotations
+
+from unittest import mock
+from urllib.parse import urlsplit
+
+from aiohttp.test_utils import TestClient, make_mocked_request
+
+from agora.config import Config
+from agora.errors import AppError
+from agora.server import keys
+from agora.server.app import create_app
+from agora.server.metrics import Metrics
+from agora.server.ops import metrics
+from tests.support.proxy import TCPProxy
+from tests.support.services import ServiceSet
+
+
+async def test_healthz(client: TestClient) -> None:
+    resp = await client.get("/healthz")
+    assert resp.status == 200 and (await resp.json())["status"] == "ok"
+
+
+async def test_readyz_ok(client: TestClient) -> None:
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert (await resp.json())["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+async def test_readyz_503_when_postgres_or_redis_is_cut(make_client, config: Config,  # type: ignore[no-untyped-def]
+                                                        services: ServiceSet) -> None:
+    db = urlsplit(config.database.url)
+    if db.hostname is None or services.redis_url.startswith("unix"):
+        raise AssertionError("this test needs TCP services")  # the machine provides them
+    rd = urlsplit(services.redis_url)
+    pg_proxy = await TCPProxy(db.hostname, db.port or 5432).start()
+    redis_proxy = await TCPProxy(rd.hostname or "127.0.0.1", rd.port or 6379).start()
+    try:
+        db_url = config.database.url.replace(db.netloc, f"{db.username}@127.0.0.1:{pg_proxy.port}")
+        redis_url = f"redis://127.0.0.1:{redis_proxy.port}/0"
+        cut = config.with_overrides(
+            database=config.database.__class__(url=db_url, pool_min=1, pool_max=2),
+            redis=config.redis.__class__(url=redis_url, prefix=config.redis.prefix))
+        client = await make_client(create_app(cut))
+        assert (await client.get("/readyz")).status == 200
+
+        pg_proxy.cut()
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert (await resp.json())["checks"]["postgres"] == "unavailable"
+        assert (await client.get("/healthz")).status == 200
+        pg_proxy.restore()
+        assert (await client.get("/readyz")).status == 200
+
+        redis_proxy.cut()
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert (await resp.json())["checks"]["redis"] == "unavailable"
+        redis_proxy.restore()
+    finally:
+        await pg_proxy.close()
+        await redis_proxy.close()
+
+
+async def test_readyz_checks_rabbitmq_when_configured(make_client, services: ServiceSet) -> None:  # type: ignore[no-untyped-def]
+    assert services.amqp_url, "RabbitMQ runs on this machine"
+    client = await make_client(amqp_url=services.amqp_url)
+    body = await (await client.get("/readyz")).json()
+    assert body["checks"]["rabbitmq"] == "ok"
+
+
+async def test_metrics_served_to_loopback(client: TestClient) -> None:
+    await client.get("/healthz")
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.content_type == "text/plain"
+    text = await resp.text()
+    assert "agora_http_requests_total" in text
+    assert 'route="/healthz"' in text
+    assert "agora_db_statement_duration_seconds" in text
+
+
+def _remote_request(remote: str, config: Config, auth: str | None = None):  # type: ignore[no-untyped-def]
+    app = create_app(config)
+    app[keys.METRICS] = Metrics()
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (remote, 40000) if name == "peername" else default)
+    headers = {"Authorization": auth} if auth else {}
+    return make_mocked_request("GET", "/metrics", headers=headers, app=app, transport=transport)
+
+
+async def test_metrics_refused_elsewhere_without_token(config: Config) -> None:
+    try:
+        await metrics(_remote_request("203.0.113.9", config))
+    except AppError as err:
+        assert err.status == 403
+    else:
+        raise AssertionError("a remote caller without the token got metrics")
+    with_token = config.with_overrides(metrics_token="s3cret")
+    try:
+        await metrics(_remote_request("203.0.113.9", with_token, "Bearer wrong"))
+    except AppError as err:
+        assert err.status == 403
+    else:
+        raise AssertionError("a wrong token got metrics")
+    resp = await metrics(_remote_request("203.0.113.9", with_token, "Bearer s3cret"))
+    assert resp.status == 200
