@@ -86,6 +86,7 @@ class Config:
     elasticsearch_url: str | None = None
     metrics_token: str | None = None
     max_body_bytes: int = 1024 * 1024
+    feed_cache_size: int = 800  # posts per user kept in Redis; 0 = feeds read PostgreSQL only
     shutdown_timeout: float = 8.0
 
     @property
@@ -123,6 +124,13 @@ def _non_negative_float(raw: str) -> float:
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
         raise ValueError(raw)
     return value
 
@@ -203,6 +211,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),
+        feed_cache_size=_parse(env, "AGORA_FEED_CACHE_SIZE", _non_negative_int, 800,
+                               "a non-negative integer"),
         shutdown_timeout=_parse(env, "AGORA_SHUTDOWN_TIMEOUT", _non_negative_float, 8.0,
                                 "a non-negative number of seconds"),
     )

@@ -26,4 +26,6 @@ async def update_me(call: Call[UpdateMeIn, Any]) -> MeOut:
 @routes.get("/users/{id}", response=UserOut, auth="optional")
 async def get_user(call: Call[None, Any]) -> UserOut:
     """A user's public profile."""
-    return await call.app[keys.ACCOUNTS].get_user(call.path_id("id", "user"))
+    viewer = call.maybe_viewer
+    return await call.app[keys.ACCOUNTS].get_user(viewer.user_id if viewer else None,
+                                                  call.path_id("id", "user"))

@@ -16,27 +16,34 @@ from aiohttp import web
 
 from agora.clock import Clock
 from agora.config import Config
-from agora.handlers import auth, docs, users
+from agora.handlers import auth, docs, feed, friends, posts, users
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
 from agora.server.metrics import Metrics
 from agora.server.middleware import InFlight, add_request_id, envelope_middleware
 from agora.server.routing import mount
 from agora.services.accounts import AccountService
+from agora.services.feed import FeedService
+from agora.services.posts import PostService
 from agora.services.passwords import Passwords
 from agora.services.ratelimit import RateLimiter
 from agora.services.revocations import Revocations
+from agora.services.social import SocialService
 from agora.services.tokens import TokenIssuer
 from agora.storage import redis as redis_store
 from agora.storage.accounts import AccountStore
+from agora.storage.content import CommentStore, PostStore
+from agora.storage.feed_cache import FeedCache
 from agora.storage.db import Database
 from agora.storage.migrations import migrate
+from agora.storage.social import SocialStore
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 API_PREFIX = "/api/v1"
-REST_TABLES = [auth.routes, users.routes]
+REST_TABLES = [auth.routes, users.routes, friends.routes, friends.blocks, posts.routes,
+               feed.routes]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -88,6 +95,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         tokens=TokenIssuer(config.auth.jwt_secret, config.auth.access_ttl, clock),
         revocations=revocations, limiter=RateLimiter(redis, rkeys), clock=clock,
         refresh_ttl=config.auth.refresh_ttl)
+
+    social_store, post_store = SocialStore(db), PostStore(db)
+    feed_cache = FeedCache(redis, rkeys, size=config.feed_cache_size)
+    app[keys.SOCIAL] = SocialService(db, social_store, store, feed_cache)
+    app[keys.FEED] = FeedService(post_store, social_store, feed_cache, clock)
+    app[keys.POSTS] = PostService(post_store, CommentStore(db), store, app[keys.FEED])
     yield
     await revocations.stop()
     passwords.close()

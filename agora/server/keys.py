@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from agora.server.middleware import InFlight
     from agora.server.routing import Endpoint
     from agora.services.accounts import AccountService
+    from agora.services.feed import FeedService
+    from agora.services.posts import PostService
+    from agora.services.social import SocialService
     from agora.storage.db import Database
     from agora.storage.redis import Keys
 
@@ -29,3 +32,6 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 REDIS_KEYS = web.AppKey("redis_keys", "Keys")
 AMQP = web.AppKey("amqp", "Amqp | None")
 ACCOUNTS = web.AppKey("accounts", "AccountService")
+SOCIAL = web.AppKey("social", "SocialService")
+FEED = web.AppKey("feed", "FeedService")
+POSTS = web.AppKey("posts", "PostService")

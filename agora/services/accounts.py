@@ -12,6 +12,7 @@ from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, invalid, not_found, unauthorized
 from agora.protocol.accounts import AuthOut, MeOut, RegisterIn, UpdateMeIn, UserOut
 from agora.services.passwords import Passwords
+from agora.services.presenters import user_out
 from agora.services.ratelimit import RateLimiter
 from agora.services.revocations import Revocations
 from agora.services.tokens import InvalidToken, TokenIssuer, hash_refresh_token, new_refresh_token
@@ -31,11 +32,6 @@ class Viewer:
 
     user_id: int
     session_id: int
-
-
-def user_out(user: UserRecord) -> UserOut:
-    return UserOut(id=str(user.id), username=user.username, display_name=user.display_name,
-                   bio=user.bio, avatar_url=None, created_at=user.created_at)
 
 
 def me_out(user: UserRecord) -> MeOut:
@@ -148,9 +144,10 @@ class AccountService:
             raise unauthorized("this account no longer exists")
         return me_out(user)
 
-    async def get_user(self, user_id: int) -> UserOut:
-        user = await self.store.get_user(user_id)
-        if user is None or user.status != "active":
+    async def get_user(self, viewer_id: int | None, user_id: int) -> UserOut:
+        """A profile, unless the user is suspended or one of the two blocked the other."""
+        user = await self.store.get_visible_user(viewer_id, user_id)
+        if user is None:
             raise not_found("user")
         return user_out(user)
 

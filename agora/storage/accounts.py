@@ -71,9 +71,39 @@ SESSION_OF_TOKEN = "SELECT session_id FROM accounts.refresh_tokens WHERE token_h
 SESSION_STATE = """
 SELECT s.revoked_at IS NOT NULL AS revoked FROM accounts.login_sessions s WHERE s.id = $1
 """
+SELECT_VISIBLE_USER = f"""
+SELECT {USER_COLUMNS} FROM accounts.users
+WHERE id = $2 AND status = 'active' AND ($1::bigint IS NULL OR NOT social.hidden_between($1, $2))
+"""
 RECENTLY_REVOKED = """
 SELECT id FROM accounts.login_sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1
 """
+
+
+
+
+def public_user_columns(alias: str = "u", prefix: str = "u_") -> str:
+    """The public face of a user, for joins from other domains' queries."""
+    return ", ".join(f"{alias}.{c} AS {prefix}{c}" for c in
+                     ("id", "username", "display_name", "bio", "avatar_media_id", "created_at"))
+
+
+PUBLIC_USER_COLUMNS = public_user_columns()
+
+
+@dataclass(frozen=True, slots=True)
+class PublicUser:
+    id: int
+    username: str
+    display_name: str
+    bio: str
+    avatar_media_id: int | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Record, prefix: str = "u_") -> "PublicUser":
+        return cls(row[f"{prefix}id"], row[f"{prefix}username"], row[f"{prefix}display_name"],
+                   row[f"{prefix}bio"], row[f"{prefix}avatar_media_id"], row[f"{prefix}created_at"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +163,11 @@ class AccountStore:
 
     async def get_user(self, user_id: int) -> UserRecord | None:
         row = await self.db.fetchrow("get_user", SELECT_USER, user_id)
+        return UserRecord.of(row) if row else None
+
+    async def get_visible_user(self, viewer_id: int | None, user_id: int) -> UserRecord | None:
+        """The user if ``viewer_id`` may see them (active, no block either way), else None."""
+        row = await self.db.fetchrow("get_visible_user", SELECT_VISIBLE_USER, viewer_id, user_id)
         return UserRecord.of(row) if row else None
 
     async def get_users(self, user_ids: list[int]) -> dict[int, UserRecord]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -16,6 +17,17 @@ import asyncpg
 import msgspec
 
 Record = asyncpg.Record
+
+# Mirrors agora.next_id() in migrations/0001: ms since 2025-01-01 above 12 bits of sequence.
+ID_EPOCH_MS = 1_735_689_600_000
+ID_SEQUENCE_BITS = 12
+MAX_ID = 2**53 - 1
+
+
+def id_floor(at: datetime) -> int:
+    """The smallest id a row created at ``at`` can have (ids are time-ordered)."""
+    ms = int(at.timestamp() * 1000) - ID_EPOCH_MS
+    return max(0, ms) << ID_SEQUENCE_BITS
 Observer = Callable[[str, float], None]
 
 

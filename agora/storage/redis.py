@@ -32,7 +32,12 @@ class Keys:
         return f"{self.prefix}rate:{bucket}"
 
     def feed(self, user_id: int) -> str:
+        """Sorted set of post ids (score = id) for one user's feed; see storage/feed_cache.py."""
         return f"{self.prefix}feed:{user_id}"
+
+    def feed_generation(self, user_id: int) -> str:
+        """Bumped whenever the feed is invalidated, so a rebuild that raced it is discarded."""
+        return f"{self.prefix}feedgen:{user_id}"
 
 
 async def ping(client: aioredis.Redis, timeout: float = 2.0) -> bool:

@@ -54,3 +54,46 @@ async def expect_error(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert body["error"]["code"] == code, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]  # type: ignore[no-any-return]
+
+
+async def befriend(client: TestClient, a: User, b: User) -> None:
+    resp = await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id})
+    assert resp.status == 201, await resp.text()
+    request_id = (await resp.json())["id"]
+    resp = await client.post(f"/api/v1/friends/requests/{request_id}/accept", headers=b.headers)
+    assert resp.status == 200, await resp.text()
+
+
+async def block(client: TestClient, blocker: User, blocked: User) -> None:
+    resp = await client.post("/api/v1/blocks", headers=blocker.headers, json={"user_id": blocked.id})
+    assert resp.status == 201, await resp.text()
+
+
+async def create_post(client: TestClient, author: User, text: str = "hello",
+                      visibility: str = "friends") -> dict[str, Any]:
+    resp = await client.post("/api/v1/posts", headers=author.headers,
+                             json={"text": text, "visibility": visibility})
+    assert resp.status == 201, await resp.text()
+    return await resp.json()  # type: ignore[no-any-return]
+
+
+async def get_json(client: TestClient, path: str, user: User | None = None,
+                   status: int = 200) -> Any:
+    resp = await client.get(path, headers=user.headers if user else {})
+    assert resp.status == status, (path, resp.status, await resp.text())
+    return await resp.json()
+
+
+async def collect(client: TestClient, path: str, user: User | None, limit: int = 20) -> list[Any]:
+    """Every item of a paginated list, following next_cursor to the end."""
+    items: list[Any] = []
+    sep = "&" if "?" in path else "?"
+    cursor: str | None = None
+    for _ in range(1000):
+        url = f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        page = await get_json(client, url, user)
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("pagination did not end")

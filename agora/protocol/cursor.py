@@ -1,0 +1,63 @@
+"""Opaque pagination cursors: base64url of a small tagged JSON object.
+
+The tag names the list a cursor belongs to, so a cursor from one list is refused by another;
+anything that does not decode answers 400 naming the ``cursor`` parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+
+from agora.errors import AppError, ErrorCode
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _bad() -> AppError:
+    return AppError(ErrorCode.VALIDATION_ERROR, "the cursor is not valid for this list",
+                    status=400, fields={"cursor": "invalid cursor; pass back a next_cursor value"})
+
+
+def encode_cursor(kind: str, **values: Any) -> str:
+    raw = _encoder.encode({"k": kind, **values})
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str | None, kind: str, **types: type) -> dict[str, Any] | None:
+    """``decode_cursor(q.cursor, "feed", before=int)`` -> ``{"before": 123}`` or ``None``."""
+    if cursor is None:
+        return None
+    try:
+        data = _decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise _bad() from None
+    if data.get("k") != kind:
+        raise _bad()
+    out: dict[str, Any] = {}
+    for name, tp in types.items():
+        value = data.get(name)
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, tp) or isinstance(value, bool):
+            raise _bad()
+        out[name] = value
+    return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+
+
+def to_micros(at: datetime) -> int:
+    """Exact integer microseconds (floats would round and make keyset cursors skip rows)."""
+    return (at - _EPOCH) // _MICRO
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + micros * _MICRO

@@ -1,0 +1,132 @@
+"""Posts, comments and reactions: who may write, edit and delete what.
+
+Reads go through the stores' visibility-filtered queries; a post the caller may not see is
+answered exactly like one that does not exist (404), on every path.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from agora.errors import forbidden, invalid, not_found
+from agora.protocol.common import Page
+from agora.protocol.content import CommentOut, CreateCommentIn, CreatePostIn, PostOut, UpdatePostIn
+from agora.protocol.cursor import decode_cursor, encode_cursor
+from agora.services.feed import FeedService
+from agora.services.pages import make_page
+from agora.services.presenters import comment_out, post_out
+from agora.storage.accounts import AccountStore
+from agora.storage.content import CommentStore, PostStore
+from agora.storage.db import MAX_ID
+
+MODERATING_ROLES = ("moderator", "admin")
+
+
+class PostService:
+    def __init__(self, posts: PostStore, comments: CommentStore, accounts: AccountStore,
+                 feed: FeedService) -> None:
+        self.posts = posts
+        self.comments = comments
+        self.accounts = accounts
+        self.feed = feed
+
+    async def _is_moderator(self, user_id: int) -> bool:
+        user = await self.accounts.get_user(user_id)
+        return user is not None and user.role in MODERATING_ROLES
+
+    # -- posts ---------------------------------------------------------------------------------
+
+    async def create(self, author: int, body: CreatePostIn) -> PostOut:
+        if body.media_ids:
+            # Uploads arrive with the media issue; until then no id names an image.
+            raise invalid({"media_ids": "no such media"})
+        post_id = await self.posts.create(author, body.text, body.visibility, [])
+        await self.feed.post_created(author, post_id, body.visibility)
+        return await self.get(author, post_id)
+
+    async def get(self, viewer: int | None, post_id: int) -> PostOut:
+        row = await self.posts.get(viewer, post_id)
+        if row is None:
+            raise not_found("post")
+        return post_out(row)
+
+    async def update(self, viewer: int, post_id: int, body: UpdatePostIn) -> PostOut:
+        access = await self.posts.access(viewer, post_id)
+        if access is None or not access.visible:
+            raise not_found("post")
+        if access.author_id != viewer:
+            raise forbidden("only the author can edit a post")
+        text = None if body.text is msgspec.UNSET else body.text
+        visibility = None if body.visibility is msgspec.UNSET else body.visibility
+        await self.posts.update(post_id, text, visibility)
+        if visibility is not None and visibility != access.visibility:
+            await self.feed.visibility_changed(viewer, post_id, access.visibility, visibility)
+        return await self.get(viewer, post_id)
+
+    async def delete(self, viewer: int, post_id: int) -> None:
+        access = await self.posts.access(viewer, post_id)
+        if access is None:
+            raise not_found("post")
+        if access.author_id != viewer and not await self._is_moderator(viewer):
+            if not access.visible:
+                raise not_found("post")
+            raise forbidden("only the author or a moderator can delete a post")
+        if await self.posts.delete(post_id):
+            await self.feed.post_removed(access.author_id, post_id, access.visibility)
+
+    async def by_user(self, viewer: int | None, user_id: int, cursor: str | None,
+                      limit: int) -> Page[PostOut]:
+        if viewer != user_id and await self.accounts.get_visible_user(viewer, user_id) is None:
+            raise not_found("user")
+        c = decode_cursor(cursor, "user-posts", before=int)
+        rows = await self.posts.by_author(viewer, user_id, c["before"] if c else MAX_ID + 1, limit + 1)
+        return make_page(rows, limit, post_out, lambda p: encode_cursor("user-posts", before=p.id))
+
+    # -- reactions -------------------------------------------------------------------------------
+
+    async def react(self, viewer: int, post_id: int, kind: str) -> PostOut:
+        if not await self.posts.react(viewer, post_id, kind):
+            raise not_found("post")
+        return await self.get(viewer, post_id)
+
+    async def unreact(self, viewer: int, post_id: int) -> None:
+        if not await self.posts.unreact(viewer, post_id):
+            raise not_found("post")
+
+    # -- comments --------------------------------------------------------------------------------
+
+    async def add_comment(self, viewer: int, post_id: int, body: CreateCommentIn) -> CommentOut:
+        access = await self.posts.access(viewer, post_id)
+        if access is None or not access.visible:
+            raise not_found("post")
+        parent_id = int(body.parent_id) if body.parent_id is not None else None
+        if parent_id is not None and await self.comments.post_of(parent_id) != post_id:
+            raise invalid({"parent_id": "no such comment on this post"})
+        comment_id = await self.comments.create(post_id, viewer, parent_id, body.text)
+        if comment_id is None:
+            raise not_found("post")
+        comment = await self.comments.get(comment_id)
+        assert comment is not None
+        return comment_out(comment)
+
+    async def list_comments(self, viewer: int | None, post_id: int, cursor: str | None,
+                            limit: int) -> Page[CommentOut]:
+        access = await self.posts.access(viewer, post_id)
+        if access is None or not access.visible:
+            raise not_found("post")
+        c = decode_cursor(cursor, "comments", after=int)
+        rows = await self.comments.list(viewer, post_id, c["after"] if c else 0, limit + 1)
+        return make_page(rows, limit, comment_out, lambda r: encode_cursor("comments", after=r.id))
+
+    async def delete_comment(self, viewer: int, comment_id: int) -> None:
+        """The comment's author, the post's author, or a moderator."""
+        access = await self.comments.access(viewer, comment_id)
+        if access is None:
+            raise not_found("comment")
+        if viewer not in (access.author_id, access.post_author_id):
+            if not await self._is_moderator(viewer):
+                if not (access.post_visible and access.comment_visible):
+                    raise not_found("comment")
+                raise forbidden("only the comment's author, the post's author or a moderator "
+                                "can delete a comment")
+        await self.comments.delete(comment_id)

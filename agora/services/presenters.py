@@ -1,0 +1,62 @@
+"""Records from the stores -> wire types. One place decides how each object looks to clients."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from agora.protocol.accounts import UserOut
+from agora.protocol.content import CommentOut, PostOut
+from agora.protocol.social import BlockOut, FriendOut, FriendRequestOut
+from agora.storage.content import CommentRow, PostRow
+from agora.storage.social import Block, Friend, FriendRequest
+
+
+class UserLike(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def bio(self) -> str: ...
+    @property
+    def avatar_media_id(self) -> int | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def user_out(user: UserLike) -> UserOut:
+    return UserOut(id=str(user.id), username=user.username, display_name=user.display_name,
+                   bio=user.bio, avatar_url=None, created_at=user.created_at)
+
+
+def friend_request_out(req: FriendRequest, status: str | None = None) -> FriendRequestOut:
+    return FriendRequestOut(id=str(req.id), from_user=user_out(req.from_user),
+                            to_user=user_out(req.to_user),
+                            status=status or req.status,  # type: ignore[arg-type]
+                            created_at=req.created_at)
+
+
+def friend_out(friend: Friend) -> FriendOut:
+    return FriendOut(user=user_out(friend.user), since=friend.since)
+
+
+def block_out(block: Block) -> BlockOut:
+    return BlockOut(user=user_out(block.user), created_at=block.created_at)
+
+
+def post_out(post: PostRow) -> PostOut:
+    return PostOut(id=str(post.id), author=user_out(post.author), text=post.text,
+                   visibility=post.visibility,  # type: ignore[arg-type]
+                   media=[], created_at=post.created_at, updated_at=post.updated_at,
+                   comment_count=post.comment_count, reaction_counts=post.reaction_counts,
+                   my_reaction=post.my_reaction)  # type: ignore[arg-type]
+
+
+def comment_out(comment: CommentRow) -> CommentOut:
+    return CommentOut(id=str(comment.id), post_id=str(comment.post_id),
+                      author=user_out(comment.author), text=comment.text,
+                      parent_id=str(comment.parent_id) if comment.parent_id else None,
+                      created_at=comment.created_at)

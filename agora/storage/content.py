@@ -1,0 +1,309 @@
+"""Posts (with their counters and reactions), comments, and the feed's PostgreSQL queries.
+
+Every read path filters with ``social.can_see(viewer, author, visibility)``: the one visibility
+rule, defined in SQL (migrations/0002) so that no query can forget a part of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
+from agora.storage.db import Database, Record, Tx, id_floor
+
+REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
+
+# One page of posts is one statement: the posts, their author, counters and the viewer's
+# reaction. $1 is always the viewer (NULL when anonymous).
+def _post_select(extra_columns: str = "") -> str:
+    return f"""
+SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at,
+       s.comment_count, s.like_count, s.love_count, s.haha_count, s.wow_count, s.sad_count,
+       s.angry_count, r.type AS my_reaction, {PUBLIC_USER_COLUMNS}{extra_columns}
+FROM content.posts p
+JOIN content.post_stats s ON s.post_id = p.id
+JOIN accounts.users u ON u.id = p.author_id
+LEFT JOIN content.reactions r ON r.post_id = p.id AND r.user_id = $1
+"""
+
+
+_POST_SELECT = _post_select()
+GET_POST = _POST_SELECT + "WHERE p.id = $2 AND social.can_see($1, p.author_id, p.visibility)"
+POSTS_BY_IDS = _POST_SELECT + """
+WHERE p.id = ANY($2::bigint[]) AND social.can_see($1, p.author_id, p.visibility)
+ORDER BY p.id DESC
+"""
+USER_POSTS = _POST_SELECT + """
+WHERE p.author_id = $2 AND p.id < $3 AND social.can_see($1, p.author_id, p.visibility)
+ORDER BY p.id DESC LIMIT $4
+"""
+POST_ACCESS = """
+SELECT author_id, visibility, social.can_see($1, author_id, visibility) AS visible
+FROM content.posts WHERE id = $2
+"""
+INSERT_POST = """
+INSERT INTO content.posts (author_id, text, visibility, media_ids) VALUES ($1, $2, $3, $4)
+RETURNING id
+"""
+UPDATE_POST = """
+UPDATE content.posts SET
+    text = CASE WHEN $2 THEN $3 ELSE text END,
+    visibility = CASE WHEN $4 THEN $5 ELSE visibility END,
+    updated_at = clock_timestamp()
+WHERE id = $1
+"""
+DELETE_POST = "DELETE FROM content.posts WHERE id = $1"
+
+# The feed: the viewer's and their friends' posts, newest first, before an id. Per author only
+# the newest `limit` rows are read (index posts_author), so the cost is bounded by the number of
+# friends, not by how much they ever posted. Friends are never blocked (a block ends the
+# friendship); hidden_between still drops suspended ones.
+_FEED_AUTHORS = """
+SELECT $1::bigint AS author
+UNION ALL
+SELECT f.friend_id FROM social.friendships f
+WHERE f.user_id = $1 AND NOT social.hidden_between($1, f.friend_id)
+"""
+FEED_IDS = f"""
+SELECT fp.id
+FROM ({_FEED_AUTHORS}) a
+CROSS JOIN LATERAL (
+    SELECT q.id FROM content.posts q
+    WHERE q.author_id = a.author AND q.id < $2 AND (a.author = $1 OR q.visibility <> 'private')
+    ORDER BY q.id DESC LIMIT $3
+) fp
+ORDER BY fp.id DESC LIMIT $3
+"""
+FEED_PAGE = _POST_SELECT + f"""
+WHERE p.id IN ({FEED_IDS}) AND social.can_see($1, p.author_id, p.visibility)
+ORDER BY p.id DESC
+"""
+# rank=top: a window of recent posts scored by engagement with time decay (formula in the
+# README). Scores are computed "as of" a fixed moment ($2) carried in the cursor, so pages agree;
+# $3/$4 bound the window by id (index) and $9 by creation time.
+TOP_FEED = _post_select(", sc.score") + f"""
+JOIN LATERAL (
+    SELECT (1 + s.like_count + s.love_count + s.haha_count + s.wow_count + s.sad_count
+            + s.angry_count + 2 * s.comment_count)::float8
+           / power(greatest(extract(epoch FROM ($2::timestamptz - p.created_at))::float8 / 3600.0::float8,
+                            0::float8) + 2.0::float8, 1.5::float8) AS score
+) sc ON true
+WHERE p.id IN (
+    SELECT fp.id FROM ({_FEED_AUTHORS}) a
+    CROSS JOIN LATERAL (
+        SELECT q.id FROM content.posts q
+        WHERE q.author_id = a.author AND q.id <= $3 AND q.id >= $4 AND q.created_at >= $9
+          AND (a.author = $1 OR q.visibility <> 'private')
+        ORDER BY q.id DESC LIMIT $7
+    ) fp
+)
+AND social.can_see($1, p.author_id, p.visibility)
+AND (sc.score, p.id) < ($5::float8, $6::bigint)
+ORDER BY sc.score DESC, p.id DESC
+LIMIT $8
+"""
+
+CHECK_VISIBLE = """
+SELECT social.can_see($1, author_id, visibility) FROM content.posts WHERE id = $2
+"""
+UPSERT_REACTION = """
+INSERT INTO content.reactions (post_id, user_id, type) VALUES ($1, $2, $3)
+ON CONFLICT (post_id, user_id) DO UPDATE SET type = EXCLUDED.type, created_at = now()
+WHERE content.reactions.type <> EXCLUDED.type
+"""
+DELETE_REACTION = "DELETE FROM content.reactions WHERE post_id = $1 AND user_id = $2"
+
+_COMMENT_SELECT = f"""
+SELECT c.id, c.post_id, c.parent_id, c.text, c.created_at, {PUBLIC_USER_COLUMNS}
+FROM content.comments c JOIN accounts.users u ON u.id = c.author_id
+"""
+INSERT_COMMENT = """
+INSERT INTO content.comments (post_id, author_id, parent_id, text) VALUES ($1, $2, $3, $4)
+RETURNING id
+"""
+GET_COMMENT = _COMMENT_SELECT + "WHERE c.id = $1"
+COMMENT_POST = "SELECT post_id FROM content.comments WHERE id = $1"
+# Oldest first; comments by users hidden from the viewer are left out.
+LIST_COMMENTS = _COMMENT_SELECT + """
+WHERE c.post_id = $2 AND c.id > $3 AND u.status = 'active'
+  AND ($1::bigint IS NULL OR $1 = c.author_id OR NOT social.hidden_between($1, c.author_id))
+ORDER BY c.id LIMIT $4
+"""
+COMMENT_ACCESS = """
+SELECT c.author_id, p.author_id AS post_author_id,
+       social.can_see($1, p.author_id, p.visibility) AS post_visible,
+       ($1 = c.author_id OR NOT social.hidden_between($1, c.author_id)) AS comment_visible
+FROM content.comments c JOIN content.posts p ON p.id = c.post_id
+WHERE c.id = $2
+"""
+DELETE_COMMENT = "DELETE FROM content.comments WHERE id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class PostRow:
+    id: int
+    author: PublicUser
+    text: str
+    visibility: str
+    media_ids: list[int]
+    created_at: datetime
+    updated_at: datetime
+    comment_count: int
+    reaction_counts: dict[str, int]
+    my_reaction: str | None
+
+    @classmethod
+    def of(cls, row: Record) -> "PostRow":
+        counts = {t: row[f"{t}_count"] for t in REACTION_TYPES if row[f"{t}_count"]}
+        return cls(row["id"], PublicUser.of(row), row["text"], row["visibility"],
+                   list(row["media_ids"]), row["created_at"], row["updated_at"],
+                   row["comment_count"], counts, row["my_reaction"])
+
+
+@dataclass(frozen=True, slots=True)
+class PostAccess:
+    author_id: int
+    visibility: str
+    visible: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommentRow:
+    id: int
+    post_id: int
+    parent_id: int | None
+    text: str
+    created_at: datetime
+    author: PublicUser
+
+    @classmethod
+    def of(cls, row: Record) -> "CommentRow":
+        return cls(row["id"], row["post_id"], row["parent_id"], row["text"], row["created_at"],
+                   PublicUser.of(row))
+
+
+@dataclass(frozen=True, slots=True)
+class CommentAccess:
+    author_id: int
+    post_author_id: int
+    post_visible: bool
+    comment_visible: bool
+
+
+class PostStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, author_id: int, text: str, visibility: str, media_ids: list[int]) -> int:
+        post_id: int = await self.db.fetchval("create_post", INSERT_POST, author_id, text,
+                                              visibility, media_ids)
+        return post_id
+
+    async def get(self, viewer_id: int | None, post_id: int) -> PostRow | None:
+        row = await self.db.fetchrow("get_post", GET_POST, viewer_id, post_id)
+        return PostRow.of(row) if row else None
+
+    async def by_ids(self, viewer_id: int | None, post_ids: list[int]) -> list[PostRow]:
+        """The posts of ``post_ids`` the viewer may see, newest first."""
+        if not post_ids:
+            return []
+        rows = await self.db.fetch("posts_by_ids", POSTS_BY_IDS, viewer_id, post_ids)
+        return [PostRow.of(r) for r in rows]
+
+    async def by_author(self, viewer_id: int | None, author_id: int, before_id: int,
+                        limit: int) -> list[PostRow]:
+        rows = await self.db.fetch("user_posts", USER_POSTS, viewer_id, author_id, before_id, limit)
+        return [PostRow.of(r) for r in rows]
+
+    async def access(self, viewer_id: int | None, post_id: int) -> PostAccess | None:
+        row = await self.db.fetchrow("post_access", POST_ACCESS, viewer_id, post_id)
+        return PostAccess(row["author_id"], row["visibility"], row["visible"]) if row else None
+
+    async def update(self, post_id: int, text: str | None, visibility: str | None) -> None:
+        await self.db.execute("update_post", UPDATE_POST, post_id, text is not None, text,
+                              visibility is not None, visibility)
+
+    async def delete(self, post_id: int) -> bool:
+        return await self.db.execute("delete_post", DELETE_POST, post_id) != "DELETE 0"
+
+    # -- feed ------------------------------------------------------------------------------------
+
+    async def feed_ids(self, viewer_id: int, before_id: int, limit: int) -> list[int]:
+        rows = await self.db.fetch("feed_ids", FEED_IDS, viewer_id, before_id, limit)
+        return [r["id"] for r in rows]
+
+    async def feed_page(self, viewer_id: int, before_id: int, limit: int) -> list[PostRow]:
+        rows = await self.db.fetch("feed_page", FEED_PAGE, viewer_id, before_id, limit)
+        return [PostRow.of(r) for r in rows]
+
+    async def top_feed(self, viewer_id: int, as_of: datetime, since: datetime,
+                       after: tuple[float, int], window_per_author: int,
+                       limit: int) -> list[tuple[PostRow, float]]:
+        """Posts created in [since, as_of] ranked by score as of ``as_of``, below ``after``."""
+        max_id = id_floor(as_of + timedelta(milliseconds=1)) - 1
+        rows = await self.db.fetch("top_feed", TOP_FEED, viewer_id, as_of, max_id,
+                                   id_floor(since), after[0], after[1], window_per_author, limit,
+                                   since)
+        return [(PostRow.of(r), r["score"]) for r in rows]
+
+    # -- reactions ----------------------------------------------------------------------------------
+
+    async def visible(self, tx: Tx | Database, viewer_id: int, post_id: int) -> bool:
+        return bool(await tx.fetchval("check_post_visible", CHECK_VISIBLE, viewer_id, post_id))
+
+    async def react(self, viewer_id: int, post_id: int, kind: str) -> bool:
+        """Set the viewer's reaction; False when the post is gone or not visible."""
+        try:
+            async with self.db.transaction("react") as tx:
+                if not await self.visible(tx, viewer_id, post_id):
+                    return False
+                await tx.execute("upsert_reaction", UPSERT_REACTION, post_id, viewer_id, kind)
+        except asyncpg.ForeignKeyViolationError:  # deleted meanwhile
+            return False
+        return True
+
+    async def unreact(self, viewer_id: int, post_id: int) -> bool:
+        async with self.db.transaction("unreact") as tx:
+            if not await self.visible(tx, viewer_id, post_id):
+                return False
+            await tx.execute("delete_reaction", DELETE_REACTION, post_id, viewer_id)
+        return True
+
+
+class CommentStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def post_of(self, comment_id: int) -> int | None:
+        post_id: int | None = await self.db.fetchval("comment_post", COMMENT_POST, comment_id)
+        return post_id
+
+    async def create(self, post_id: int, author_id: int, parent_id: int | None, text: str) -> int | None:
+        try:
+            comment_id: int = await self.db.fetchval("create_comment", INSERT_COMMENT, post_id,
+                                                     author_id, parent_id, text)
+        except asyncpg.ForeignKeyViolationError:  # the post (or parent) was deleted meanwhile
+            return None
+        return comment_id
+
+    async def get(self, comment_id: int) -> CommentRow | None:
+        row = await self.db.fetchrow("get_comment", GET_COMMENT, comment_id)
+        return CommentRow.of(row) if row else None
+
+    async def list(self, viewer_id: int | None, post_id: int, after_id: int,
+                   limit: int) -> list[CommentRow]:
+        rows = await self.db.fetch("list_comments", LIST_COMMENTS, viewer_id, post_id, after_id, limit)
+        return [CommentRow.of(r) for r in rows]
+
+    async def access(self, viewer_id: int, comment_id: int) -> CommentAccess | None:
+        row = await self.db.fetchrow("comment_access", COMMENT_ACCESS, viewer_id, comment_id)
+        if row is None:
+            return None
+        return CommentAccess(row["author_id"], row["post_author_id"], row["post_visible"],
+                             row["comment_visible"])
+
+    async def delete(self, comment_id: int) -> bool:
+        return await self.db.execute("delete_comment", DELETE_COMMENT, comment_id) != "DELETE 0"
