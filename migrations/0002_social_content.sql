@@ -1,5 +1,4 @@
--- The social graph (friend requests, friendships, blocks), posts, comments, reactions, and the
--- one visibility rule every read path uses.
+-- The social graph (friend requests, friendships, blocks), posts, comments and reactions.
 
 CREATE SCHEMA social;
 
@@ -30,6 +29,8 @@ CREATE TABLE social.friendships (
     CHECK (user_id <> friend_id)
 );
 CREATE INDEX friendships_recent ON social.friendships (user_id, created_at DESC, friend_id DESC);
+-- For ON DELETE CASCADE from accounts.users (the PK covers the user_id side).
+CREATE INDEX friendships_friend ON social.friendships (friend_id);
 
 CREATE TABLE social.blocks (
     blocker_id  bigint NOT NULL REFERENCES accounts.users (id) ON DELETE CASCADE,
@@ -40,29 +41,8 @@ CREATE TABLE social.blocks (
 );
 CREATE INDEX blocks_blocked ON social.blocks (blocked_id, blocker_id);
 
--- Two users are hidden from each other when either blocked the other, or either is suspended.
-CREATE FUNCTION social.hidden_between(a bigint, b bigint) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT EXISTS (SELECT 1 FROM social.blocks
-                   WHERE (blocker_id = a AND blocked_id = b) OR (blocker_id = b AND blocked_id = a))
-        OR EXISTS (SELECT 1 FROM accounts.users WHERE id IN (a, b) AND status <> 'active')
-$$;
-
--- THE visibility rule. May `viewer` (NULL: anonymous) see content by `author` posted with
--- `visibility`? Posts, comments, reactions, user post lists, the feed, search, notifications
--- and chat all ask this one function.
-CREATE FUNCTION social.can_see(viewer bigint, author bigint, visibility text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT CASE
-        WHEN viewer = author THEN true
-        WHEN visibility = 'private' THEN false
-        WHEN viewer IS NULL THEN visibility = 'public'
-            AND EXISTS (SELECT 1 FROM accounts.users WHERE id = author AND status = 'active')
-        WHEN social.hidden_between(viewer, author) THEN false
-        WHEN visibility = 'public' THEN true
-        ELSE EXISTS (SELECT 1 FROM social.friendships WHERE user_id = viewer AND friend_id = author)
-    END
-$$;
+-- The visibility rule itself lives in agora/storage/visibility.py as SQL predicates spliced into
+-- every query (a stored function with sub-selects is not inlined by the planner).
 
 CREATE SCHEMA content;
 
@@ -102,6 +82,7 @@ CREATE TABLE content.comments (
 );
 CREATE INDEX comments_post ON content.comments (post_id, id);
 CREATE INDEX comments_parent ON content.comments (parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX comments_author ON content.comments (author_id);
 
 CREATE TABLE content.reactions (
     post_id     bigint NOT NULL REFERENCES content.posts (id) ON DELETE CASCADE,

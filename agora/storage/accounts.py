@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from agora.storage.db import Database, Record
+from agora.storage.visibility import users_hidden
 
 USER_COLUMNS = ("id, username, email, password_hash, display_name, bio, avatar_media_id, role, "
                 "status, created_at")
@@ -73,7 +74,8 @@ SELECT s.revoked_at IS NOT NULL AS revoked FROM accounts.login_sessions s WHERE 
 """
 SELECT_VISIBLE_USER = f"""
 SELECT {USER_COLUMNS} FROM accounts.users
-WHERE id = $2 AND status = 'active' AND ($1::bigint IS NULL OR NOT social.hidden_between($1, $2))
+WHERE id = $2 AND status = 'active'
+  AND ($1::bigint IS NULL OR $1::bigint = $2 OR NOT {users_hidden("$1::bigint", "$2::bigint")})
 """
 RECENTLY_REVOKED = """
 SELECT id FROM accounts.login_sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1

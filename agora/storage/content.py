@@ -1,7 +1,7 @@
 """Posts (with their counters and reactions), comments, and the feed's PostgreSQL queries.
 
-Every read path filters with ``social.can_see(viewer, author, visibility)``: the one visibility
-rule, defined in SQL (migrations/0002) so that no query can forget a part of it.
+Every read path filters with :func:`agora.storage.visibility.can_see`: the one visibility rule,
+spliced into the SQL so that no query can forget a part of it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncpg
 
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record, Tx, id_floor
+from agora.storage.visibility import can_see, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
 
@@ -31,18 +32,19 @@ LEFT JOIN content.reactions r ON r.post_id = p.id AND r.user_id = $1
 
 
 _POST_SELECT = _post_select()
-GET_POST = _POST_SELECT + "WHERE p.id = $2 AND social.can_see($1, p.author_id, p.visibility)"
-POSTS_BY_IDS = _POST_SELECT + """
-WHERE p.id = ANY($2::bigint[]) AND social.can_see($1, p.author_id, p.visibility)
+VISIBLE = can_see("$1::bigint", "p.author_id", "p.visibility")
+GET_POST = _POST_SELECT + f"WHERE p.id = $2 AND {VISIBLE}"
+POSTS_BY_IDS = _POST_SELECT + f"""
+WHERE p.id = ANY($2::bigint[]) AND {VISIBLE}
 ORDER BY p.id DESC
 """
-USER_POSTS = _POST_SELECT + """
-WHERE p.author_id = $2 AND p.id < $3 AND social.can_see($1, p.author_id, p.visibility)
+USER_POSTS = _POST_SELECT + f"""
+WHERE p.author_id = $2 AND p.id < $3 AND {VISIBLE}
 ORDER BY p.id DESC LIMIT $4
 """
-POST_ACCESS = """
-SELECT author_id, visibility, social.can_see($1, author_id, visibility) AS visible
-FROM content.posts WHERE id = $2
+POST_ACCESS = f"""
+SELECT p.author_id, p.visibility, {VISIBLE} AS visible
+FROM content.posts p WHERE p.id = $2
 """
 INSERT_POST = """
 INSERT INTO content.posts (author_id, text, visibility, media_ids) VALUES ($1, $2, $3, $4)
@@ -60,12 +62,12 @@ DELETE_POST = "DELETE FROM content.posts WHERE id = $1"
 # The feed: the viewer's and their friends' posts, newest first, before an id. Per author only
 # the newest `limit` rows are read (index posts_author), so the cost is bounded by the number of
 # friends, not by how much they ever posted. Friends are never blocked (a block ends the
-# friendship); hidden_between still drops suspended ones.
-_FEED_AUTHORS = """
+# friendship); users_hidden still drops suspended ones.
+_FEED_AUTHORS = f"""
 SELECT $1::bigint AS author
 UNION ALL
 SELECT f.friend_id FROM social.friendships f
-WHERE f.user_id = $1 AND NOT social.hidden_between($1, f.friend_id)
+WHERE f.user_id = $1 AND NOT {users_hidden("$1::bigint", "f.friend_id")}
 """
 FEED_IDS = f"""
 SELECT fp.id
@@ -78,7 +80,7 @@ CROSS JOIN LATERAL (
 ORDER BY fp.id DESC LIMIT $3
 """
 FEED_PAGE = _POST_SELECT + f"""
-WHERE p.id IN ({FEED_IDS}) AND social.can_see($1, p.author_id, p.visibility)
+WHERE p.id IN ({FEED_IDS}) AND {VISIBLE}
 ORDER BY p.id DESC
 """
 # rank=top: a window of recent posts scored by engagement with time decay (formula in the
@@ -100,15 +102,13 @@ WHERE p.id IN (
         ORDER BY q.id DESC LIMIT $7
     ) fp
 )
-AND social.can_see($1, p.author_id, p.visibility)
+AND {VISIBLE}
 AND (sc.score, p.id) < ($5::float8, $6::bigint)
 ORDER BY sc.score DESC, p.id DESC
 LIMIT $8
 """
 
-CHECK_VISIBLE = """
-SELECT social.can_see($1, author_id, visibility) FROM content.posts WHERE id = $2
-"""
+CHECK_VISIBLE = f"SELECT {VISIBLE} FROM content.posts p WHERE p.id = $2"
 UPSERT_REACTION = """
 INSERT INTO content.reactions (post_id, user_id, type) VALUES ($1, $2, $3)
 ON CONFLICT (post_id, user_id) DO UPDATE SET type = EXCLUDED.type, created_at = now()
@@ -127,15 +127,16 @@ RETURNING id
 GET_COMMENT = _COMMENT_SELECT + "WHERE c.id = $1"
 COMMENT_POST = "SELECT post_id FROM content.comments WHERE id = $1"
 # Oldest first; comments by users hidden from the viewer are left out.
-LIST_COMMENTS = _COMMENT_SELECT + """
+LIST_COMMENTS = _COMMENT_SELECT + f"""
 WHERE c.post_id = $2 AND c.id > $3 AND u.status = 'active'
-  AND ($1::bigint IS NULL OR $1 = c.author_id OR NOT social.hidden_between($1, c.author_id))
+  AND ($1::bigint IS NULL OR $1::bigint = c.author_id
+       OR NOT {users_hidden("$1::bigint", "c.author_id")})
 ORDER BY c.id LIMIT $4
 """
-COMMENT_ACCESS = """
+COMMENT_ACCESS = f"""
 SELECT c.author_id, p.author_id AS post_author_id,
-       social.can_see($1, p.author_id, p.visibility) AS post_visible,
-       ($1 = c.author_id OR NOT social.hidden_between($1, c.author_id)) AS comment_visible
+       {VISIBLE} AS post_visible,
+       ($1::bigint = c.author_id OR NOT {users_hidden("$1::bigint", "c.author_id")}) AS comment_visible
 FROM content.comments c JOIN content.posts p ON p.id = c.post_id
 WHERE c.id = $2
 """

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser, public_user_columns
 from agora.storage.db import Database, Record, Tx
+from agora.storage.visibility import users_hidden
 
 LOCK_PAIR = """
 SELECT pg_advisory_xact_lock(hashtextextended(
@@ -44,14 +45,14 @@ REQUEST_PARTIES = "SELECT from_user_id, to_user_id, status FROM social.friend_re
 SET_REQUEST_STATUS = """
 UPDATE social.friend_requests SET status = $2, updated_at = now() WHERE id = $1
 """
-LIST_INCOMING = _REQUEST_SELECT + """
+LIST_INCOMING = _REQUEST_SELECT + f"""
 WHERE r.to_user_id = $1 AND r.status = 'pending' AND r.id < $2
-  AND NOT social.hidden_between(r.from_user_id, r.to_user_id)
+  AND NOT {users_hidden("r.from_user_id", "r.to_user_id")}
 ORDER BY r.id DESC LIMIT $3
 """
-LIST_OUTGOING = _REQUEST_SELECT + """
+LIST_OUTGOING = _REQUEST_SELECT + f"""
 WHERE r.from_user_id = $1 AND r.status = 'pending' AND r.id < $2
-  AND NOT social.hidden_between(r.from_user_id, r.to_user_id)
+  AND NOT {users_hidden("r.from_user_id", "r.to_user_id")}
 ORDER BY r.id DESC LIMIT $3
 """
 CANCEL_PENDING_BETWEEN = """
@@ -77,7 +78,8 @@ FROM social.friendships f
 JOIN accounts.users u ON u.id = f.friend_id
 WHERE f.user_id = $1 AND (f.created_at, f.friend_id) < ($2::timestamptz, $3::bigint)
   AND u.status = 'active'
-  AND ($4::bigint IS NULL OR $4 = f.friend_id OR NOT social.hidden_between($4, f.friend_id))
+  AND ($4::bigint IS NULL OR $4::bigint = f.friend_id
+       OR NOT {users_hidden("$4::bigint", "f.friend_id")})
 ORDER BY f.created_at DESC, f.friend_id DESC
 LIMIT $5
 """
