@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import jwt
 from aiohttp.test_utils import TestClient
@@ -170,3 +171,26 @@ async def test_expired_access_token_is_refused(client: TestClient) -> None:
     resp = await client.get("/api/v1/users/me", headers=bearer(expired))
     err = await expect_error(resp, 401, "unauthorized")
     assert "expired" in err["message"]
+
+
+def test_verified_token_cache_still_checks_expiry() -> None:
+    clock = ManualClock(start=time.time())  # pyjwt checks iat against the real clock
+    issuer = TokenIssuer(JWT_SECRET, 900, clock)
+    token = issuer.issue_access(1, 2)
+    assert issuer.decode_access(token).user_id == 1
+    assert issuer.decode_access(token).session_id == 2  # served from the cache
+    clock.advance(900 + 10)
+    try:
+        issuer.decode_access(token)
+    except Exception as exc:
+        assert "expired" in str(exc)
+    else:
+        raise AssertionError("an expired token was accepted from the cache")
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    clock.advance(-20)
+    try:
+        issuer.decode_access(tampered)
+    except Exception:
+        pass
+    else:
+        raise AssertionError("a tampered token was accepted")
