@@ -72,6 +72,15 @@ class WebSocketConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    heartbeat: float = 2.0  # seconds between node heartbeats
+    node_timeout: float = 10.0  # a node silent this long is dead (noticed within ~12 s)
+    answer_timeout: float = 5.0  # a forwarded command unanswered this long: "retry"
+    presence_debounce: float = 5.0  # offline is announced only after this long without sessions
+    conversation_idle: float = 60.0  # an idle conversation actor stops after this long
+
+
+@dataclass(frozen=True)
 class Config:
     env: str
     node_id: str
@@ -82,6 +91,7 @@ class Config:
     redis: RedisConfig
     auth: AuthConfig
     ws: WebSocketConfig = field(default_factory=WebSocketConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
     metrics_token: str | None = None

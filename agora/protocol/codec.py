@@ -37,7 +37,7 @@ _BOUND = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (-?[\d.]+)$")
 _WRONG_TYPE = re.compile(r"^Expected `([^`]+)`, got `([^`]+)`$")
 
 
-def _clean(message: str, description: str | None = None) -> str:
+def humanize(message: str, description: str | None = None) -> str:
     """Turn msgspec's wording into a sentence for a person, without the JSON path."""
     message = _PATH_SUFFIX.sub("", message)
     if "matching regex" in message or message.startswith("Invalid enum value"):
@@ -79,7 +79,7 @@ def _field_errors(tp: type, data: Any, *, strict: bool) -> dict[str, str]:
         try:
             msgspec.convert(data[name], info.type, strict=strict)
         except msgspec.ValidationError as exc:
-            errors[name] = _clean(str(exc), _description(info.type))
+            errors[name] = humanize(str(exc), _description(info.type))
     return errors
 
 
@@ -87,7 +87,7 @@ def _whole_struct_error(tp: type, data: Any, *, strict: bool) -> dict[str, str]:
     try:
         msgspec.convert(data, tp, strict=strict)
     except msgspec.ValidationError as exc:
-        return {"$": _clean(str(exc))}
+        return {"$": humanize(str(exc))}
     return {}
 
 
@@ -102,7 +102,7 @@ def decode_body(tp: type[T], raw: bytes) -> T:
             ErrorCode.VALIDATION_ERROR,
             "the request body is not valid JSON",
             status=400,
-            fields={"$": _clean(str(exc))},
+            fields={"$": humanize(str(exc))},
         ) from None
     data = _any_decoder.decode(raw)
     errors = _field_errors(tp, data, strict=True) or _whole_struct_error(tp, data, strict=True)

@@ -16,22 +16,32 @@ from aiohttp import web
 
 from agora.clock import Clock
 from agora.config import Config
-from agora.handlers import auth, docs, feed, friends, posts, users
+from agora.actors.conversation import ConversationActor, ConversationDirectory
+from agora.actors.session import SessionRegistry
+from agora.cluster.inbox import Inbox
+from agora.cluster.nodes import NodeRegistry
+from agora.cluster.presence import Presence
+from agora.cluster.router import Router, conversation_key
+from agora.handlers import auth, conversations, docs, feed, friends, posts, users, ws
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
 from agora.server.metrics import Metrics
 from agora.server.middleware import InFlight, add_request_id, envelope_middleware
 from agora.server.routing import mount
+from agora.protocol.frames import CloseCode
 from agora.services.accounts import AccountService
+from agora.services.chat import ChatService
 from agora.services.feed import FeedService
 from agora.services.posts import PostService
 from agora.services.passwords import Passwords
 from agora.services.ratelimit import RateLimiter
+from agora.services.realtime import Realtime
 from agora.services.revocations import Revocations
 from agora.services.social import SocialService
 from agora.services.tokens import TokenIssuer
 from agora.storage import redis as redis_store
 from agora.storage.accounts import AccountStore
+from agora.storage.chat import ChatStore
 from agora.storage.content import CommentStore, PostStore
 from agora.storage.feed_cache import FeedCache
 from agora.storage.db import Database
@@ -43,7 +53,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 API_PREFIX = "/api/v1"
 REST_TABLES = [auth.routes, users.routes, friends.routes, friends.blocks, posts.routes,
-               feed.routes]
+               feed.routes, conversations.routes]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -100,10 +110,56 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     feed_cache = FeedCache(redis, rkeys, size=config.feed_cache_size)
     app[keys.SOCIAL] = SocialService(db, social_store, store, feed_cache)
     app[keys.FEED] = FeedService(post_store, social_store, feed_cache, clock)
-    app[keys.POSTS] = PostService(post_store, CommentStore(db), store, app[keys.FEED])
+    app[keys.REALTIME] = Realtime(social_store)
+    app[keys.POSTS] = PostService(post_store, CommentStore(db), store, app[keys.FEED],
+                                  on_created=app[keys.REALTIME].post_created)
     yield
     await revocations.stop()
     passwords.close()
+
+
+async def _realtime(app: web.Application) -> AsyncIterator[None]:
+    """The cluster side of the node: registry, inbox, presence, router, actors."""
+    config, clock, cc = app[keys.CONFIG], app[keys.CLOCK], app[keys.CONFIG].cluster
+    db, redis, rkeys = app[keys.DB], app[keys.REDIS], app[keys.REDIS_KEYS]
+    chat_store, social_store = ChatStore(db), SocialStore(db)
+    realtime = app[keys.REALTIME]
+
+    nodes = NodeRegistry(redis, rkeys, config.node_id, clock, cc.heartbeat, cc.node_timeout)
+    sessions = SessionRegistry()
+    presence = Presence(redis, rkeys, nodes, realtime.presence_changed, cc.presence_debounce)
+    router_box: list[Router] = []
+    conversations = ConversationDirectory(
+        lambda cid: ConversationActor(cid, chat_store, router_box[0], clock, cc.conversation_idle),
+        app[keys.METRICS].actors.labels("conversation"))
+    router = Router(nodes, presence, sessions, conversations, cc.answer_timeout)
+    router_box.append(router)
+    realtime.router = router
+    inbox = Inbox(redis, rkeys, config.node_id, router.handle)
+    router.inbox = inbox
+
+    async def ownership_changed(old: frozenset[str], new: frozenset[str]) -> None:
+        await conversations.stop_where(lambda cid: not nodes.owns(conversation_key(cid)))
+
+    nodes.on_change(ownership_changed)
+    nodes.on_dead(presence.clear_node)
+    nodes.on_dead(inbox.drop)
+    await inbox.start()  # read position fixed before anyone can route to us
+    await nodes.start()
+    await presence.start()
+    unsubscribe = app[keys.ACCOUNTS].revocations.subscribe(
+        lambda sid: sessions.close_login(sid, CloseCode.REVOKED, "revoked"))
+
+    app[keys.NODES], app[keys.SESSIONS], app[keys.PRESENCE] = nodes, sessions, presence
+    app[keys.CONVERSATIONS], app[keys.ROUTER] = conversations, router
+    app[keys.CHAT] = ChatService(chat_store, social_store, router)
+    yield
+    unsubscribe()
+    await conversations.stop_all()
+    router.fail_pending()
+    await presence.stop()
+    await nodes.stop()
+    await inbox.stop()
 
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
@@ -114,11 +170,12 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[keys.CLOCK] = clock or Clock()
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
-    app.cleanup_ctx.extend([_database, _redis, _amqp, _services])
+    app.cleanup_ctx.extend([_database, _redis, _amqp, _services, _realtime])
     app.on_response_prepare.append(add_request_id)
 
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)
+    ws.add_routes(app)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
                          autoescape=jinja2.select_autoescape(["html"]))
     docs.add_routes(app, str(HERE / "static"))

@@ -11,6 +11,13 @@ from agora.clock import Clock
 from agora.config import Config
 
 if TYPE_CHECKING:
+    from agora.actors.conversation import ConversationDirectory
+    from agora.actors.session import SessionRegistry
+    from agora.cluster.nodes import NodeRegistry
+    from agora.cluster.presence import Presence
+    from agora.cluster.router import Router
+    from agora.services.chat import ChatService
+    from agora.services.realtime import Realtime
     from agora.server.amqp import Amqp
     from agora.server.metrics import Metrics
     from agora.server.middleware import InFlight
@@ -35,3 +42,10 @@ ACCOUNTS = web.AppKey("accounts", "AccountService")
 SOCIAL = web.AppKey("social", "SocialService")
 FEED = web.AppKey("feed", "FeedService")
 POSTS = web.AppKey("posts", "PostService")
+CHAT = web.AppKey("chat", "ChatService")
+SESSIONS = web.AppKey("sessions", "SessionRegistry")
+CONVERSATIONS = web.AppKey("conversations", "ConversationDirectory")
+NODES = web.AppKey("nodes", "NodeRegistry")
+PRESENCE = web.AppKey("presence", "Presence")
+ROUTER = web.AppKey("router", "Router")
+REALTIME = web.AppKey("realtime", "Realtime")

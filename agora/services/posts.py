@@ -6,6 +6,8 @@ answered exactly like one that does not exist (404), on every path.
 
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 import msgspec
 
 from agora.errors import forbidden, invalid, not_found
@@ -24,11 +26,13 @@ MODERATING_ROLES = ("moderator", "admin")
 
 class PostService:
     def __init__(self, posts: PostStore, comments: CommentStore, accounts: AccountStore,
-                 feed: FeedService) -> None:
+                 feed: FeedService,
+                 on_created: Callable[[int, PostOut], Awaitable[None]] | None = None) -> None:
         self.posts = posts
         self.comments = comments
         self.accounts = accounts
         self.feed = feed
+        self.on_created = on_created  # pushes `post` frames to online friends
 
     async def _is_moderator(self, user_id: int) -> bool:
         user = await self.accounts.get_user(user_id)
@@ -42,7 +46,10 @@ class PostService:
             raise invalid({"media_ids": "no such media"})
         post_id = await self.posts.create(author, body.text, body.visibility, [])
         await self.feed.post_created(author, post_id, body.visibility)
-        return await self.get(author, post_id)
+        post = await self.get(author, post_id)
+        if self.on_created is not None:
+            await self.on_created(author, post)
+        return post
 
     async def get(self, viewer: int | None, post_id: int) -> PostOut:
         row = await self.posts.get(viewer, post_id)

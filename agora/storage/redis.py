@@ -28,6 +28,29 @@ class Keys:
         """Stream of revoked login-session ids, read by every node."""
         return f"{self.prefix}revocations"
 
+    # -- the cluster ----------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> str:
+        """Sorted set: node id -> last heartbeat (ms since the epoch)."""
+        return f"{self.prefix}nodes"
+
+    def inbox(self, node_id: str) -> str:
+        """Stream a node reads: deliveries, forwarded commands and replies addressed to it."""
+        return f"{self.prefix}inbox:{node_id}"
+
+    def where(self, user_id: int) -> str:
+        """Hash: node id -> number of the user's sessions on that node."""
+        return f"{self.prefix}where:{user_id}"
+
+    def node_users(self, node_id: str) -> str:
+        """Set of users with sessions on a node, so a dead node's presence can be cleared."""
+        return f"{self.prefix}nodeusers:{node_id}"
+
+    def online(self, user_id: int) -> str:
+        """Set while the user's friends have been told 'online' (transitions are announced once)."""
+        return f"{self.prefix}online:{user_id}"
+
     def rate(self, bucket: str) -> str:
         return f"{self.prefix}rate:{bucket}"
 

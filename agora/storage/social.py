@@ -71,6 +71,9 @@ WHERE (user_id = $1 AND friend_id = $2) OR (user_id = $2 AND friend_id = $1)
 """
 COUNT_FRIENDS = "SELECT count(*) FROM social.friendships WHERE user_id = $1"
 FRIEND_IDS = "SELECT friend_id FROM social.friendships WHERE user_id = $1"
+FRIENDS_AMONG = """
+SELECT friend_id FROM social.friendships WHERE user_id = $1 AND friend_id = ANY($2::bigint[])
+"""
 # Friends newest first; the viewer (if any) never sees users hidden from them.
 LIST_FRIENDS = f"""
 SELECT f.created_at AS since, {PUBLIC_USER_COLUMNS}
@@ -205,6 +208,10 @@ class SocialStore:
     async def friend_ids(self, user_id: int) -> list[int]:
         rows = await self.db.fetch("friend_ids", FRIEND_IDS, user_id)
         return [r["friend_id"] for r in rows]
+
+    async def friends_among(self, user_id: int, candidates: list[int]) -> set[int]:
+        rows = await self.db.fetch("friends_among", FRIENDS_AMONG, user_id, candidates)
+        return {r["friend_id"] for r in rows}
 
     async def list_friends(self, user_id: int, viewer_id: int | None, before: tuple[datetime, int],
                            limit: int) -> list[Friend]:

@@ -1,0 +1,193 @@
+"""The one actor base.
+
+An actor is an object with private state, a bounded mailbox and one task that handles one item
+at a time; nothing else touches its state, so it needs no locks. ``tell`` expects no answer;
+``ask`` returns a future; both fail fast when the mailbox is full (the caller decides: drop,
+answer "busy", or disconnect) instead of letting memory grow. When an actor stops, every
+pending ask fails with :class:`ActorStopped` (pykka's asyncio actor does the same).
+
+Supervision: an exception escaping ``receive`` is logged, counted, answered to its asker as an
+internal error, and ``on_failure`` decides whether to carry on (the default re-runs
+``on_start`` to rebuild state) or stop. The node never goes down with an actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Generic, TypeVar
+
+from agora.errors import AppError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")
+Reply = Callable[[Any], None]  # called once with the result or an exception instance
+
+
+class ActorStopped(AppError):
+    def __init__(self, name: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, f"{name} stopped; retry", status=503)
+
+
+class MailboxFull(AppError):
+    def __init__(self, name: str) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, f"{name} is busy; retry shortly",
+                         headers={"Retry-After": "1"})
+
+
+_STOP = object()
+
+
+def future_reply(future: "asyncio.Future[Any]") -> Reply:
+    def reply(result: Any) -> None:
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    return reply
+
+
+class Actor(Generic[M]):
+    __slots__ = ("name", "_mailbox", "_task", "_stopped", "on_exit", "__dict__")
+    kind = "actor"
+    idle_timeout: float | None = None  # stop after this long without mail
+
+    def __init__(self, name: str, mailbox_size: int = 1000) -> None:
+        self.name = name
+        self._mailbox: asyncio.Queue[Any] = asyncio.Queue(mailbox_size)
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.on_exit: Callable[["Actor[M]"], None] | None = None
+
+    # -- the outside view ---------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return not self._stopped
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    def tell(self, message: M, reply: Reply | None = None) -> None:
+        if self._stopped:
+            raise ActorStopped(self.name)
+        try:
+            self._mailbox.put_nowait((message, reply))
+        except asyncio.QueueFull:
+            raise MailboxFull(self.name) from None
+
+    def ask(self, message: M) -> "asyncio.Future[Any]":
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.tell(message, future_reply(future))
+        return future
+
+    async def stop(self) -> None:
+        """Finish the item in hand, fail what is still queued, run ``on_stop``."""
+        if self._stopped or self._task is None:
+            self._stopped = True
+            return
+        self._stopped = True
+        try:
+            self._mailbox.put_nowait(_STOP)
+        except asyncio.QueueFull:
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- what subclasses write ----------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        pass
+
+    async def receive(self, message: M) -> Any:
+        raise NotImplementedError
+
+    async def receive_many(self, items: list[tuple[M, Reply | None]]) -> None:
+        """Handle everything that was waiting at once (override to batch); default: one by one."""
+        for message, reply in items:
+            await self._deliver(message, reply)
+
+    async def on_failure(self, exc: BaseException) -> bool:
+        """After a crash in ``receive``: True to carry on (state rebuilt), False to stop."""
+        await self.on_start()
+        return True
+
+    async def on_stop(self) -> None:
+        pass
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _take_waiting(self, first: Any, limit: int) -> list[Any]:
+        items = [first]
+        while len(items) < limit and not self._mailbox.empty():
+            items.append(self._mailbox.get_nowait())
+        return items
+
+    async def _next(self) -> Any:
+        if self.idle_timeout is None:
+            return await self._mailbox.get()
+        try:
+            return await asyncio.wait_for(self._mailbox.get(), self.idle_timeout)
+        except TimeoutError:
+            return _STOP
+
+    async def _deliver(self, message: M, reply: Reply | None) -> None:
+        try:
+            result = await self.receive(message)
+        except AppError as err:  # an answer for the asker, not a crash
+            if reply:
+                reply(err)
+            return
+        except Exception as exc:
+            if reply:
+                reply(AppError(ErrorCode.INTERNAL_ERROR, "internal error"))
+            raise _Crash(exc) from exc
+        if reply:
+            reply(result)
+
+    async def _run(self) -> None:
+        try:
+            await self.on_start()
+            while True:
+                first = await self._next()
+                if first is _STOP:
+                    break
+                items = self._take_waiting(first, 256)
+                stop_after = False
+                if items[-1] is _STOP:
+                    items.pop()
+                    stop_after = True
+                try:
+                    await self.receive_many(items)
+                except _Crash as crash:
+                    log.error("%s crashed: %r", self.name, crash.__cause__, exc_info=crash.__cause__)
+                    if not await self.on_failure(crash.__cause__ or crash):
+                        break
+                except Exception as exc:
+                    log.exception("%s crashed", self.name)
+                    if not await self.on_failure(exc):
+                        break
+                if stop_after:
+                    break
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("%s failed to start", self.name)
+        finally:
+            self._stopped = True
+            while not self._mailbox.empty():
+                item = self._mailbox.get_nowait()
+                if item is not _STOP and item[1] is not None:
+                    item[1](ActorStopped(self.name))
+            try:
+                await self.on_stop()
+            except Exception:
+                log.exception("%s on_stop failed", self.name)
+            if self.on_exit:
+                self.on_exit(self)
+
+
+class _Crash(Exception):
+    pass

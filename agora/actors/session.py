@@ -1,0 +1,123 @@
+"""Session actors: one per WebSocket. The mailbox is the bounded queue of frames to write.
+
+The aiohttp handler is the socket's one reader (agora/handlers/ws.py); this actor's task is its
+one writer. Everyone else only ``push``es encoded frames. A client that does not read fast
+enough fills the mailbox and is disconnected with :attr:`CloseCode.SLOW_CONSUMER` (reconnect and
+``sync``): the node's memory never grows with a slow reader, and nobody waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Iterable
+
+from aiohttp import WSMsgType, web
+
+from agora.actors.base import Actor, ActorStopped, MailboxFull, Reply
+from agora.protocol.frames import CloseCode
+
+log = logging.getLogger(__name__)
+
+
+class SessionActor(Actor[bytes]):
+    kind = "session"
+
+    def __init__(self, ws: web.WebSocketResponse, user_id: int, login_id: int, number: int,
+                 outbound_limit: int) -> None:
+        super().__init__(f"session-{number}", outbound_limit)
+        self.ws = ws
+        self.user_id = user_id
+        self.login_id = login_id  # the login session (`sid` of the access token)
+        self.closing = False
+        self.close_reason = ""
+
+    def push(self, frame: bytes) -> bool:
+        """Queue a frame for the client; never waits. False when the session is going away."""
+        if self.closing:
+            return False
+        try:
+            self.tell(frame)
+            return True
+        except MailboxFull:
+            self.close_soon(CloseCode.SLOW_CONSUMER, "slow_consumer")
+        except ActorStopped:
+            pass
+        return False
+
+    async def receive_many(self, items: list[tuple[bytes, Reply | None]]) -> None:
+        for frame, _ in items:
+            if self.ws.closed:
+                return
+            await self.ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def on_failure(self, exc: BaseException) -> bool:
+        # The socket broke under the writer: the reader sees it too and cleans up.
+        return False
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close from any context (no await): the reader loop ends and cleans up."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), 5)
+        except Exception:
+            pass
+
+
+class SessionRegistry:
+    """The sessions open on this node, by user and by login (for revocation)."""
+
+    def __init__(self) -> None:
+        self.by_user: dict[int, set[SessionActor]] = {}
+        self.by_login: dict[int, set[SessionActor]] = {}
+        self._number = 0
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.by_user.values())
+
+    def next_number(self) -> int:
+        self._number += 1
+        return self._number
+
+    def add(self, session: SessionActor) -> None:
+        self.by_user.setdefault(session.user_id, set()).add(session)
+        self.by_login.setdefault(session.login_id, set()).add(session)
+
+    def remove(self, session: SessionActor) -> None:
+        for index, key in ((self.by_user, session.user_id), (self.by_login, session.login_id)):
+            group = index.get(key)
+            if group is not None:
+                group.discard(session)
+                if not group:
+                    del index[key]
+
+    def deliver(self, users: Iterable[int], frames: list[bytes]) -> int:
+        """Push frames to every local session of these users; the number of sessions reached."""
+        reached = 0
+        for uid in users:
+            for session in tuple(self.by_user.get(uid, ())):
+                for frame in frames:
+                    if not session.push(frame):
+                        break
+                else:
+                    reached += 1
+        return reached
+
+    def close_login(self, login_id: int, code: int, reason: str) -> None:
+        for session in tuple(self.by_login.get(login_id, ())):
+            session.close_soon(code, reason)
+
+    def close_user(self, user_id: int, code: int, reason: str) -> None:
+        for session in tuple(self.by_user.get(user_id, ())):
+            session.close_soon(code, reason)
+
+    def all(self) -> list[SessionActor]:
+        return [s for group in self.by_user.values() for s in group]
+
+

@@ -1,0 +1,1 @@
+"""Nodes forming one cluster through Redis: registry, inboxes, presence, routing."""

@@ -1,0 +1,169 @@
+"""Presence: which nodes hold each user's sessions, and online/offline transitions.
+
+``where:{user}`` maps node -> session count; readers ignore nodes that are not live, so a dead
+node's entries never route anything even before the janitor removes them. A user is online while
+any live node holds a session. Friends hear of transitions only: ``online:{user}`` records what
+was announced, so "online" is said once however many sessions open, and "offline" is said only
+when, ``debounce`` seconds after the last session closed, none has come back (a reconnect inside
+that window shows no blip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Iterable
+
+import redis.asyncio as aioredis
+
+from agora.cluster.nodes import NodeRegistry
+from agora.storage.redis import Keys
+
+log = logging.getLogger(__name__)
+
+Announce = Callable[[int, str], Awaitable[None]]
+
+# KEYS: where, node users, online; ARGV: node, user, ttl -> 1 when the user just came online
+_CAME_ONLINE = """
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[2])
+if redis.call('SET', KEYS[3], '1', 'NX') then return 1 end
+return 0
+"""
+# KEYS: where, online; ARGV: live nodes -> 1 when the user just went offline
+_WENT_OFFLINE = """
+local live = {}
+for i = 1, #ARGV do live[ARGV[i]] = true end
+for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if live[node] then return 0 end
+end
+if redis.call('DEL', KEYS[2]) == 1 then return 1 end
+return 0
+"""
+
+
+class Presence:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, registry: NodeRegistry,
+                 announce: Announce, debounce: float = 5.0, ttl: int = 120) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.registry = registry
+        self.node_id = registry.node_id
+        self.announce = announce
+        self.debounce = debounce
+        self.ttl = ttl
+        self.local: dict[int, int] = {}  # user -> sessions on this node
+        self._came_online = redis.register_script(_CAME_ONLINE)
+        self._went_offline = redis.register_script(_WENT_OFFLINE)
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="presence-refresh")
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for task in [self._refresher, *self._tasks]:
+            if task:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._refresher, *self._tasks] if t),
+                             return_exceptions=True)
+
+    async def connected(self, user_id: int) -> None:
+        count = self.local.get(user_id, 0) + 1
+        self.local[user_id] = count
+        if count > 1:
+            return
+        k = self.keys
+        became = await self._came_online(
+            keys=[k.where(user_id), k.node_users(self.node_id), k.online(user_id)],
+            args=[self.node_id, user_id, self.ttl])
+        if int(became):
+            await self.announce(user_id, "online")
+
+    async def disconnected(self, user_id: int) -> None:
+        count = self.local.get(user_id, 0) - 1
+        if count > 0:
+            self.local[user_id] = count
+            return
+        self.local.pop(user_id, None)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(self.keys.where(user_id), self.node_id)
+                pipe.srem(self.keys.node_users(self.node_id), user_id)
+                await pipe.execute()
+        except (OSError, aioredis.RedisError):
+            log.warning("could not clear presence of user %d", user_id)
+        self.check_later(user_id)
+
+    def check_later(self, user_id: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            task = loop.create_task(self._check_offline(user_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        handle = loop.call_later(self.debounce, fire)
+        self._timers.add(handle)
+
+    async def _check_offline(self, user_id: int) -> None:
+        if user_id in self.local:
+            return
+        went = await self._went_offline(keys=[self.keys.where(user_id), self.keys.online(user_id)],
+                                        args=sorted(self.registry.live))
+        if int(went):
+            await self.announce(user_id, "offline")
+
+    async def nodes_of(self, user_ids: Iterable[int]) -> dict[int, set[str]]:
+        """Live nodes holding sessions of each user (users with none are left out)."""
+        users = list(user_ids)
+        if not users:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid in users:
+                pipe.hkeys(self.keys.where(uid))
+            replies = await pipe.execute()
+        live = self.registry.live
+        out: dict[int, set[str]] = {}
+        for uid, nodes in zip(users, replies):
+            here = {n.decode() for n in nodes} & live
+            if here:
+                out[uid] = here
+        return out
+
+    async def is_online(self, user_id: int) -> bool:
+        return bool(await self.redis.exists(self.keys.online(user_id)))
+
+    async def clear_node(self, node_id: str) -> None:
+        """The janitor's part: forget a dead node's sessions, then let the debounce decide."""
+        key = self.keys.node_users(node_id)
+        users = [int(u) for u in await self.redis.smembers(key)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid in users:
+                pipe.hdel(self.keys.where(uid), node_id)
+            pipe.delete(key)
+            await pipe.execute()
+        for uid in users:
+            self.check_later(uid)
+
+    async def _refresh_loop(self) -> None:
+        """Keep this node's entries from expiring while its sessions are open."""
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for uid in list(self.local):
+                        pipe.hset(self.keys.where(uid), self.node_id, self.local.get(uid, 1))
+                        pipe.expire(self.keys.where(uid), self.ttl)
+                    if self.local:
+                        pipe.sadd(self.keys.node_users(self.node_id), *self.local)
+                    await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("presence refresh failed", exc_info=True)

@@ -1,0 +1,140 @@
+"""The router: the one path by which anything reaches a user's sessions or a conversation's
+owner, on whichever node they are.
+
+- ``deliver(users, frames)``: look up (one Redis round trip) which live nodes hold sessions of
+  these users, push locally, and post one ``Deliver`` per other node to its inbox.
+- ``submit(conversation_id, op, reply)``: run a command on the conversation's owner: the local
+  actor when this node owns it (rendezvous over live nodes), else a ``Command`` in the owner's
+  inbox whose ``Answer`` comes back through ours. An owner that does not answer in time (it
+  died) answers "unavailable, retry": the client resends with the same ``client_id``, which the
+  next owner finds instead of storing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, Iterable
+
+import msgspec
+
+from agora.actors.base import Reply, future_reply
+from agora.actors.conversation import (ConversationDirectory, ConversationOp, Sent, op_decoder,
+                                       op_encoder, sent_decoder)
+from agora.actors.session import SessionRegistry
+from agora.cluster.inbox import Answer, Command, Deliver, Envelope, Inbox, group_by_node
+from agora.cluster.nodes import NodeRegistry
+from agora.cluster.presence import Presence
+from agora.errors import AppError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def conversation_key(conversation_id: int) -> str:
+    return f"conversation:{conversation_id}"
+
+
+class Router:
+    def __init__(self, registry: NodeRegistry, presence: Presence, sessions: SessionRegistry,
+                 conversations: ConversationDirectory, answer_timeout: float = 5.0) -> None:
+        self.registry = registry
+        self.node_id = registry.node_id
+        self.presence = presence
+        self.sessions = sessions
+        self.conversations = conversations
+        self.answer_timeout = answer_timeout
+        self.inbox: Inbox | None = None  # set by the app once the inbox exists
+        self._rids = itertools.count(1)
+        self._waiting: dict[int, tuple[Reply, asyncio.TimerHandle]] = {}
+
+    # -- to users ------------------------------------------------------------------------------
+
+    async def deliver(self, users: Iterable[int], frames: list[bytes]) -> None:
+        placements = await self.presence.nodes_of(users)
+        for node, node_users in group_by_node(placements).items():
+            if node == self.node_id:
+                self.sessions.deliver(node_users, frames)
+            elif self.inbox is not None and not self.inbox.post(node, Deliver(node_users, frames)):
+                log.warning("inbox queue full; dropped a delivery to %s", node)
+
+    # -- to conversation owners -------------------------------------------------------------
+
+    def owner_of(self, conversation_id: int) -> str:
+        return self.registry.owner(conversation_key(conversation_id))
+
+    def submit(self, conversation_id: int, op: ConversationOp, reply: Reply | None,
+               hops: int = 0) -> None:
+        owner = self.owner_of(conversation_id)
+        if owner == self.node_id or self.inbox is None or hops > 1:
+            self.conversations.submit(conversation_id, op, reply)
+            return
+        rid = next(self._rids)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.answer_timeout, self._expire, rid)
+        self._waiting[rid] = (reply or (lambda _result: None), timer)
+        command = Command(rid, self.node_id, conversation_id, op_encoder.encode(op), hops + 1)
+        if not self.inbox.post(owner, command):
+            self._expire(rid)
+
+    async def ask(self, conversation_id: int, op: ConversationOp) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.submit(conversation_id, op, future_reply(future))
+        return await future
+
+    def _expire(self, rid: int) -> None:
+        waiting = self._waiting.pop(rid, None)
+        if waiting is not None:
+            waiting[1].cancel()
+            waiting[0](AppError(ErrorCode.UNAVAILABLE,
+                                "the conversation's node did not answer; retry with the same client_id"))
+
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    # -- from our inbox ------------------------------------------------------------------------
+
+    def handle(self, envelope: Envelope) -> None:
+        if isinstance(envelope, Deliver):
+            self.sessions.deliver(envelope.users, envelope.frames)
+        elif isinstance(envelope, Command):
+            self._run_remote(envelope)
+        elif isinstance(envelope, Answer):
+            waiting = self._waiting.pop(envelope.rid, None)
+            if waiting is None:
+                return  # answered after we gave up: the client already got "retry"
+            reply, timer = waiting
+            timer.cancel()
+            if envelope.ok:
+                reply(sent_decoder.decode(envelope.body) if envelope.body else None)
+            else:
+                reply(AppError(ErrorCode(envelope.code), envelope.message))
+
+    def _run_remote(self, command: Command) -> None:
+        inbox = self.inbox
+        assert inbox is not None
+
+        def answer(result: Any) -> None:
+            if isinstance(result, AppError):
+                inbox.post(command.reply_to, Answer(command.rid, False, code=result.code.value,
+                                                    message=result.message))
+            elif isinstance(result, BaseException):
+                inbox.post(command.reply_to, Answer(command.rid, False, code="internal_error",
+                                                    message="internal error"))
+            else:
+                body = _encoder.encode(result) if isinstance(result, Sent) else b""
+                inbox.post(command.reply_to, Answer(command.rid, True, body=body))
+
+        try:
+            op = op_decoder.decode(command.op)
+        except msgspec.DecodeError:
+            answer(AppError(ErrorCode.INTERNAL_ERROR, "undecodable command"))
+            return
+        # Ownership may have moved since the sender looked: pass it on (at most once more).
+        self.submit(command.conversation_id, op, answer, hops=command.hops)
+
+    def fail_pending(self) -> None:
+        for rid in list(self._waiting):
+            self._expire(rid)

@@ -1,0 +1,245 @@
+"""``GET /ws``: the WebSocket endpoint. Here frames are decoded and dispatched.
+
+The access token is checked before the upgrade (401 in the error envelope otherwise). Each
+connection gets a :class:`SessionActor` (the writer); this handler is the reader: it enforces the
+frame rate, decodes each text frame with the one client decoder, and hands commands to the
+router. A bad frame gets an ``error`` frame and the connection stays open; a frame over 64 KiB
+closes it with 1009 (aiohttp), a client over its rate with 1008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from agora.actors.base import Reply
+from agora.actors.conversation import ReadOp, Sent, SendOp, TypingOp
+from agora.actors.session import SessionActor
+from agora.clock import Clock
+from agora.errors import AppError, ErrorCode, unauthorized
+from agora.protocol.codec import humanize
+from agora.protocol.frames import (Ack, CloseCode, ErrorFrame, MessageFrame, Ping, Pong, Read,
+                                   Ready, Send, Sync, Synced, Typing, client_decoder, encode,
+                                   frame_ref)
+from agora.server import keys
+from agora.server.logs import request_id_var
+from agora.services.chat import ChatService
+
+log = logging.getLogger(__name__)
+
+SYNC_PAGE = 500
+
+
+class TokenBucket:
+    """``rate`` frames per second sustained, bursts up to ``burst``; rate 0 = unlimited."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "clock")
+
+    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
+        self.rate, self.burst, self.clock = rate, float(burst), clock
+        self.tokens = float(burst)
+        self.stamp = clock.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def _error(code: ErrorCode | str, message: str, ref: str | None = None,
+           retry: bool = False) -> bytes:
+    return encode(ErrorFrame(code=str(code), message=message, ref=ref, retry=retry))
+
+
+class Connection:
+    """The reader side of one session: decoding, rate limit, dispatch."""
+
+    def __init__(self, app: web.Application, session: SessionActor) -> None:
+        self.app = app
+        self.session = session
+        config = app[keys.CONFIG].ws
+        self.bucket = TokenBucket(config.rate_limit, config.rate_burst, app[keys.CLOCK])
+        self.router = app[keys.ROUTER]
+        self.chat: ChatService = app[keys.CHAT]
+        self.metrics = app[keys.METRICS]
+        self._sync: asyncio.Task[None] | None = None
+
+    async def run(self, ws: web.WebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                if not self.bucket.take():
+                    self.metrics.ws_closed.labels("rate_limited").inc()
+                    await ws.close(code=CloseCode.POLICY_VIOLATION, message=b"rate_limited")
+                    break
+                data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+                self.handle(data)
+            elif msg.type is WSMsgType.BINARY:
+                self.session.push(_error(ErrorCode.VALIDATION_ERROR,
+                                         "send JSON in text frames, not binary"))
+            elif msg.type is WSMsgType.ERROR:
+                self.metrics.ws_closed.labels("protocol_error").inc()
+                break
+        if self._sync is not None:
+            self._sync.cancel()
+
+    def handle(self, raw: bytes) -> None:
+        try:
+            frame = client_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            self.metrics.ws_frames_in.labels("invalid").inc()
+            self.session.push(_error(ErrorCode.VALIDATION_ERROR, humanize(str(exc)) + _where(exc),
+                                     frame_ref(raw)))
+            return
+        except msgspec.DecodeError:
+            self.metrics.ws_frames_in.labels("invalid").inc()
+            self.session.push(_error(ErrorCode.VALIDATION_ERROR, "the frame is not valid JSON"))
+            return
+        user = self.session.user_id
+        match frame:
+            case Send(conversation_id=cid, client_id=client_id, text=text):
+                self.metrics.ws_frames_in.labels("send").inc()
+                self.router.submit(int(cid), SendOp(user, client_id, text), self._on_sent(client_id))
+            case Typing(conversation_id=cid):
+                self.metrics.ws_frames_in.labels("typing").inc()
+                self.router.submit(int(cid), TypingOp(user), self._on_done(cid))
+            case Read(conversation_id=cid, seq=seq):
+                self.metrics.ws_frames_in.labels("read").inc()
+                self.router.submit(int(cid), ReadOp(user, seq), self._on_done(cid))
+            case Sync(conversation_id=cid, after_seq=after):
+                self.metrics.ws_frames_in.labels("sync").inc()
+                if self._sync is not None and not self._sync.done():
+                    self.session.push(_error(ErrorCode.RATE_LIMITED,
+                                             "a sync is already running; wait for `synced`", cid))
+                    return
+                self._sync = asyncio.create_task(self._run_sync(int(cid), after))
+            case Ping():
+                self.metrics.ws_frames_in.labels("ping").inc()
+                self.session.push(encode(Pong()))
+
+    def _on_sent(self, client_id: str) -> Reply:
+        session = self.session
+
+        def reply(result: Any) -> None:
+            if isinstance(result, Sent):
+                m = result.message
+                session.push(encode(Ack(client_id=client_id, message_id=m.id, seq=m.seq,
+                                        conversation_id=m.conversation_id)))
+            else:
+                session.push(_failure(result, client_id))
+        return reply
+
+    def _on_done(self, ref: str) -> Reply:
+        session = self.session
+
+        def reply(result: Any) -> None:
+            if isinstance(result, BaseException):
+                session.push(_failure(result, ref))
+        return reply
+
+    async def _run_sync(self, conversation_id: int, after_seq: int) -> None:
+        try:
+            last = await self.chat.sync(self.session.user_id, conversation_id, after_seq,
+                                        SYNC_PAGE, self._push_messages)
+            self.session.push(encode(Synced(conversation_id=str(conversation_id), last_seq=last)))
+        except AppError as err:
+            self.session.push(_failure(err, str(conversation_id)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sync failed")
+            self.session.push(_error(ErrorCode.INTERNAL_ERROR, "sync failed; retry",
+                                     str(conversation_id), retry=True))
+
+    def _push_messages(self, messages: list[Any]) -> bool:
+        for message in messages:
+            if not self.session.push(encode(MessageFrame(message=message))):
+                return False
+        return True
+
+
+def _where(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    marker = " - at `$."
+    return f" (field `{text.split(marker, 1)[1].rstrip('`')}`)" if marker in text else ""
+
+
+def _failure(result: Any, ref: str | None) -> bytes:
+    if isinstance(result, AppError):
+        retry = result.code in (ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED)
+        return _error(result.code, result.message, ref, retry=retry)
+    return _error(ErrorCode.INTERNAL_ERROR, "internal error", ref, retry=True)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Upgrade to a WebSocket session for the user of ``?token=`` (or a Bearer header)."""
+    app = request.app
+    token = request.query.get("token")
+    if not token:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    if not token:
+        raise unauthorized("pass the access token as ?token=")
+    viewer = app[keys.ACCOUNTS].authenticate(token)  # 401 before the upgrade
+
+    config = app[keys.CONFIG].ws
+    ws = web.WebSocketResponse(compress=False, max_msg_size=config.max_frame_bytes,
+                               heartbeat=config.heartbeat, decode_text=False)
+    await ws.prepare(request)
+    sessions, presence, metrics = app[keys.SESSIONS], app[keys.PRESENCE], app[keys.METRICS]
+    session = SessionActor(ws, viewer.user_id, viewer.session_id, sessions.next_number(),
+                           config.outbound_queue)
+    session.start()
+    sessions.add(session)
+    metrics.ws_sessions.inc()
+    request_id_var.set(f"ws-{session.name}")
+    try:
+        if app[keys.ACCOUNTS].revocations.is_revoked(viewer.session_id):
+            return ws  # revoked between the check and the upgrade
+        session.push(encode(Ready(session_id=session.name, user_id=str(viewer.user_id),
+                                  node_id=app[keys.CONFIG].node_id, heartbeat=config.heartbeat)))
+        try:
+            await presence.connected(viewer.user_id)
+        except Exception:
+            log.warning("presence update failed for user %d", viewer.user_id, exc_info=True)
+        await Connection(app, session).run(ws)
+    finally:
+        sessions.remove(session)
+        metrics.ws_sessions.dec()
+        if session.close_reason:
+            metrics.ws_closed.labels(session.close_reason).inc()
+        await session.stop()
+        if not ws.closed:
+            await ws.close()
+        try:
+            await presence.disconnected(viewer.user_id)
+        except Exception:
+            log.warning("presence update failed for user %d", viewer.user_id, exc_info=True)
+    return ws
+
+
+async def close_all(app: web.Application) -> None:
+    """``on_shutdown``: tell every client to reconnect elsewhere (1001 going away)."""
+    sessions = app.get(keys.SESSIONS)
+    if sessions is None:
+        return
+    for session in sessions.all():
+        session.close_soon(CloseCode.GOING_AWAY, "node_shutdown")
+    for _ in range(50):
+        if not len(sessions):
+            break
+        await asyncio.sleep(0.05)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ws", websocket)
+    app.on_shutdown.append(close_all)

@@ -1,0 +1,48 @@
+"""What the node pushes to users on its own initiative: presence, new posts, notifications.
+
+Everything goes through :meth:`Router.deliver`, the same path as chat messages, so it reaches
+each recipient's every session on whichever node it is, and nobody who is offline costs more
+than a Redis lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agora.cluster.router import Router
+from agora.protocol.content import PostOut
+from agora.protocol.frames import NotificationFrame, PostFrame, PresenceFrame, encode
+from agora.storage.social import SocialStore
+
+log = logging.getLogger(__name__)
+
+
+class Realtime:
+    def __init__(self, social: SocialStore) -> None:
+        self.social = social
+        self.router: Router | None = None  # wired by the app (the router needs presence first)
+
+    async def _deliver(self, users: list[int], frame: bytes) -> None:
+        if self.router is None or not users:
+            return
+        try:
+            await self.router.deliver(users, [frame])
+        except Exception:
+            log.warning("realtime delivery failed", exc_info=True)
+
+    async def presence_changed(self, user_id: int, status: str) -> None:
+        friends = await self.social.friend_ids(user_id)
+        await self._deliver(friends, encode(PresenceFrame(user_id=str(user_id),
+                                                          status=status)))  # type: ignore[arg-type]
+
+    async def post_created(self, author_id: int, post: PostOut) -> None:
+        """A new post goes to the online friends who may see it (all friends, unless private:
+        a friendship excludes a block)."""
+        if post.visibility == "private":
+            return
+        friends = await self.social.friend_ids(author_id)
+        await self._deliver(friends, encode(PostFrame(post=post)))
+
+    async def notify(self, user_id: int, notification: dict[str, Any]) -> None:
+        await self._deliver([user_id], encode(NotificationFrame(notification=notification)))

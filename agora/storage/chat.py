@@ -1,0 +1,279 @@
+"""Conversations, members and messages.
+
+Messages are written only by a conversation's owner actor through :meth:`ChatStore.commit`: one
+transaction per batch that moves ``last_seq`` from what the owner believes to the batch's last
+seq. A stale owner (one that lost ownership without knowing) matches no row and gets
+:class:`StaleOwner`; the unique keys ``(conversation_id, seq)`` and
+``(conversation_id, sender_id, client_id)`` back that up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
+from agora.storage.db import Database, Record, Tx
+from agora.storage.visibility import users_hidden
+
+_CONVERSATION_COLUMNS = ("c.id, c.kind, c.title, c.created_by, c.last_seq, c.created_at, "
+                         "c.last_activity_at")
+INSERT_CONVERSATION = """
+INSERT INTO chat.conversations (kind, title, created_by, direct_key) VALUES ($1, $2, $3, $4)
+ON CONFLICT (direct_key) DO NOTHING
+RETURNING id
+"""
+DIRECT_BY_KEY = "SELECT id FROM chat.conversations WHERE direct_key = $1"
+INSERT_MEMBERS = """
+INSERT INTO chat.members (conversation_id, user_id, last_read_seq)
+SELECT $1, u, (SELECT last_seq FROM chat.conversations WHERE id = $1) FROM unnest($2::bigint[]) u
+ON CONFLICT DO NOTHING
+"""
+DELETE_MEMBER = "DELETE FROM chat.members WHERE conversation_id = $1 AND user_id = $2"
+CONVERSATION_FOR_MEMBER = f"""
+SELECT {_CONVERSATION_COLUMNS}, m.last_read_seq
+FROM chat.conversations c JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $1
+WHERE c.id = $2
+"""
+LIST_CONVERSATIONS = f"""
+SELECT {_CONVERSATION_COLUMNS}, m.last_read_seq
+FROM chat.members m JOIN chat.conversations c ON c.id = m.conversation_id
+WHERE m.user_id = $1 AND (c.last_activity_at, c.id) < ($2::timestamptz, $3::bigint)
+ORDER BY c.last_activity_at DESC, c.id DESC
+LIMIT $4
+"""
+MEMBERS_OF = f"""
+SELECT m.conversation_id, {PUBLIC_USER_COLUMNS}
+FROM chat.members m JOIN accounts.users u ON u.id = m.user_id
+WHERE m.conversation_id = ANY($1::bigint[])
+ORDER BY m.conversation_id, m.joined_at, m.user_id
+"""
+STATE = """
+SELECT c.kind, c.last_seq, array_agg(m.user_id ORDER BY m.user_id) FILTER (WHERE m.user_id IS NOT NULL) AS members
+FROM chat.conversations c LEFT JOIN chat.members m ON m.conversation_id = c.id
+WHERE c.id = $1
+GROUP BY c.id
+"""
+IS_MEMBER = "SELECT EXISTS (SELECT 1 FROM chat.members WHERE conversation_id = $1 AND user_id = $2)"
+DIRECT_HIDDEN = f"""
+SELECT {users_hidden("a.user_id", "b.user_id")}
+FROM chat.members a JOIN chat.members b ON b.conversation_id = a.conversation_id AND b.user_id > a.user_id
+WHERE a.conversation_id = $1
+"""
+_MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, client_id, text, created_at"
+FIND_SENT = f"""
+SELECT {_MESSAGE_COLUMNS} FROM chat.messages
+WHERE conversation_id = $1
+  AND (sender_id, client_id) IN (SELECT * FROM unnest($2::bigint[], $3::text[]))
+"""
+ADVANCE_SEQ = """
+UPDATE chat.conversations SET last_seq = $3, last_activity_at = now()
+WHERE id = $1 AND last_seq = $2
+"""
+INSERT_MESSAGES = f"""
+INSERT INTO chat.messages (conversation_id, seq, sender_id, client_id, text)
+SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[])
+RETURNING {_MESSAGE_COLUMNS}
+"""
+# Sending a message reads everything before it.
+SENDERS_READ = """
+UPDATE chat.members m SET last_read_seq = s.seq
+FROM (SELECT sender, max(seq) AS seq FROM unnest($2::bigint[], $3::bigint[]) AS t(seq, sender)
+      GROUP BY sender) s
+WHERE m.conversation_id = $1 AND m.user_id = s.sender AND m.last_read_seq < s.seq
+"""
+MARK_READ = """
+UPDATE chat.members m SET last_read_seq = least($3::bigint, c.last_seq)
+FROM chat.conversations c
+WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.id = m.conversation_id
+  AND m.last_read_seq < least($3::bigint, c.last_seq)
+RETURNING m.last_read_seq
+"""
+MESSAGES_AFTER = f"""
+SELECT {_MESSAGE_COLUMNS} FROM chat.messages
+WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+"""
+MESSAGES_BEFORE = f"""
+SELECT {_MESSAGE_COLUMNS} FROM chat.messages
+WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
+"""
+LAST_SEQ = "SELECT last_seq FROM chat.conversations WHERE id = $1"
+
+
+class StaleOwner(Exception):
+    """``last_seq`` moved under this owner: another node committed; reload and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: int
+    conversation_id: int
+    seq: int
+    sender_id: int
+    client_id: str
+    text: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Record) -> "MessageRow":
+        return cls(*row.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    id: int
+    kind: str
+    title: str | None
+    created_by: int
+    last_seq: int
+    created_at: datetime
+    last_activity_at: datetime
+    last_read_seq: int
+
+    @classmethod
+    def of(cls, row: Record) -> "ConversationRow":
+        return cls(*row.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationState:
+    """What a conversation's actor keeps in memory."""
+
+    kind: str
+    last_seq: int
+    members: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    sender_id: int
+    client_id: str
+    text: str
+
+
+def direct_key(a: int, b: int) -> str:
+    return f"{min(a, b)}:{max(a, b)}"
+
+
+class ChatStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- conversations -----------------------------------------------------------------------
+
+    async def create(self, kind: str, title: str | None, creator: int,
+                     members: list[int]) -> tuple[int, bool]:
+        """Create a conversation with its members; for a direct one that exists, return it."""
+        key = direct_key(creator, members[0]) if kind == "direct" else None
+        async with self.db.transaction("create_conversation") as tx:
+            conv_id = await tx.fetchval("insert_conversation", INSERT_CONVERSATION, kind, title,
+                                        creator, key)
+            if conv_id is None:
+                existing: int = await tx.fetchval("direct_by_key", DIRECT_BY_KEY, key)
+                return existing, False
+            await tx.execute("insert_members", INSERT_MEMBERS, conv_id, [creator, *members])
+        return conv_id, True
+
+    async def for_member(self, user_id: int, conversation_id: int) -> ConversationRow | None:
+        row = await self.db.fetchrow("conversation_for_member", CONVERSATION_FOR_MEMBER, user_id,
+                                     conversation_id)
+        return ConversationRow.of(row) if row else None
+
+    async def list_for(self, user_id: int, before: tuple[datetime, int],
+                       limit: int) -> list[ConversationRow]:
+        rows = await self.db.fetch("list_conversations", LIST_CONVERSATIONS, user_id, before[0],
+                                   before[1], limit)
+        return [ConversationRow.of(r) for r in rows]
+
+    async def members_of(self, conversation_ids: list[int]) -> dict[int, list[PublicUser]]:
+        out: dict[int, list[PublicUser]] = {cid: [] for cid in conversation_ids}
+        for row in await self.db.fetch("conversation_members", MEMBERS_OF, conversation_ids):
+            out[row["conversation_id"]].append(PublicUser.of(row))
+        return out
+
+    async def is_member(self, conversation_id: int, user_id: int) -> bool:
+        return bool(await self.db.fetchval("is_member", IS_MEMBER, conversation_id, user_id))
+
+    async def add_members(self, conversation_id: int, user_ids: list[int]) -> None:
+        await self.db.execute("add_members", INSERT_MEMBERS, conversation_id, user_ids)
+
+    async def remove_member(self, conversation_id: int, user_id: int) -> bool:
+        return await self.db.execute("remove_member", DELETE_MEMBER, conversation_id,
+                                     user_id) != "DELETE 0"
+
+    # -- the owner actor's view -------------------------------------------------------------
+
+    async def state(self, conversation_id: int) -> ConversationState | None:
+        row = await self.db.fetchrow("conversation_state", STATE, conversation_id)
+        if row is None:
+            return None
+        return ConversationState(row["kind"], row["last_seq"], frozenset(row["members"] or ()))
+
+    async def direct_hidden(self, conversation_id: int) -> bool:
+        """For a direct conversation: has one of the two blocked the other (or been suspended)?"""
+        return bool(await self.db.fetchval("direct_hidden", DIRECT_HIDDEN, conversation_id))
+
+    async def commit(self, conversation_id: int, last_seq: int,
+                     batch: list[Outgoing]) -> tuple[list[MessageRow], dict[tuple[int, str], MessageRow]]:
+        """Store ``batch`` after ``last_seq`` in one transaction.
+
+        Returns the new messages (seqs ``last_seq + 1 ...`` in batch order, resends left out)
+        and the earlier messages of resent client ids. Raises :class:`StaleOwner` when
+        ``last_seq`` is not the stored one.
+        """
+        async with self.db.transaction("commit_messages") as tx:
+            earlier = await self._find_sent(tx, conversation_id, batch)
+            fresh: list[Outgoing] = []
+            seen: set[tuple[int, str]] = set(earlier)
+            for out in batch:
+                key = (out.sender_id, out.client_id)
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(out)
+            if not fresh:
+                return [], earlier
+            new_last = last_seq + len(fresh)
+            if await tx.execute("advance_seq", ADVANCE_SEQ, conversation_id, last_seq,
+                                new_last) == "UPDATE 0":
+                raise StaleOwner(conversation_id)
+            seqs = list(range(last_seq + 1, new_last + 1))
+            senders = [o.sender_id for o in fresh]
+            try:
+                rows = await tx.fetch("insert_messages", INSERT_MESSAGES, conversation_id, seqs,
+                                      senders, [o.client_id for o in fresh], [o.text for o in fresh])
+            except asyncpg.UniqueViolationError:
+                raise StaleOwner(conversation_id) from None
+            await tx.execute("senders_read", SENDERS_READ, conversation_id, seqs, senders)
+        return [MessageRow.of(r) for r in rows], earlier
+
+    async def _find_sent(self, tx: Tx, conversation_id: int,
+                         batch: list[Outgoing]) -> dict[tuple[int, str], MessageRow]:
+        rows = await tx.fetch("find_sent", FIND_SENT, conversation_id,
+                              [o.sender_id for o in batch], [o.client_id for o in batch])
+        return {(r["sender_id"], r["client_id"]): MessageRow.of(r) for r in rows}
+
+    async def last_seq(self, conversation_id: int) -> int | None:
+        value: int | None = await self.db.fetchval("last_seq", LAST_SEQ, conversation_id)
+        return value
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def mark_read(self, conversation_id: int, user_id: int, seq: int) -> int | None:
+        """Move the member's receipt forward (never back, never past the end); the new value,
+        or None when nothing changed."""
+        value: int | None = await self.db.fetchval("mark_read", MARK_READ, conversation_id,
+                                                   user_id, seq)
+        return value
+
+    async def messages_after(self, conversation_id: int, after_seq: int,
+                             limit: int) -> list[MessageRow]:
+        rows = await self.db.fetch("messages_after", MESSAGES_AFTER, conversation_id, after_seq, limit)
+        return [MessageRow.of(r) for r in rows]
+
+    async def messages_before(self, conversation_id: int, before_seq: int,
+                              limit: int) -> list[MessageRow]:
+        rows = await self.db.fetch("messages_before", MESSAGES_BEFORE, conversation_id, before_seq,
+                                   limit)
+        return [MessageRow.of(r) for r in rows]
