@@ -1,0 +1,147 @@
+"""``python -m bench <command>``: each command prints one JSON object on stdout (progress goes
+to stderr) and exits 0, or 1 with a one-line reason on stderr. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from bench.procs import BenchError, log, run
+from bench.services import resolved_services
+
+Command = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+def _baseline_http(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.baseline_http import baseline_http
+
+    return run(baseline_http(a.concurrency, a.duration, a.warmup))
+
+
+def _seed(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.seed import seed
+
+    reactions = a.posts if a.reactions is None else a.reactions
+    comments = a.posts // 2 if a.comments is None else a.comments
+    with resolved_services(need_redis=False) as services:
+        return run(seed(services, users=a.users, friends=a.friends, posts=a.posts,
+                        reactions=reactions, comments=comments, reset=a.reset))
+
+
+def _feed(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.feed import FeedOptions, feed
+
+    options = FeedOptions(concurrency=a.concurrency, duration=a.duration, warmup=a.warmup,
+                          path=a.path, users=a.users, population=a.population,
+                          baseline=not a.no_baseline)
+    if a.url:
+        return run(feed(options, url=a.url))
+    with resolved_services(need_redis=True) as services:
+        return run(feed(options, services=services))
+
+
+def _baseline_ws(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.baseline_ws import baseline_ws
+
+    return run(baseline_ws(a.conversations, a.members, a.rate, a.duration, a.warmup))
+
+
+def _chat(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.chat import chat
+
+    with resolved_services(need_redis=True) as services:
+        return run(chat(services, nodes=a.nodes, conversations=a.conversations,
+                        members=a.members, rate=a.rate, duration=a.duration, warmup=a.warmup))
+
+
+def _connections(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.connections import connections
+
+    with resolved_services(need_redis=a.url is None) as services:
+        return run(connections(services, count=a.count, url=a.url, pid=a.pid,
+                               per_user=a.per_user, batch=a.batch))
+
+
+def _load_options(p: argparse.ArgumentParser, concurrency: int = 50,
+                  duration: float = 30) -> None:
+    p.add_argument("--concurrency", type=int, default=concurrency, help="connections")
+    p.add_argument("--duration", type=float, default=duration, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+
+
+def _chat_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conversations", type=int, default=100)
+    p.add_argument("--members", type=int, default=5, help="members per conversation")
+    p.add_argument("--rate", type=float, default=1000, help="sends per second, all together")
+    p.add_argument("--duration", type=float, default=20, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("baseline-http", help="bare aiohttp+msgspec feed page: the ceiling")
+    _load_options(s)
+    s.set_defaults(func=_baseline_http)
+
+    s = sub.add_parser("seed", help="bulk-load users, friendships, posts into PostgreSQL")
+    s.add_argument("--users", type=int, default=10_000)
+    s.add_argument("--friends", type=int, default=150, help="average friends per user")
+    s.add_argument("--posts", type=int, default=200_000)
+    s.add_argument("--reactions", type=int, help="reactions to draw (default: --posts)")
+    s.add_argument("--comments", type=int, help="comments (default: --posts / 2)")
+    s.add_argument("--reset", action="store_true", help="remove earlier bench_* data first")
+    s.set_defaults(func=_seed)
+
+    s = sub.add_parser("feed", help="GET /api/v1/feed as seeded users, then baseline-http")
+    _load_options(s)
+    s.add_argument("--url", help="an existing node (default: spawn one on the configured DB)")
+    s.add_argument("--users", type=int, default=200, help="seeded users to log in and rotate")
+    s.add_argument("--population", type=int,
+                   help="draw users from bench_1..bench_N (default: the seeded count, or 10000 "
+                        "with --url)")
+    s.add_argument("--path", default="/api/v1/feed?limit=20", help="GET path to drive")
+    s.add_argument("--no-baseline", action="store_true", help="skip the baseline-http run")
+    s.set_defaults(func=_feed)
+
+    s = sub.add_parser("baseline-ws", help="bare aiohttp WebSocket rooms: the chat ceiling")
+    _chat_options(s)
+    s.set_defaults(func=_baseline_ws)
+
+    s = sub.add_parser("chat", help="group chat over /ws on 1 or 2 nodes")
+    s.add_argument("--nodes", type=int, choices=(1, 2), default=1)
+    _chat_options(s)
+    s.set_defaults(func=_chat)
+
+    s = sub.add_parser("connections", help="memory per idle authenticated WebSocket")
+    s.add_argument("--count", type=int, default=10_000)
+    s.add_argument("--url", help="an existing node (default: spawn one)")
+    s.add_argument("--pid", type=int, help="with --url: the node's pid, to read its RSS")
+    s.add_argument("--per-user", type=int, default=1, help="connections (sessions) per user")
+    s.add_argument("--batch", type=int, default=250, help="connections opened at once")
+    s.set_defaults(func=_connections)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command: Command = args.func
+    try:
+        result = command(args)
+    except BenchError as exc:
+        log(f"error: {exc}")
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted; spawned servers stopped")
+        return 130
+    print(json.dumps(result, indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

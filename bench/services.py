@@ -1,0 +1,71 @@
+"""The configured services (or the embedded ones), resolved once per bench command.
+
+The bench reads the same environment as a node (``agora.config.load_config``). What is not
+configured is started embedded under ``AGORA_DATA_DIR`` exactly as ``agora migrate`` does, and the
+nodes the bench spawns are then given the resolved URLs explicitly, so any number of them share
+one PostgreSQL and one Redis and the bench can write fixtures into the same database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+from agora.config import Config, load_config
+from agora.server.run import redact, resolve
+
+# Used when AGORA_JWT_SECRET is not set, so the bench can mint tokens the nodes accept.
+BENCH_JWT_SECRET = "agora-bench-only-secret-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config  # database URL, Redis URL (when needed) and JWT secret filled in
+
+    @property
+    def database_url(self) -> str:
+        assert self.config.database.url is not None
+        return self.config.database.url
+
+    @property
+    def jwt_secret(self) -> str:
+        assert self.config.auth.jwt_secret is not None
+        return self.config.auth.jwt_secret
+
+    def describe(self) -> str:
+        """The database URL without its password, for progress lines and reports."""
+        return redact(self.database_url)
+
+    def node_env(self, node_id: str, **extra: str) -> dict[str, str]:
+        """Environment for a node on these services: the caller's ``AGORA_*`` settings with the
+        resolved URLs and secret, ``AGORA_LOG_LEVEL=WARNING``, and ``extra``."""
+        env = dict(os.environ)
+        env.update({
+            "AGORA_DATABASE_URL": self.database_url,
+            "AGORA_JWT_SECRET": self.jwt_secret,
+            "AGORA_REDIS_PREFIX": self.config.redis.prefix,
+            "AGORA_NODE_ID": node_id,
+            "AGORA_LOG_LEVEL": "WARNING",
+        })
+        if self.config.redis.url is not None:
+            env["AGORA_REDIS_URL"] = self.config.redis.url
+        env.update(extra)
+        return env
+
+
+@contextmanager
+def resolved_services(*, need_redis: bool) -> Iterator[Services]:
+    """Resolve the configured services, starting embedded ones where nothing is configured
+    (stopped again on exit). With ``need_redis`` the data dir is locked, as a node locks it."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    config = load_config()
+    if config.auth.jwt_secret is None:
+        config = replace(config, auth=replace(config.auth, jwt_secret=BENCH_JWT_SECRET))
+    resolved, embedded = resolve(config, need_redis=need_redis, lock=need_redis)
+    try:
+        yield Services(resolved)
+    finally:
+        embedded.stop()
