@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable
+from typing import Any, Coroutine, Iterable
 
 from aiohttp import WSMsgType, web
 
@@ -77,6 +77,17 @@ class SessionRegistry:
         self.by_user: dict[int, set[SessionActor]] = {}
         self.by_login: dict[int, set[SessionActor]] = {}
         self._number = 0
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    async def shielded(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run a session's cleanup to the end even if the awaiting handler is cancelled."""
+        task = asyncio.ensure_future(cleanup)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
+
+    async def wait_cleanups(self) -> None:
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.by_user.values())

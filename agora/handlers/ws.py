@@ -217,14 +217,20 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         metrics.ws_sessions.dec()
         if session.close_reason:
             metrics.ws_closed.labels(session.close_reason).inc()
-        await session.stop()
-        if not ws.closed:
-            await ws.close()
-        try:
-            await presence.disconnected(viewer.user_id)
-        except Exception:
-            log.warning("presence update failed for user %d", viewer.user_id, exc_info=True)
+        # Shielded: the handler may be cancelled when the peer vanishes, the cleanup may not.
+        await sessions.shielded(_finish(session, ws, presence, viewer.user_id))
     return ws
+
+
+async def _finish(session: SessionActor, ws: web.WebSocketResponse, presence: Any,
+                  user_id: int) -> None:
+    await session.stop()
+    if not ws.closed:
+        await ws.close()
+    try:
+        await presence.disconnected(user_id)
+    except Exception:
+        log.warning("presence update failed for user %d", user_id, exc_info=True)
 
 
 async def close_all(app: web.Application) -> None:

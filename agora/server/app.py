@@ -155,6 +155,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     app[keys.CHAT] = ChatService(chat_store, social_store, router)
     yield
     unsubscribe()
+    await sessions.wait_cleanups()
     await conversations.stop_all()
     router.fail_pending()
     await presence.stop()

@@ -1,0 +1,269 @@
+"""The WebSocket protocol on one node: auth, chat, typing, receipts, sync, presence, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from agora.config import ClusterConfig, Config, WebSocketConfig
+from tests.support.api import (User, befriend, block, create_post, expect_error, get_json,
+                               register)
+from tests.support.ws import WsClient
+
+FAST = ClusterConfig(heartbeat=0.3, node_timeout=1.5, answer_timeout=3.0, presence_debounce=0.6)
+
+
+@pytest.fixture
+async def node(make_client, config: Config) -> TestClient:  # type: ignore[no-untyped-def]
+    return await make_client(cluster=FAST)
+
+
+async def _pair(client: TestClient) -> tuple[User, User, str]:
+    a, b = await register(client), await register(client)
+    await befriend(client, a, b)
+    resp = await client.post("/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]})
+    assert resp.status == 201, await resp.text()
+    return a, b, (await resp.json())["id"]
+
+
+async def test_bad_tokens_get_401_before_the_upgrade(node: TestClient) -> None:
+    for path in ("/ws", "/ws?token=", "/ws?token=garbage"):
+        resp = await node.get(path, headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                             "Sec-WebSocket-Version": "13",
+                                             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        await expect_error(resp, 401, "unauthorized")
+
+
+async def test_ready_then_send_ack_and_fan_out(node: TestClient, database_url: str) -> None:
+    a, b, cid = await _pair(node)
+    a1 = await WsClient.connect(node, a.access)
+    a2 = await WsClient.connect(node, a.access)
+    b1 = await WsClient.connect(node, b.access)
+    assert a1.of("ready")[0]["user_id"] == a.id and a1.of("ready")[0]["session_id"]
+    await a1.send({"type": "send", "conversation_id": cid, "client_id": "c-1", "text": "hello"})
+    ack = await a1.expect("ack")
+    assert ack["client_id"] == "c-1" and ack["seq"] == 1
+    for ws in (a1, a2, b1):  # every member's every session, the sender's too
+        msg = (await ws.expect("message"))["message"]
+        assert msg["id"] == ack["message_id"] and msg["seq"] == 1 and msg["text"] == "hello"
+        assert msg["sender_id"] == a.id and msg["client_id"] == "c-1"
+    # The ack came after the commit: the row is there.
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM chat.messages WHERE conversation_id = $1",
+                                   int(cid)) == 1
+        # Resending the client_id yields the same ack and no second message.
+        await a1.send({"type": "send", "conversation_id": cid, "client_id": "c-1", "text": "hello"})
+        again = await a1.expect("ack")
+        assert again == {**ack, "_seen": True}
+        await b1.quiet("message", 0.3)
+        assert await conn.fetchval("SELECT count(*) FROM chat.messages WHERE conversation_id = $1",
+                                   int(cid)) == 1
+    finally:
+        await conn.close()
+
+
+async def test_bad_frames_get_error_frames_and_the_connection_stays(node: TestClient) -> None:
+    a, _, cid = await _pair(node)
+    ws = await WsClient.connect(node, a.access)
+    cases = [
+        ("not json", "not valid JSON"),
+        (json.dumps({"type": "shout"}), "type"),
+        (json.dumps({"type": "send", "conversation_id": cid, "text": "x"}), "client_id"),
+        (json.dumps({"type": "send", "conversation_id": 5, "client_id": "a", "text": "x"}), "conversation_id"),
+        (json.dumps({"type": "send", "conversation_id": cid, "client_id": "big", "text": "x" * 4001}), "4000"),
+        (json.dumps({"type": "read", "conversation_id": cid, "seq": -1}), "seq"),
+        (json.dumps([1, 2]), ""),
+    ]
+    for raw, needle in cases:
+        await ws.ws.send_str(raw)
+        err = await ws.expect("error")
+        assert err["code"] == "validation_error" and needle in err["message"], (raw[:40], err)
+    big = ws.of("error")[4]
+    assert big["ref"] == "big"
+    await ws.ws.send_bytes(b'{"type":"ping"}')
+    assert "text frames" in (await ws.expect("error"))["message"]
+    await ws.send({"type": "ping"})
+    await ws.expect("pong")
+    assert not ws.ws.closed
+
+
+async def test_oversized_frame_closes_with_1009(node: TestClient) -> None:
+    a = await register(node)
+    ws = await WsClient.connect(node, a.access)
+    await ws.ws.send_str(json.dumps({"type": "ping", "pad": "x" * (64 * 1024)}))
+    assert await ws.closed() == 1009
+
+
+async def test_too_fast_closes_with_1008(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(ws=WebSocketConfig(rate_limit=5, rate_burst=10), cluster=FAST)
+    a = await register(client)
+    ws = await WsClient.connect(client, a.access)
+    for _ in range(40):
+        if ws.ws.closed:
+            break
+        await ws.send({"type": "ping"})
+    assert await ws.closed() == 1008
+    # A client within its rate is fine.
+    calm = await WsClient.connect(client, a.access)
+    for _ in range(8):
+        await calm.send({"type": "ping"})
+        await asyncio.sleep(0.05)
+    assert len([f for f in calm.frames if f["type"] == "pong"]) >= 8 or not calm.ws.closed
+
+
+async def test_non_members_cannot_send_read_sync_or_see_typing(node: TestClient) -> None:
+    a, b, cid = await _pair(node)
+    outsider = await register(node)
+    await befriend(node, a, outsider)
+    wa, wb, wo = [await WsClient.connect(node, u.access) for u in (a, b, outsider)]
+    for frame in ({"type": "send", "conversation_id": cid, "client_id": "x", "text": "hi"},
+                  {"type": "typing", "conversation_id": cid},
+                  {"type": "read", "conversation_id": cid, "seq": 1},
+                  {"type": "sync", "conversation_id": cid, "after_seq": 0}):
+        await wo.send(frame)
+        err = await wo.expect("error")
+        assert err["code"] == "not_found", (frame, err)
+    await wa.send({"type": "typing", "conversation_id": cid})
+    typing = await wb.expect("typing")
+    assert typing == {"type": "typing", "conversation_id": cid, "user_id": a.id, "_seen": True}
+    await wo.quiet("typing", 0.3)
+    await wa.quiet("typing", 0.1)  # not echoed to the typist
+    await expect_error(await node.get(f"/api/v1/conversations/{cid}/messages",
+                                      headers=outsider.headers), 404, "not_found")
+    await expect_error(await node.post(f"/api/v1/conversations/{cid}/messages",
+                                       headers=outsider.headers,
+                                       json={"text": "hi", "client_id": "r1"}), 404, "not_found")
+
+
+async def test_read_receipts_and_unread_counts(node: TestClient) -> None:
+    a, b, cid = await _pair(node)
+    wa, wb = await WsClient.connect(node, a.access), await WsClient.connect(node, b.access)
+    for i in range(3):
+        await wa.send({"type": "send", "conversation_id": cid, "client_id": f"m{i}", "text": str(i)})
+        await wa.expect("ack")
+    listed = await get_json(node, "/api/v1/conversations", b)
+    mine = [c for c in listed["items"] if c["id"] == cid][0]
+    assert mine["unread_count"] == 3 and mine["last_seq"] == 3
+    sender_view = [c for c in (await get_json(node, "/api/v1/conversations", a))["items"] if c["id"] == cid][0]
+    assert sender_view["unread_count"] == 0  # sending reads everything before
+    await wb.send({"type": "read", "conversation_id": cid, "seq": 2})
+    read = await wa.expect("read")
+    assert read["user_id"] == b.id and read["seq"] == 2
+    # Never past the end, never backwards.
+    await wb.send({"type": "read", "conversation_id": cid, "seq": 99})
+    assert (await wa.expect("read"))["seq"] == 3
+    await wb.send({"type": "read", "conversation_id": cid, "seq": 1})
+    await wa.quiet("read", 0.3)
+    mine = [c for c in (await get_json(node, "/api/v1/conversations", b))["items"] if c["id"] == cid][0]
+    assert mine["unread_count"] == 0
+
+
+async def test_sync_replays_missed_messages_in_order(node: TestClient) -> None:
+    a, b, cid = await _pair(node)
+    wa = await WsClient.connect(node, a.access)
+    for i in range(7):
+        await wa.send({"type": "send", "conversation_id": cid, "client_id": f"s{i}", "text": f"t{i}"})
+    for _ in range(7):
+        await wa.expect("ack")
+    wb = await WsClient.connect(node, b.access)
+    await wb.send({"type": "sync", "conversation_id": cid, "after_seq": 3})
+    synced = await wb.expect("synced")
+    assert synced["last_seq"] == 7
+    assert [m["message"]["seq"] for m in wb.of("message")] == [4, 5, 6, 7]
+
+
+async def test_presence_transitions_are_announced_once_and_debounced(node: TestClient) -> None:
+    a, b, _ = await _pair(node)
+    stranger = await register(node)
+    wa = await WsClient.connect(node, a.access)
+    ws_stranger = await WsClient.connect(node, stranger.access)
+    wb1 = await WsClient.connect(node, b.access)
+    online = await wa.expect("presence", where=lambda f: f["user_id"] == b.id)
+    assert online["status"] == "online"
+    wb2 = await WsClient.connect(node, b.access)
+    await wb1.close()  # one session left: still online
+    await wa.quiet("presence", FAST.presence_debounce + 0.4)
+    # Last session closes and a new one opens within the debounce: no offline blip.
+    await wb2.close()
+    wb3 = await WsClient.connect(node, b.access)
+    await wa.quiet("presence", FAST.presence_debounce + 0.4)
+    await wb3.close()
+    offline = await wa.expect("presence", timeout=FAST.presence_debounce + 3)
+    assert offline["user_id"] == b.id and offline["status"] == "offline"
+    assert ws_stranger.of("presence") == []
+
+
+async def test_new_posts_reach_online_friends(node: TestClient) -> None:
+    a, b, _ = await _pair(node)
+    stranger = await register(node)
+    wa, ws_stranger = await WsClient.connect(node, a.access), await WsClient.connect(node, stranger.access)
+    post = await create_post(node, b, "fresh", "friends")
+    frame = await wa.expect("post")
+    assert frame["post"]["id"] == post["id"] and frame["post"]["author"]["id"] == b.id
+    await create_post(node, b, "secret", "private")
+    await wa.quiet("post", 0.3)
+    assert ws_stranger.of("post") == []
+
+
+async def test_logout_closes_that_logins_sessions(node: TestClient) -> None:
+    a = await register(node)
+    other_login = await (await node.post("/api/v1/auth/login", json={
+        "login": a.username, "password": "correct horse battery"})).json()
+    revoked = await WsClient.connect(node, a.access)
+    kept = await WsClient.connect(node, other_login["access_token"])
+    assert (await node.post("/api/v1/auth/logout", json={"refresh_token": a.refresh})).status == 204
+    assert await revoked.closed(timeout=5) == 4001
+    await kept.send({"type": "ping"})
+    await kept.expect("pong")
+
+
+async def test_blocks_stop_direct_messages_both_ways(node: TestClient) -> None:
+    a, b, cid = await _pair(node)
+    wa, wb = await WsClient.connect(node, a.access), await WsClient.connect(node, b.access)
+    await block(node, b, a)
+    await wa.send({"type": "send", "conversation_id": cid, "client_id": "blocked", "text": "hi"})
+    assert (await wa.expect("error"))["code"] == "forbidden"
+    await wb.send({"type": "send", "conversation_id": cid, "client_id": "blocked", "text": "hi"})
+    assert (await wb.expect("error"))["code"] == "forbidden"
+    await expect_error(await node.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
+                                       json={"text": "hi", "client_id": "rest"}), 403, "forbidden")
+
+
+async def test_concurrent_senders_get_contiguous_seqs(node: TestClient, database_url: str) -> None:
+    a, b, cid = await _pair(node)
+    sockets = [await WsClient.connect(node, u.access) for u in (a, a, b, b)]
+    per = 25
+
+    async def blast(i: int) -> None:
+        for n in range(per):
+            await sockets[i].send({"type": "send", "conversation_id": cid,
+                                   "client_id": f"w{i}-{n}", "text": f"{i}/{n}"})
+
+    async def rest(user: User, tag: str) -> None:
+        for n in range(10):
+            resp = await node.post(f"/api/v1/conversations/{cid}/messages", headers=user.headers,
+                                   json={"text": "rest", "client_id": f"{tag}-{n}"})
+            assert resp.status == 201
+
+    await asyncio.gather(*[blast(i) for i in range(4)], rest(a, "ra"), rest(b, "rb"))
+    total = 4 * per + 20
+    for ws in sockets:
+        for _ in range(per):
+            await ws.expect("ack")
+    for ws in sockets:
+        while len(ws.of("message")) < total:
+            await ws.expect("message", timeout=10)
+        seqs = [m["message"]["seq"] for m in ws.of("message")]
+        assert seqs == list(range(1, total + 1))
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetch("SELECT seq FROM chat.messages WHERE conversation_id = $1 ORDER BY seq",
+                                  int(cid))
+        assert [r["seq"] for r in stored] == list(range(1, total + 1))
+    finally:
+        await conn.close()
