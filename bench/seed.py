@@ -259,7 +259,7 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, password_hash: st
         SELECT visibility, count(*) FROM content.posts p JOIN bu ON bu.id = p.author_id
         GROUP BY visibility"""))
     heavy = await conn.fetchval("""
-        SELECT coalesce(sum(n), 0) FROM (
+        SELECT coalesce(sum(n), 0)::bigint FROM (
             SELECT count(*) AS n FROM content.posts p JOIN bu ON bu.id = p.author_id
             GROUP BY p.author_id ORDER BY n DESC LIMIT greatest(1, $1 / 100)) t""", users)
     return {
