@@ -7,7 +7,8 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from bench.procs import BenchError, log, run
 from bench.services import resolved_services

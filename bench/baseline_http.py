@@ -11,7 +11,7 @@ Run as a child process: ``python -m bench.baseline_http --port P``.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -33,7 +33,7 @@ _ID0 = 7_000_000_000_000_000  # ids of the size agora.next_id produces a year af
 
 def feed_page(size: int = PAGE_SIZE) -> Page[PostOut]:
     """A feed page like the node's: ``size`` posts by varied authors, with counters and cursor."""
-    now = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
     low, high = POST_CHARS
     items = []
     for i in range(size):

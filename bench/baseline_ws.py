@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -109,7 +109,7 @@ def make_app() -> web.Application:
         room = _Room(str(next(state.ids)), [caller, *body.member_ids])
         state.rooms[room.id] = room
         out = _Conversation(room.id, "group" if len(room.members) > 2 else "direct", body.title,
-                            room.members, 0, datetime.now(timezone.utc))
+                            room.members, 0, datetime.now(UTC))
         return web.Response(body=encode(out), status=201, content_type="application/json")
 
     async def send(ws: web.WebSocketResponse, user: str, frame: _In) -> None:
@@ -120,7 +120,7 @@ def make_app() -> web.Application:
             return
         room.seq += 1
         message = _Message(str(next(state.ids)), room.id, room.seq, user, frame.text or "",
-                           frame.client_id, datetime.now(timezone.utc))
+                           frame.client_id, datetime.now(UTC))
         await ws.send_frame(encode(_Ack(frame.client_id, message.id, room.seq)), WSMsgType.TEXT)
         payload = encode(_MessageFrame(message))
         for member in room.members:

@@ -29,8 +29,16 @@ import msgspec
 
 from bench.procs import BenchError, log, own_cpu_seconds
 from bench.stats import Recorder, per_second
-from bench.wsclient import (Frame, Member, MessageRef, SendFrame, client_session, connect_all,
-                            decode_frame, encode)
+from bench.wsclient import (
+    Frame,
+    Member,
+    MessageRef,
+    SendFrame,
+    client_session,
+    connect_all,
+    decode_frame,
+    encode,
+)
 
 TEXT = "hello from the bench, a message of ordinary length"
 

@@ -17,11 +17,12 @@ from typing import Any
 import asyncpg
 
 from bench.baseline_http import baseline_http
+from bench.fixtures import PASSWORD
 from bench.httpclient import build_get, split_url
 from bench.load import run_load
 from bench.nodes import login_all, start_nodes
 from bench.procs import BenchError, ServerProcess, log
-from bench.seed import BENCH_USERS, PASSWORD
+from bench.seed import BENCH_USERS
 from bench.services import Services
 
 GOAL = {"ratio_rps_min": 0.4, "p99_ms_max": 50}

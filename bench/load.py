@@ -11,9 +11,10 @@ Only responses completing inside the measurement window count; requests still un
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 from bench.httpclient import ProtocolError, ResponseParser
 from bench.procs import log, own_cpu_seconds

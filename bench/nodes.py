@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 
 import aiohttp
@@ -22,12 +23,14 @@ def spawn_node(services: Services, node_id: str, **env: str) -> ServerProcess:
 
 
 async def start_nodes(services: Services, count: int, **env: str) -> list[ServerProcess]:
-    """Start ``count`` nodes (distinct ``AGORA_NODE_ID``) and wait until each is ready. On
-    failure the ones started are stopped before the error propagates."""
+    """Start ``count`` nodes and wait until each is ready. Node ids are fresh per run
+    (``bench-<hex>-<i>``), so a node never inherits the cluster registry entries of an earlier
+    run's node. On failure the ones started are stopped before the error propagates."""
     nodes: list[ServerProcess] = []
+    run = secrets.token_hex(3)
     try:
         for i in range(count):
-            nodes.append(spawn_node(services, f"bench-node-{i + 1}", **env))
+            nodes.append(spawn_node(services, f"bench-{run}-{i + 1}", **env))
         await asyncio.gather(*(node.wait_ready("/readyz") for node in nodes))
     except BaseException:
         for node in nodes:
@@ -45,13 +48,12 @@ async def login_all(url: str, logins: list[str], password: str) -> dict[str, str
     gate = asyncio.Semaphore(LOGIN_CONCURRENCY)
 
     async def one(session: aiohttp.ClientSession, login: str) -> None:
-        async with gate:
-            async with session.post(f"{url}/api/v1/auth/login",
-                                    json={"login": login, "password": password}) as resp:
-                if resp.status == 200:
-                    tokens[login] = (await resp.json())["access_token"]
-                else:
-                    failures[resp.status] = failures.get(resp.status, 0) + 1
+        body = {"login": login, "password": password}
+        async with gate, session.post(f"{url}/api/v1/auth/login", json=body) as resp:
+            if resp.status == 200:
+                tokens[login] = (await resp.json())["access_token"]
+            else:
+                failures[resp.status] = failures.get(resp.status, 0) + 1
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         try:

@@ -19,7 +19,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Coroutine, Sequence, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import uvloop
 from aiohttp import web
@@ -92,7 +93,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(list(args), env=env, stdin=subprocess.DEVNULL,
                                      stdout=sys.stderr, stderr=sys.stderr,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads yet)
 
     @property
     def pid(self) -> int:

@@ -27,13 +27,12 @@ from typing import Any
 
 import asyncpg
 
-from agora.services.passwords import Passwords
 from agora.storage.migrations import migrate
 from bench.corpus import COMMENT_CHARS, POST_CHARS, filler
+from bench.fixtures import password_hash
 from bench.procs import BenchError, log
 from bench.services import Services
 
-PASSWORD = "bench-password"
 BENCH_USERS = r"username LIKE 'bench\_%' AND email LIKE '%@bench.invalid'"
 LOREM = filler(6000, seed=42)
 REACTION_MIX = "ARRAY['like','like','like','like','love','love','haha','wow','sad','angry']"
@@ -59,12 +58,7 @@ async def seed(services: Services, *, users: int, friends: int, posts: int, reac
     at = started
     applied = await migrate(services.database_url)
     at = lap("migrate", at)
-    passwords = Passwords(services.config.auth.password_time_cost,
-                          services.config.auth.password_memory_kib)
-    try:
-        password_hash = await passwords.hash(PASSWORD)
-    finally:
-        passwords.close()
+    hashed = await password_hash(services)
     at = lap("hash", at)
 
     conn = await asyncpg.connect(services.database_url)
@@ -76,7 +70,7 @@ async def seed(services: Services, *, users: int, friends: int, posts: int, reac
         if existing:
             log(f"removing {existing} bench users and their content")
             async with conn.transaction():
-                await _reset(conn)
+                await remove_bench_data(conn)
             at = lap("reset", at)
         async with conn.transaction():
             fast = await conn.fetchval("SELECT current_setting('is_superuser') = 'on'")
@@ -85,7 +79,7 @@ async def seed(services: Services, *, users: int, friends: int, posts: int, reac
             else:
                 log("not a superuser: the post_stats triggers fire during the load (slower)")
             await conn.execute("SET LOCAL work_mem = '256MB'")
-            counts = await _load(conn, lap, at, password_hash, users=users, friends=friends,
+            counts = await _load(conn, lap, at, hashed, users=users, friends=friends,
                                  posts=posts, reactions=reactions, comments=comments)
     finally:
         await conn.close()
@@ -100,10 +94,12 @@ async def seed(services: Services, *, users: int, friends: int, posts: int, reac
     }
 
 
-async def _reset(conn: asyncpg.Connection) -> None:
-    """Delete the bench users and what hangs off them, cheaply: counters of bench posts first, so
-    the triggers on the reaction and comment deletes find no row to update; every foreign key
-    still cascades (no replica mode here: tables added later may reference these rows)."""
+async def remove_bench_data(conn: asyncpg.Connection) -> None:
+    """Delete the bench users and what hangs off them (call inside a transaction). Counters of
+    bench posts go first, so the triggers on the reaction and comment deletes find no row to
+    update: cheaper, and a plain ``DELETE`` of many users at once trips over those triggers
+    updating a ``post_stats`` row whose post the same statement already deleted. Every foreign
+    key still cascades (no replica mode here: tables added later may reference these rows)."""
     await conn.execute(f"""
         CREATE TEMP TABLE old_users ON COMMIT DROP AS
             SELECT id FROM accounts.users WHERE {BENCH_USERS};
@@ -127,7 +123,7 @@ async def _execute(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def _load(conn: asyncpg.Connection, lap: Any, at: float, password_hash: str, *,
+async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
                 users: int, friends: int, posts: int, reactions: int,
                 comments: int) -> dict[str, Any]:
     # bu: the new users by number n, with a random activity rank (1 = the heaviest poster).
@@ -144,7 +140,7 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, password_hash: st
                   FROM generate_series(1, $2::int) n) s
             RETURNING id, username)
         INSERT INTO bu SELECT substr(username, 7)::int, id, row_number() OVER (ORDER BY random())
-        FROM new""", password_hash, users)
+        FROM new""", hashed, users)
     await conn.execute("CREATE UNIQUE INDEX ON bu (activity)")
     at = lap("users", at)
 

@@ -1,0 +1,262 @@
+"""Smoke tests of the benchmark suite (``python -m bench``) at tiny scale, on the real services.
+
+Each command runs as its own process, as it does for real, and must print exactly one JSON
+object on stdout. Nothing here asserts on speed: only that the figures are present, sane and
+consistent, and that the seeded data is exactly what it claims to be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import asyncpg
+import pytest
+
+from bench.httpclient import ProtocolError, ResponseParser, build_get
+from bench.seed import remove_bench_data
+from bench.stats import Recorder
+from tests.conftest import JWT_SECRET
+from tests.support.services import ServiceSet
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = ["--users", "40", "--friends", "6", "--posts", "300", "--reactions", "400",
+        "--comments", "150"]
+
+
+def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+          ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m bench ...`` from the repository root."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The one JSON object a command prints (nothing else may be on stdout)."""
+    data = json.loads(proc.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def assert_latency(summary: dict[str, float | None]) -> None:
+    p50, p99, p999, top = summary["p50"], summary["p99"], summary["p999"], summary["max"]
+    assert p50 is not None and p99 is not None and p999 is not None and top is not None
+    assert 0 <= p50 <= p99 <= p999 <= top
+
+
+@pytest.fixture(scope="module")
+def bench_env(services: ServiceSet, database_url: str, redis_prefix: str,
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        "AGORA_DATABASE_URL": database_url,
+        "AGORA_REDIS_URL": services.redis_url,
+        "AGORA_REDIS_PREFIX": redis_prefix,
+        "AGORA_JWT_SECRET": JWT_SECRET,
+        "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("bench-var")),
+    }
+
+
+async def _query(database_url: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+def query(database_url: str, sql: str) -> list[asyncpg.Record]:
+    return asyncio.run(_query(database_url, sql))
+
+
+BENCH_USERS = r"(SELECT id FROM accounts.users WHERE username LIKE 'bench\_%')"
+
+
+@pytest.fixture(scope="module")
+def seeded(bench_env: dict[str, str], database_url: str) -> Iterator[dict[str, Any]]:
+    """The tiny seed, once for this module; its users and content removed afterwards."""
+    result = report(bench("seed", *SEED, env=bench_env))
+    yield result
+    asyncio.run(_remove_bench_data(database_url))
+
+
+async def _remove_bench_data(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await remove_bench_data(conn)
+    finally:
+        await conn.close()
+
+
+# -- units ------------------------------------------------------------------------------------
+
+
+def test_response_parser_handles_split_responses_and_framing_errors() -> None:
+    parser = ResponseParser()
+    body = b'{"items":[]}'
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n" + body
+    assert parser.feed(raw[:10]) is None
+    assert parser.feed(raw[10:-3]) is None
+    assert parser.feed(raw[-3:]) == (200, len(raw))
+    no_content = b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n"
+    assert parser.feed(no_content) == (204, len(no_content))
+    not_found = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+    assert parser.feed(not_found) == (404, len(not_found))
+    with pytest.raises(ProtocolError):
+        ResponseParser().feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert build_get("h", 1, "/x", {"Authorization": "Bearer t"}).endswith(
+        b"Authorization: Bearer t\r\n\r\n")
+
+
+def test_recorder_uses_nearest_rank_percentiles() -> None:
+    rec = Recorder()
+    for ms in range(1, 1001):
+        rec.record(ms / 1000)
+    summary = rec.summary_ms()
+    assert summary["p50"] == 500 and summary["p99"] == 990 and summary["p999"] == 999
+    assert summary["max"] == 1000
+    assert Recorder().summary_ms()["p99"] is None
+
+
+# -- baselines --------------------------------------------------------------------------------
+
+
+def test_baseline_http_reports_sane_figures() -> None:
+    out = report(bench("baseline-http", "--concurrency", "4", "--duration", "1", "--warmup", "0.5"))
+    assert out["target"] == "baseline-http"
+    assert out["requests"] > 0 and out["requests_per_s"] > 0
+    assert out["errors"] == 0 and out["status"] == {"200": out["requests"]}
+    assert out["concurrency"] == 4 and out["duration_s"] == 1
+    assert out["bytes"] == out["requests"] * (out["bytes"] // out["requests"])  # same size each
+    assert out["body_bytes"] > 5000  # a 20-post page
+    assert out["server_rss_mib"] > 0
+    assert_latency(out["latency_ms"])
+
+
+def test_baseline_ws_delivers_every_message() -> None:
+    out = report(bench("baseline-ws", "--conversations", "3", "--members", "3", "--rate", "60",
+                       "--duration", "1", "--warmup", "0.5"))
+    assert out["target"] == "baseline-ws" and out["connections"] == 9
+    assert out["sends"] > 0 and out["deliveries_per_s"] > 0
+    assert out["errors"] == 0 and out["missing_acks"] == 0 and out["missing_deliveries"] == 0
+    assert out["duplicates"] == 0
+    assert_latency(out["ack_ms"])
+    assert_latency(out["delivery_ms"])
+    assert len(out["server_rss_mib"]) == 1
+
+
+# -- seed -------------------------------------------------------------------------------------
+
+
+def assert_seed_consistent(database_url: str, result: dict[str, Any]) -> None:
+    [row] = query(database_url, f"""
+        SELECT
+          (SELECT count(*) FROM accounts.users WHERE id IN {BENCH_USERS}) AS users,
+          (SELECT count(*) FROM social.friendships WHERE user_id IN {BENCH_USERS}) AS friendships,
+          (SELECT count(*) FROM social.friendships f WHERE f.user_id IN {BENCH_USERS}
+              AND NOT EXISTS (SELECT 1 FROM social.friendships r
+                              WHERE r.user_id = f.friend_id AND r.friend_id = f.user_id))
+              AS one_way,
+          (SELECT count(*) FROM content.posts WHERE author_id IN {BENCH_USERS}) AS posts,
+          (SELECT count(*) FROM content.reactions r JOIN content.posts p ON p.id = r.post_id
+              WHERE p.author_id IN {BENCH_USERS}) AS reactions,
+          (SELECT count(*) FROM content.comments c JOIN content.posts p ON p.id = c.post_id
+              WHERE p.author_id IN {BENCH_USERS}) AS comments,
+          (SELECT count(*) FROM content.posts WHERE author_id IN {BENCH_USERS}
+              AND (id >> 12) <> floor(extract(epoch FROM created_at) * 1000)::bigint
+                                - 1735689600000) AS ids_not_from_created_at
+    """)
+    assert row["users"] == result["users"] == 40
+    assert row["posts"] == result["posts"] == 300
+    assert sum(result["posts_by_visibility"].values()) == 300
+    assert row["friendships"] == result["friendship_rows"] > 0
+    assert row["one_way"] == 0
+    assert row["reactions"] == result["reactions"] > 0
+    assert row["comments"] == result["comments"] == 150
+    assert row["ids_not_from_created_at"] == 0
+
+    # Every bench post has exactly one post_stats row, equal to the aggregates of its rows.
+    wrong = query(database_url, f"""
+        SELECT p.id FROM content.posts p
+        LEFT JOIN content.post_stats s ON s.post_id = p.id
+        WHERE p.author_id IN {BENCH_USERS} AND (s.post_id IS NULL
+           OR s.comment_count <> (SELECT count(*) FROM content.comments c WHERE c.post_id = p.id)
+           OR (s.like_count, s.love_count, s.haha_count, s.wow_count, s.sad_count, s.angry_count)
+              <> (SELECT count(*) FILTER (WHERE type = 'like'), count(*) FILTER (WHERE type = 'love'),
+                         count(*) FILTER (WHERE type = 'haha'), count(*) FILTER (WHERE type = 'wow'),
+                         count(*) FILTER (WHERE type = 'sad'), count(*) FILTER (WHERE type = 'angry')
+                  FROM content.reactions r WHERE r.post_id = p.id))""")
+    assert wrong == []
+    # Reactions and comments come from the author or their friends, after the post.
+    strangers = query(database_url, f"""
+        SELECT 1 FROM content.reactions r JOIN content.posts p ON p.id = r.post_id
+        WHERE p.author_id IN {BENCH_USERS} AND (r.created_at < p.created_at OR NOT EXISTS (
+            SELECT 1 FROM social.friendships f WHERE f.user_id = p.author_id
+                                                 AND f.friend_id = r.user_id))""")
+    assert strangers == []
+
+
+def test_seed_builds_a_consistent_graph(seeded: dict[str, Any], database_url: str) -> None:
+    assert seeded["target"] == "seed"
+    assert set(seeded["timings_s"]) >= {"users", "friendships", "posts", "post_stats", "total"}
+    assert_seed_consistent(database_url, seeded)
+
+
+def test_seed_refuses_to_run_twice_and_resets_cleanly(seeded: dict[str, Any], database_url: str,
+                                                      bench_env: dict[str, str]) -> None:
+    again = bench("seed", *SEED, env=bench_env, ok=False)
+    assert again.returncode == 1 and again.stdout == ""
+    assert "--reset" in again.stderr
+    assert_seed_consistent(database_url, seeded)  # untouched
+
+    redone = report(bench("seed", *SEED, "--reset", env=bench_env))
+    assert "reset" in redone["timings_s"]
+    assert_seed_consistent(database_url, redone)
+
+
+# -- against real nodes -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_feed_drives_a_spawned_node_as_seeded_users(seeded: dict[str, Any],
+                                                    bench_env: dict[str, str]) -> None:
+    out = report(bench("feed", "--users", "3", "--concurrency", "3", "--duration", "1",
+                       "--warmup", "0.5", "--no-baseline", env=bench_env, timeout=120))
+    assert out["users"] == 3 and out["baseline_http"] is None and out["met"] is None
+    feed = out["feed"]
+    assert feed["requests"] > 0 and feed["errors"] == 0, feed
+    assert_latency(feed["latency_ms"])
+    assert out["node_rss_mib"] > 0
+
+
+@pytest.mark.slow
+def test_chat_on_two_nodes_reports_every_figure(bench_env: dict[str, str],
+                                                database_url: str) -> None:
+    out = report(bench("chat", "--nodes", "2", "--conversations", "2", "--members", "3",
+                       "--rate", "20", "--duration", "1", "--warmup", "0.5", env=bench_env,
+                       timeout=120))
+    assert out["target"] == "agora-chat" and out["nodes"] == 2 and out["sends"] > 0
+    for key in ("sends_per_s", "deliveries_per_s", "ack_ms", "delivery_ms", "errors",
+                "missing_acks", "missing_deliveries"):
+        assert key in out
+    assert len(out["server_rss_mib"]) == 2
+    # The run's users are gone afterwards.
+    assert query(database_url, r"SELECT 1 FROM accounts.users WHERE username LIKE 'bchat\_%'") == []
+
+
+@pytest.mark.slow
+def test_connections_opens_and_measures(bench_env: dict[str, str]) -> None:
+    out = report(bench("connections", "--count", "30", "--batch", "10", env=bench_env,
+                       timeout=120))
+    assert out["count"] == 30 and out["users"] == 30
+    assert out["rss_before_mib"] > 0 and out["rss_after_mib"] > 0
+    assert out["rss_per_connection_kib"] is not None
