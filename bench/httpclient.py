@@ -22,7 +22,7 @@ class ProtocolError(Exception):
 
 
 def split_url(url: str) -> tuple[str, int, str]:
-    """``http://host:port/base`` -> ``(host, port, "/base")`` (the base without a trailing ``/``)."""
+    """``http://host:port/base`` -> ``(host, port, "/base")``, the base without a final ``/``."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"only http://host:port URLs are supported, got {url!r}")

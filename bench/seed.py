@@ -136,7 +136,8 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
                                         created_at, updated_at)
             SELECT agora.next_id(t), 'bench_' || n, 'bench_' || n || '@bench.invalid', $1,
                    'Bench User ' || n, t, t
-            FROM (SELECT n, now() - interval '90 days' + (n::float8 / $2::int) * interval '60 days' AS t
+            FROM (SELECT n, now() - interval '90 days'
+                                + (n::float8 / $2::int) * interval '60 days' AS t
                   FROM generate_series(1, $2::int) n) s
             RETURNING id, username)
         INSERT INTO bu SELECT substr(username, 7)::int, id, row_number() OVER (ORDER BY random())
@@ -151,7 +152,8 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
         SELECT a, b, now() - random() * interval '30 days' AS t
         FROM (SELECT DISTINCT least(a, b) AS a, greatest(a, b) AS b
               FROM (SELECT u AS a,
-                           CASE WHEN i % 2 = 0 THEN (u + floor(random() * $3::int)::int) % $1::int + 1
+                           CASE WHEN i % 2 = 0
+                                THEN (u + floor(random() * $3::int)::int) % $1::int + 1
                                 ELSE 1 + floor(random() * $1::int)::int END AS b
                     FROM generate_series(1, $1::int) u, generate_series(1, $2::int) i) e
               WHERE a <> b) d""", users, half, window)

@@ -29,7 +29,7 @@ class Recorder:
         return len(self.samples)
 
     def summary_ms(self) -> dict[str, float | None]:
-        """``{"p50", "p90", "p99", "p999", "max", "mean"}`` in milliseconds (``None`` when empty)."""
+        """``p50``, ``p90``, ``p99``, ``p999``, ``max``, ``mean`` in ms (``None`` when empty)."""
         ordered = sorted(self.samples)
         n = len(ordered)
         out: dict[str, float | None] = {}

@@ -60,7 +60,8 @@ def ws_url(member: Member) -> str:
     return member.url.replace("http://", "ws://", 1) + "/ws?token=" + quote(member.token)
 
 
-async def connect(session: aiohttp.ClientSession, member: Member) -> aiohttp.ClientWebSocketResponse:
+async def connect(session: aiohttp.ClientSession,
+                  member: Member) -> aiohttp.ClientWebSocketResponse:
     """Open ``/ws`` and wait for ``{"type": "ready"}`` (frames before it are dropped)."""
     try:
         ws = await session.ws_connect(ws_url(member), autoping=True, heartbeat=None,
