@@ -6,7 +6,7 @@ so a failed run leaves nothing behind. Shape of the data:
 - users ``bench_<n>`` / ``bench_<n>@bench.invalid``, all with one argon2id hash of
   ``bench-password`` (computed once), created over 90 to 30 days ago;
 - friendships in both directions with average degree close to ``--friends``: each user draws
-  ``friends / 2`` edges, half to a random user and half to one of the next ``2 * friends`` users
+  ``friends / 2`` edges, half to a random user and half to one of the next ``4 * friends`` users
   on a ring (locality: friends of friends are often friends);
 - posts over the last 30 days by skewed authors (author rank ~ N * U^3: the top 1% of users
   write about a fifth of the posts), visibility 55% friends / 40% public / 5% private, ids from
@@ -146,7 +146,7 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
     at = lap("users", at)
 
     half = friends // 2
-    window = max(1, min(users - 1, 2 * friends))
+    window = max(1, min(users - 1, 4 * friends))
     await conn.execute("""
         CREATE TEMP TABLE edges ON COMMIT DROP AS
         SELECT a, b, now() - random() * interval '30 days' AS t
