@@ -154,8 +154,16 @@ class _Driver:
 
     async def read(self, receiver: int, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                self.on_frame(receiver, decode_frame(msg.data), perf_counter())
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                frame = decode_frame(msg.data)
+            except msgspec.DecodeError as exc:  # counted with the error frames
+                if self.result.error_frames < 5:
+                    log(f"undecodable frame ({exc}): {msg.data[:200]!r}")
+                self.result.error_frames += 1
+                continue
+            self.on_frame(receiver, frame, perf_counter())
         if self.sending:
             if self.result.closes < 5:
                 log(f"WebSocket closed by the server: code {ws.close_code}")

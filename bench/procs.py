@@ -41,11 +41,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # Linux (the bench reads /proc anyway)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: one call to a function resolved beforehand, no
+    import, lock or logging (the bench has threads: the resolver's, argon2's)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def log(message: str) -> None:
@@ -93,7 +95,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(list(args), env=env, stdin=subprocess.DEVNULL,
                                      stdout=sys.stderr, stderr=sys.stderr,
-                                     preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads yet)
+                                     preexec_fn=_die_with_parent)  # noqa: PLW1509 (see there)
 
     @property
     def pid(self) -> int:
