@@ -131,6 +131,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _positive_float(raw: str) -> float:
+    value = _non_negative_float(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
@@ -202,6 +209,17 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                               "a positive integer"),
     )
     ws = replace(ws, rate_burst=max(1, int(ws.rate_limit * 2)))
+    cluster = ClusterConfig(
+        heartbeat=_parse(env, "AGORA_CLUSTER_HEARTBEAT", _positive_float, 2.0,
+                         "a positive number of seconds"),
+        node_timeout=_parse(env, "AGORA_CLUSTER_NODE_TIMEOUT", _positive_float, 10.0,
+                            "a positive number of seconds"),
+        presence_debounce=_parse(env, "AGORA_PRESENCE_DEBOUNCE", _non_negative_float, 5.0,
+                                 "a non-negative number of seconds"),
+    )
+    if cluster.node_timeout < 2 * cluster.heartbeat:
+        raise ConfigError("AGORA_CLUSTER_NODE_TIMEOUT",
+                          f"must be at least twice AGORA_CLUSTER_HEARTBEAT ({cluster.heartbeat}s)")
 
     return Config(
         env=mode,
@@ -218,6 +236,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                           prefix=prefix),
         auth=AuthConfig(jwt_secret=secret),
         ws=ws,
+        cluster=cluster,
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),

@@ -171,3 +171,26 @@ async def test_counters_stay_exact_under_concurrent_writers(client: TestClient,
     assert post["reaction_counts"] == {r["type"]: r["count"] for r in rows}
     assert post["comment_count"] == comments
     assert sum(post["reaction_counts"].values()) > 0 and comments > 0
+
+
+async def test_deleting_users_with_cross_reactions_in_one_statement(client: TestClient,
+                                                                    database_url: str) -> None:
+    """Counter triggers must cope with a post and its reactions going in the same cascade."""
+    a, b = await register(client), await register(client)
+    await befriend(client, a, b)
+    pa = await create_post(client, a, "a's", "public")
+    pb = await create_post(client, b, "b's", "public")
+    for user, post in ((a, pb), (b, pa), (a, pa)):
+        await client.put(f"/api/v1/posts/{post['id']}/reactions", headers=user.headers,
+                         json={"type": "like"})
+        await client.post(f"/api/v1/posts/{post['id']}/comments", headers=user.headers,
+                          json={"text": "hi"})
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DELETE FROM accounts.users WHERE id = ANY($1::bigint[])",
+                           [int(a.id), int(b.id)])
+        left = await conn.fetchval("SELECT count(*) FROM content.posts WHERE id = ANY($1::bigint[])",
+                                   [int(pa["id"]), int(pb["id"])])
+        assert left == 0
+    finally:
+        await conn.close()

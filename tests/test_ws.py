@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agora.config import ClusterConfig, Config, WebSocketConfig
+from agora.server import keys
 from tests.support.api import (User, befriend, block, create_post, expect_error, get_json,
                                register)
 from tests.support.ws import WsClient
@@ -267,3 +268,43 @@ async def test_concurrent_senders_get_contiguous_seqs(node: TestClient, database
         assert [r["seq"] for r in stored] == list(range(1, total + 1))
     finally:
         await conn.close()
+
+
+async def _raw_ws_that_never_reads(port: int, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    import socket
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write((f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+    await writer.drain()
+    assert b"101" in await reader.readline()
+    return reader, writer
+
+
+async def test_a_slow_reader_is_closed_without_delaying_the_others(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(ws=WebSocketConfig(rate_limit=0, outbound_queue=64), cluster=FAST)
+    a, b, cid = await _pair(client)
+    fast = await WsClient.connect(client, b.access)
+    sender = await WsClient.connect(client, a.access)
+    _, slow_writer = await _raw_ws_that_never_reads(client.port, b.access)  # type: ignore[arg-type]
+    total, chunk = 1600, 32  # ~6 MB: more than any socket buffers between us and the slow one
+    for start in range(0, total, chunk):
+        for i in range(start, start + chunk):
+            await sender.send({"type": "send", "conversation_id": cid, "client_id": f"f{i}",
+                               "text": "x" * 3900})
+        while len(fast.of("message")) < start + chunk:
+            await fast.expect("message", timeout=10)
+    assert [m["message"]["seq"] for m in fast.of("message")] == list(range(1, total + 1))
+    app = client.server.app
+    for _ in range(100):  # the close frame cannot get through: the connection is dropped
+        if len(app[keys.SESSIONS].by_user.get(int(b.id), ())) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(app[keys.SESSIONS].by_user.get(int(b.id), ())) == 1  # only the fast one left
+    metrics = await (await client.get("/metrics")).text()
+    assert 'agora_ws_closed_total{reason="slow_consumer"} 1.0' in metrics
+    slow_writer.close()

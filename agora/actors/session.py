@@ -19,14 +19,17 @@ from agora.protocol.frames import CloseCode
 
 log = logging.getLogger(__name__)
 
+CLOSE_GRACE = 1.0  # seconds a close frame may take before the connection is dropped
+
 
 class SessionActor(Actor[bytes]):
     kind = "session"
 
-    def __init__(self, ws: web.WebSocketResponse, user_id: int, login_id: int, number: int,
-                 outbound_limit: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
+                 user_id: int, login_id: int, number: int, outbound_limit: int) -> None:
         super().__init__(f"session-{number}", outbound_limit)
         self.ws = ws
+        self.transport = transport
         self.user_id = user_id
         self.login_id = login_id  # the login session (`sid` of the access token)
         self.closing = False
@@ -64,10 +67,21 @@ class SessionActor(Actor[bytes]):
         asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE
         try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), 5)
-        except Exception:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), CLOSE_GRACE)
+        except (Exception, asyncio.TimeoutError):
             pass
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport):
+            return
+        # A client that stopped reading never takes the close frame: its bytes sit in our
+        # buffer and the connection would stay open for ever. Drop it; the reader loop ends.
+        while transport.get_write_buffer_size() > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if transport.get_write_buffer_size() > 0:
+            transport.abort()
 
 
 class SessionRegistry:

@@ -17,7 +17,7 @@ from typing import Callable, Union
 import msgspec
 import redis.asyncio as aioredis
 
-from agora.storage.redis import Keys
+from agora.storage.redis import BLOCK_MS, Keys
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,14 @@ class Answer(msgspec.Struct, tag="answer", array_like=True):
     message: str = ""
 
 
-Envelope = Union[Deliver, Command, Answer]
+class Membership(msgspec.Struct, tag="membership", array_like=True):
+    """A node joined or is leaving: look at the registry now rather than at the next beat."""
+
+    node_id: str
+    joined: bool
+
+
+Envelope = Union[Deliver, Command, Answer, Membership]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 Handler = Callable[[Envelope], None]
@@ -124,7 +131,7 @@ class Inbox:
         stream = self.keys.inbox(self.node_id)
         while True:
             try:
-                reply = await self.redis.xread({stream: position}, block=1000, count=1000)
+                reply = await self.redis.xread({stream: position}, block=BLOCK_MS, count=1000)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -43,6 +43,7 @@ class NodeRegistry:
         self.heartbeat = heartbeat
         self.timeout = timeout
         self.live: frozenset[str] = frozenset({node_id})
+        self.dead: frozenset[str] = frozenset()  # silent past the timeout, not yet cleared
         self._on_change: list[ChangeListener] = []
         self._on_dead: list[DeadListener] = []
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +75,13 @@ class NodeRegistry:
         except (OSError, aioredis.RedisError):
             log.warning("could not deregister node %s", self.node_id)
 
+    async def refresh(self) -> None:
+        """Beat now (another node announced itself or its leaving)."""
+        try:
+            await self._beat()
+        except Exception:
+            log.warning("node refresh failed", exc_info=True)
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
@@ -93,6 +101,7 @@ class NodeRegistry:
             pipe.zrangebyscore(self.keys.nodes, "-inf", f"({cutoff}")
             _, alive, dead = await pipe.execute()
         live = frozenset(n.decode() for n in alive) | {self.node_id}
+        self.dead = frozenset(n.decode() for n in dead) - {self.node_id}
         if live != self.live:
             old, self.live = self.live, live
             log.info("cluster nodes: %s", ", ".join(sorted(live)))

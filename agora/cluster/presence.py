@@ -28,7 +28,8 @@ _CAME_ONLINE = """
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[2])
-if redis.call('SET', KEYS[3], '1', 'NX') then return 1 end
+if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then return 1 end
+redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 0
 """
 # KEYS: where, online; ARGV: live nodes -> 1 when the user just went offline
@@ -59,6 +60,7 @@ class Presence:
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        self._lookup: tuple[set[int], asyncio.Future[dict[int, set[str]]]] | None = None
 
     async def start(self) -> None:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="presence-refresh")
@@ -120,21 +122,52 @@ class Presence:
             await self.announce(user_id, "offline")
 
     async def nodes_of(self, user_ids: Iterable[int]) -> dict[int, set[str]]:
-        """Live nodes holding sessions of each user (users with none are left out)."""
-        users = list(user_ids)
+        """Nodes holding sessions of each user (users with none are left out).
+
+        Lookups asked for in the same turn of the event loop share one Redis round trip, so a
+        burst of deliveries costs one pipeline, not one connection each. Nodes known dead are
+        left out; a node that joined a moment ago is not (it may not be in our live set yet).
+        """
+        users = set(user_ids)
         if not users:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for uid in users:
-                pipe.hkeys(self.keys.where(uid))
-            replies = await pipe.execute()
-        live = self.registry.live
+        if self._lookup is None:
+            future: asyncio.Future[dict[int, set[str]]] = asyncio.get_running_loop().create_future()
+            self._lookup = (set(), future)
+            asyncio.get_running_loop().call_soon(self._start_lookup)
+        wanted, future = self._lookup
+        wanted |= users
+        found = await asyncio.shield(future)
+        return {u: found[u] for u in users if u in found}
+
+    def _start_lookup(self) -> None:
+        assert self._lookup is not None
+        wanted, future = self._lookup
+        self._lookup = None
+        task = asyncio.get_running_loop().create_task(self._run_lookup(sorted(wanted), future))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_lookup(self, users: list[int], future: asyncio.Future[dict[int, set[str]]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for uid in users:
+                    pipe.hkeys(self.keys.where(uid))
+                replies = await pipe.execute()
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        dead = self.registry.dead
         out: dict[int, set[str]] = {}
         for uid, nodes in zip(users, replies):
-            here = {n.decode() for n in nodes} & live
+            here = {n.decode() for n in nodes} - dead
             if here:
                 out[uid] = here
-        return out
+        if not future.done():
+            future.set_result(out)
 
     async def is_online(self, user_id: int) -> bool:
         return bool(await self.redis.exists(self.keys.online(user_id)))
@@ -160,6 +193,7 @@ class Presence:
                     for uid in list(self.local):
                         pipe.hset(self.keys.where(uid), self.node_id, self.local.get(uid, 1))
                         pipe.expire(self.keys.where(uid), self.ttl)
+                        pipe.expire(self.keys.online(uid), self.ttl)
                     if self.local:
                         pipe.sadd(self.keys.node_users(self.node_id), *self.local)
                     await pipe.execute()

@@ -23,7 +23,8 @@ from agora.actors.base import Reply, future_reply
 from agora.actors.conversation import (ConversationDirectory, ConversationOp, Sent, op_decoder,
                                        op_encoder, sent_decoder)
 from agora.actors.session import SessionRegistry
-from agora.cluster.inbox import Answer, Command, Deliver, Envelope, Inbox, group_by_node
+from agora.cluster.inbox import (Answer, Command, Deliver, Envelope, Inbox, Membership,
+                                 group_by_node)
 from agora.cluster.nodes import NodeRegistry
 from agora.cluster.presence import Presence
 from agora.errors import AppError, ErrorCode
@@ -49,6 +50,15 @@ class Router:
         self.inbox: Inbox | None = None  # set by the app once the inbox exists
         self._rids = itertools.count(1)
         self._waiting: dict[int, tuple[Reply, asyncio.TimerHandle]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def announce(self, joined: bool) -> None:
+        """Tell the other live nodes to look at the registry now: ownership moves at once when a
+        node joins or leaves, instead of at their next heartbeat."""
+        if self.inbox is None:
+            return
+        for node in self.registry.live - {self.node_id}:
+            self.inbox.post(node, Membership(self.node_id, joined))
 
     # -- to users ------------------------------------------------------------------------------
 
@@ -101,6 +111,10 @@ class Router:
             self.sessions.deliver(envelope.users, envelope.frames)
         elif isinstance(envelope, Command):
             self._run_remote(envelope)
+        elif isinstance(envelope, Membership):
+            task = asyncio.get_running_loop().create_task(self.registry.refresh())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         elif isinstance(envelope, Answer):
             waiting = self._waiting.pop(envelope.rid, None)
             if waiting is None:

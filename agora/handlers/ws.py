@@ -196,8 +196,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                                heartbeat=config.heartbeat, decode_text=False)
     await ws.prepare(request)
     sessions, presence, metrics = app[keys.SESSIONS], app[keys.PRESENCE], app[keys.METRICS]
-    session = SessionActor(ws, viewer.user_id, viewer.session_id, sessions.next_number(),
-                           config.outbound_queue)
+    session = SessionActor(ws, request.transport, viewer.user_id, viewer.session_id,
+                           sessions.next_number(), config.outbound_queue)
     session.start()
     sessions.add(session)
     metrics.ws_sessions.inc()

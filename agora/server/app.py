@@ -146,6 +146,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     nodes.on_dead(inbox.drop)
     await inbox.start()  # read position fixed before anyone can route to us
     await nodes.start()
+    router.announce(joined=True)
     await presence.start()
     unsubscribe = app[keys.ACCOUNTS].revocations.subscribe(
         lambda sid: sessions.close_login(sid, CloseCode.REVOKED, "revoked"))
@@ -160,6 +161,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     router.fail_pending()
     await presence.stop()
     await nodes.stop()
+    router.announce(joined=False)
     await inbox.stop()
 
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from agora.clock import Clock
 from agora.storage.accounts import AccountStore
-from agora.storage.redis import Keys
+from agora.storage.redis import BLOCK_MS, Keys
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Revocations:
     async def _follow(self, last_id: bytes) -> None:
         while True:
             try:
-                reply = await self._redis.xread({self._keys.revocations: last_id}, block=5000,
+                reply = await self._redis.xread({self._keys.revocations: last_id}, block=BLOCK_MS,
                                                 count=500)
                 for _stream, entries in reply or []:
                     for entry_id, fields in entries:

@@ -9,12 +9,21 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 
-def connect(url: str) -> aioredis.Redis:
-    options: dict[str, object] = {"decode_responses": False, "health_check_interval": 30,
-                                  "socket_connect_timeout": 5, "retry_on_timeout": True}
+# Blocking stream reads (XREAD BLOCK) must return well within the socket timeout.
+SOCKET_TIMEOUT = 10.0
+BLOCK_MS = 2000
+
+
+def connect(url: str, max_connections: int = 256) -> aioredis.Redis:
+    """A client whose pool waits for a free connection under bursts instead of failing
+    (redis-py's default pool raises past 100 connections)."""
+    options: dict[str, object] = {"socket_connect_timeout": 5, "socket_timeout": SOCKET_TIMEOUT,
+                                  "health_check_interval": 30, "retry_on_timeout": True}
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True
-    return aioredis.Redis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections,
+                                                   timeout=SOCKET_TIMEOUT, **options)
+    return aioredis.Redis(connection_pool=pool, decode_responses=False)
 
 
 class Keys:

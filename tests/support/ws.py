@@ -56,15 +56,18 @@ class WsClient:
                     return frame
             if self.ws.closed and self._reader.done():
                 raise AssertionError(f"closed ({self.close_code}) before a {kind!r} frame; "
-                                     f"got {self.frames[-5:]}")
+                                     f"got {self._summary()}")
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise AssertionError(f"no {kind!r} frame within {timeout}s; got {self.frames[-5:]}")
+                raise AssertionError(f"no {kind!r} frame within {timeout}s; got {self._summary()}")
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 pass
+
+    def _summary(self) -> str:
+        return repr([str(f)[:160] for f in self.frames[-5:]])
 
     def of(self, kind: str) -> list[Frame]:
         return [f for f in self.frames if f.get("type") == kind]
