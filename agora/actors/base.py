@@ -90,11 +90,15 @@ class Actor(Generic[M]):
             self._stopped = True
             return
         self._stopped = True
-        try:
-            self._mailbox.put_nowait(_STOP)
-        except asyncio.QueueFull:
-            self._task.cancel()
+        self._fail_queued()
+        self._mailbox.put_nowait(_STOP)
         await asyncio.gather(self._task, return_exceptions=True)
+
+    def _fail_queued(self) -> None:
+        while not self._mailbox.empty():
+            item = self._mailbox.get_nowait()
+            if item is not _STOP and item[1] is not None:
+                item[1](ActorStopped(self.name))
 
     # -- what subclasses write ----------------------------------------------------------------
 
@@ -177,10 +181,7 @@ class Actor(Generic[M]):
             log.exception("%s failed to start", self.name)
         finally:
             self._stopped = True
-            while not self._mailbox.empty():
-                item = self._mailbox.get_nowait()
-                if item is not _STOP and item[1] is not None:
-                    item[1](ActorStopped(self.name))
+            self._fail_queued()
             try:
                 await self.on_stop()
             except Exception:

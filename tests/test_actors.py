@@ -1,0 +1,125 @@
+"""The actor base (supervision, bounded mailboxes, stop) and actor lifecycles in a node."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from agora.actors.base import Actor, ActorStopped, MailboxFull
+from agora.config import ClusterConfig, WebSocketConfig
+from agora.errors import AppError
+from agora.server import keys
+from tests.support.api import befriend, register
+from tests.support.ws import WsClient
+
+
+class Flaky(Actor[str]):
+    def __init__(self) -> None:
+        super().__init__("flaky", mailbox_size=3)
+        self.starts = 0
+        self.seen: list[str] = []
+
+    async def on_start(self) -> None:
+        self.starts += 1
+
+    async def receive(self, message: str) -> str:
+        if message == "boom":
+            raise RuntimeError("bug")
+        if message == "wait":
+            await asyncio.sleep(0.2)
+        self.seen.append(message)
+        return message.upper()
+
+
+async def test_a_crash_is_answered_and_the_actor_carries_on() -> None:
+    actor = Flaky()
+    actor.start()
+    assert await actor.ask("a") == "A"
+    with pytest.raises(AppError) as info:
+        await actor.ask("boom")
+    assert info.value.code.value == "internal_error"
+    assert await actor.ask("b") == "B"
+    assert actor.starts == 2  # on_failure rebuilt the state
+    await actor.stop()
+
+
+async def test_full_mailbox_and_stopped_actor_fail_fast() -> None:
+    actor = Flaky()
+    actor.start()
+    in_hand = actor.ask("wait")
+    await asyncio.sleep(0.01)
+    queued = [actor.ask(str(i)) for i in range(3)]
+    with pytest.raises(MailboxFull):
+        actor.tell("one too many")
+    await actor.stop()
+    assert await in_hand == "WAIT"  # the item in hand finishes ...
+    for future in queued:  # ... what was still queued is answered "stopped, retry"
+        with pytest.raises(ActorStopped):
+            await future
+    assert actor.seen == ["wait"]
+    with pytest.raises(ActorStopped):
+        actor.tell("late")
+
+
+FAST = ClusterConfig(heartbeat=0.3, node_timeout=1.5, answer_timeout=3.0, presence_debounce=0.5,
+                     conversation_idle=0.5)
+
+
+async def test_idle_conversation_actors_stop_and_restart_from_postgresql(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(cluster=FAST)
+    a, b = await register(client), await register(client)
+    await befriend(client, a, b)
+    cid = (await (await client.post("/api/v1/conversations", headers=a.headers,
+                                    json={"member_ids": [b.id]})).json())["id"]
+    directory = client.server.app[keys.CONVERSATIONS]
+    for n in range(3):
+        resp = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
+                                 json={"text": "x", "client_id": f"i{n}"})
+        assert (await resp.json())["seq"] == n + 1
+    assert len(directory) == 1
+    for _ in range(40):
+        if len(directory) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert len(directory) == 0
+    resp = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
+                             json={"text": "after a nap", "client_id": "i3"})
+    assert resp.status == 201 and (await resp.json())["seq"] == 4
+    # A resend across the restart still finds the first message (in PostgreSQL now).
+    again = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
+                              json={"text": "x", "client_id": "i0"})
+    assert again.status == 200 and (await again.json())["seq"] == 1
+
+
+async def test_heartbeats_drop_a_peer_that_stopped_answering(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(cluster=FAST, ws=WebSocketConfig(heartbeat=0.4))
+    user = await register(client)
+    # autoping=False: this client never answers the server's pings, like a vanished phone.
+    ws = await client.ws_connect(f"/ws?token={user.access}", autoping=False)
+    sessions = client.server.app[keys.SESSIONS]
+    assert len(sessions) == 1
+    closed = False
+    for _ in range(60):
+        msg = await ws.receive(timeout=3)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            closed = True
+            break
+    assert closed
+    for _ in range(40):
+        if len(sessions) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert len(sessions) == 0
+
+
+async def test_notifications_reach_every_session_on_every_node(make_client) -> None:  # type: ignore[no-untyped-def]
+    n1 = await make_client(node_id="one", cluster=FAST)
+    n2 = await make_client(node_id="two", cluster=FAST)
+    user = await register(n1)
+    on1, on2 = await WsClient.connect(n1, user.access), await WsClient.connect(n2, user.access)
+    await n1.server.app[keys.REALTIME].notify(int(user.id), {"id": "1", "kind": "message"})
+    for ws in (on1, on2):
+        frame = await ws.expect("notification")
+        assert frame["notification"] == {"id": "1", "kind": "message"}
