@@ -157,7 +157,12 @@ class ConversationActor(Actor[ConversationOp]):
                     reply(forbidden("you cannot message this user"))
             return
 
-        batch = [Outgoing(op.sender_id, op.client_id, op.text) for op, _ in accepted]
+        batch: list[Outgoing] = []
+        once: set[tuple[int, str]] = set()
+        for op, _ in accepted:  # a client_id sent twice in one batch is stored once
+            if (op.sender_id, op.client_id) not in once:
+                once.add((op.sender_id, op.client_id))
+                batch.append(Outgoing(op.sender_id, op.client_id, op.text))
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 new, earlier_rows = await self.store.commit(self.id, self.state.last_seq, batch)
@@ -183,8 +188,10 @@ class ConversationActor(Actor[ConversationOp]):
         for key, row in earlier_rows.items():
             outs.setdefault(key, (message_out(row), False))
         for op, reply in accepted:
-            message, created = outs[(op.sender_id, op.client_id)]
-            self._remember((op.sender_id, op.client_id), message)
+            key = (op.sender_id, op.client_id)
+            message, created = outs[key]
+            outs[key] = (message, False)  # a repeat within the batch is a resend
+            self._remember(key, message)
             if reply:
                 reply(Sent(message, created))
         if new:

@@ -15,7 +15,7 @@ from datetime import datetime
 import asyncpg
 
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
-from agora.storage.db import Database, Record, Tx
+from agora.storage.db import Database, Record
 from agora.storage.visibility import users_hidden
 
 _CONVERSATION_COLUMNS = ("c.id, c.kind, c.title, c.created_by, c.last_seq, c.created_at, "
@@ -63,26 +63,38 @@ FROM chat.members a JOIN chat.members b ON b.conversation_id = a.conversation_id
 WHERE a.conversation_id = $1
 """
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, client_id, text, created_at"
-FIND_SENT = f"""
-SELECT {_MESSAGE_COLUMNS} FROM chat.messages
-WHERE conversation_id = $1
-  AND (sender_id, client_id) IN (SELECT * FROM unnest($2::bigint[], $3::text[]))
-"""
-ADVANCE_SEQ = """
-UPDATE chat.conversations SET last_seq = $3, last_activity_at = now()
-WHERE id = $1 AND last_seq = $2
-"""
-INSERT_MESSAGES = f"""
-INSERT INTO chat.messages (conversation_id, seq, sender_id, client_id, text)
-SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[])
-RETURNING {_MESSAGE_COLUMNS}
-"""
-# Sending a message reads everything before it.
-SENDERS_READ = """
-UPDATE chat.members m SET last_read_seq = s.seq
-FROM (SELECT sender, max(seq) AS seq FROM unnest($2::bigint[], $3::bigint[]) AS t(seq, sender)
-      GROUP BY sender) s
-WHERE m.conversation_id = $1 AND m.user_id = s.sender AND m.last_read_seq < s.seq
+# One statement, so one round trip and an implicit transaction: find resent client ids, move
+# last_seq from what the owner believes ($2) past the fresh messages (no row when another owner
+# moved it: stale), insert them with their seqs, and move the senders' receipts.
+COMMIT = f"""
+WITH batch AS (
+    SELECT b.sender, b.client_id, b.text, b.ord
+    FROM unnest($3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS b(sender, client_id, text, ord)
+), earlier AS (
+    SELECT m.{_MESSAGE_COLUMNS.replace(", ", ", m.")}
+    FROM chat.messages m JOIN batch b ON m.sender_id = b.sender AND m.client_id = b.client_id
+    WHERE m.conversation_id = $1
+), fresh AS (
+    SELECT b.*, row_number() OVER (ORDER BY b.ord) AS n FROM batch b
+    WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.sender_id = b.sender AND e.client_id = b.client_id)
+), advanced AS (
+    UPDATE chat.conversations SET last_seq = $2 + (SELECT count(*) FROM fresh),
+                                  last_activity_at = now()
+    WHERE id = $1 AND last_seq = $2 AND EXISTS (SELECT 1 FROM fresh)
+    RETURNING last_seq
+), inserted AS (
+    INSERT INTO chat.messages (conversation_id, seq, sender_id, client_id, text)
+    SELECT $1, $2 + f.n, f.sender, f.client_id, f.text FROM fresh f
+    WHERE EXISTS (SELECT 1 FROM advanced)
+    RETURNING {_MESSAGE_COLUMNS}
+), receipts AS (
+    UPDATE chat.members m SET last_read_seq = r.seq
+    FROM (SELECT sender_id, max(seq) AS seq FROM inserted GROUP BY sender_id) r
+    WHERE m.conversation_id = $1 AND m.user_id = r.sender_id AND m.last_read_seq < r.seq
+)
+SELECT true AS fresh, i.* FROM inserted i
+UNION ALL
+SELECT false AS fresh, e.* FROM earlier e
 """
 MARK_READ = """
 UPDATE chat.members m SET last_read_seq = least($3::bigint, c.last_seq)
@@ -117,8 +129,8 @@ class MessageRow:
     created_at: datetime
 
     @classmethod
-    def of(cls, row: Record) -> "MessageRow":
-        return cls(*row.values())
+    def of(cls, row: Record, skip: int = 0) -> "MessageRow":
+        return cls(*list(row.values())[skip:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,42 +229,24 @@ class ChatStore:
 
     async def commit(self, conversation_id: int, last_seq: int,
                      batch: list[Outgoing]) -> tuple[list[MessageRow], dict[tuple[int, str], MessageRow]]:
-        """Store ``batch`` after ``last_seq`` in one transaction.
+        """Store ``batch`` after ``last_seq`` (one statement, one implicit transaction).
 
         Returns the new messages (seqs ``last_seq + 1 ...`` in batch order, resends left out)
         and the earlier messages of resent client ids. Raises :class:`StaleOwner` when
-        ``last_seq`` is not the stored one.
+        ``last_seq`` is not the stored one. ``batch`` holds each (sender, client_id) once.
         """
-        async with self.db.transaction("commit_messages") as tx:
-            earlier = await self._find_sent(tx, conversation_id, batch)
-            fresh: list[Outgoing] = []
-            seen: set[tuple[int, str]] = set(earlier)
-            for out in batch:
-                key = (out.sender_id, out.client_id)
-                if key not in seen:
-                    seen.add(key)
-                    fresh.append(out)
-            if not fresh:
-                return [], earlier
-            new_last = last_seq + len(fresh)
-            if await tx.execute("advance_seq", ADVANCE_SEQ, conversation_id, last_seq,
-                                new_last) == "UPDATE 0":
-                raise StaleOwner(conversation_id)
-            seqs = list(range(last_seq + 1, new_last + 1))
-            senders = [o.sender_id for o in fresh]
-            try:
-                rows = await tx.fetch("insert_messages", INSERT_MESSAGES, conversation_id, seqs,
-                                      senders, [o.client_id for o in fresh], [o.text for o in fresh])
-            except asyncpg.UniqueViolationError:
-                raise StaleOwner(conversation_id) from None
-            await tx.execute("senders_read", SENDERS_READ, conversation_id, seqs, senders)
-        return [MessageRow.of(r) for r in rows], earlier
-
-    async def _find_sent(self, tx: Tx, conversation_id: int,
-                         batch: list[Outgoing]) -> dict[tuple[int, str], MessageRow]:
-        rows = await tx.fetch("find_sent", FIND_SENT, conversation_id,
-                              [o.sender_id for o in batch], [o.client_id for o in batch])
-        return {(r["sender_id"], r["client_id"]): MessageRow.of(r) for r in rows}
+        try:
+            rows = await self.db.fetch("commit_messages", COMMIT, conversation_id, last_seq,
+                                       [o.sender_id for o in batch], [o.client_id for o in batch],
+                                       [o.text for o in batch])
+        except asyncpg.UniqueViolationError:  # another owner stored the same seq or client id
+            raise StaleOwner(conversation_id) from None
+        new = [MessageRow.of(r, 1) for r in rows if r["fresh"]]
+        earlier = {(r["sender_id"], r["client_id"]): MessageRow.of(r, 1) for r in rows if not r["fresh"]}
+        if len(new) + len(earlier) < len(batch):
+            raise StaleOwner(conversation_id)
+        new.sort(key=lambda m: m.seq)
+        return new, earlier
 
     async def last_seq(self, conversation_id: int) -> int | None:
         value: int | None = await self.db.fetchval("last_seq", LAST_SEQ, conversation_id)

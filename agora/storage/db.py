@@ -38,6 +38,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Connections come back clean: transactions are context managers and nothing sets session
+    state, so asyncpg's default reset (a round trip of RESET ALL and friends on every release)
+    is skipped; a connection somehow left in a transaction is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 def _encode_json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
@@ -119,7 +127,7 @@ class Database(_Runner):
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20,
                       observe: Observer | None = None) -> "Database":
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_reset,
             command_timeout=30, max_inactive_connection_lifetime=300,
         )
         assert pool is not None

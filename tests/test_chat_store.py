@@ -1,0 +1,63 @@
+"""The fenced group commit in PostgreSQL: seqs without gaps, stale owners refused, resends found."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from agora.server import keys
+from agora.storage.chat import ChatStore, Outgoing, StaleOwner
+from tests.support.api import befriend, register
+
+
+async def _conversation(client: TestClient) -> tuple[ChatStore, int, int, int]:
+    a, b = await register(client), await register(client)
+    await befriend(client, a, b)
+    store = ChatStore(client.server.app[keys.DB])
+    cid, created = await store.create("direct", None, int(a.id), [int(b.id)])
+    assert created
+    return store, cid, int(a.id), int(b.id)
+
+
+async def test_commit_assigns_contiguous_seqs_and_finds_resends(client: TestClient) -> None:
+    store, cid, a, b = await _conversation(client)
+    new, earlier = await store.commit(cid, 0, [Outgoing(a, "x", "1"), Outgoing(b, "x", "2")])
+    assert [m.seq for m in new] == [1, 2] and earlier == {}
+    new, earlier = await store.commit(cid, 2, [Outgoing(a, "x", "again"), Outgoing(a, "y", "3")])
+    assert [m.seq for m in new] == [3]
+    assert earlier[(a, "x")].seq == 1 and earlier[(a, "x")].text == "1"
+    state = await store.state(cid)
+    assert state is not None and state.last_seq == 3 and state.members == {a, b}
+
+
+async def test_a_stale_owner_is_refused(client: TestClient) -> None:
+    store, cid, a, _ = await _conversation(client)
+    await store.commit(cid, 0, [Outgoing(a, "first", "hello")])
+    with pytest.raises(StaleOwner):  # believes last_seq is 0 but it is 1
+        await store.commit(cid, 0, [Outgoing(a, "second", "hello")])
+    assert [m.seq for m in await store.messages_after(cid, 0, 10)] == [1]
+
+
+async def test_two_owners_racing_never_store_a_seq_twice(client: TestClient) -> None:
+    store, cid, a, b = await _conversation(client)
+
+    async def owner(name: str, sender: int) -> int:
+        stored, last = 0, 0
+        for n in range(20):
+            while True:
+                try:
+                    new, _ = await store.commit(cid, last, [Outgoing(sender, f"{name}{n}", "t")])
+                    last = new[-1].seq
+                    stored += 1
+                    break
+                except StaleOwner:
+                    state = await store.state(cid)
+                    assert state is not None
+                    last = state.last_seq
+        return stored
+
+    assert await asyncio.gather(owner("p", a), owner("q", b)) == [20, 20]
+    seqs = [m.seq for m in await store.messages_after(cid, 0, 100)]
+    assert seqs == list(range(1, 41))
