@@ -23,11 +23,11 @@ async def _conversation(client: TestClient) -> tuple[ChatStore, int, int, int]:
 
 async def test_commit_assigns_contiguous_seqs_and_finds_resends(client: TestClient) -> None:
     store, cid, a, b = await _conversation(client)
-    new, earlier = await store.commit(cid, 0, [Outgoing(a, "x", "1"), Outgoing(b, "x", "2")])
-    assert [m.seq for m in new] == [1, 2] and earlier == {}
-    new, earlier = await store.commit(cid, 2, [Outgoing(a, "x", "again"), Outgoing(a, "y", "3")])
-    assert [m.seq for m in new] == [3]
-    assert earlier[(a, "x")].seq == 1 and earlier[(a, "x")].text == "1"
+    done = await store.commit(cid, 0, [Outgoing(a, "x", "1"), Outgoing(b, "x", "2")])
+    assert [m.seq for m in done.new] == [1, 2] and done.earlier == {}
+    done = await store.commit(cid, 2, [Outgoing(a, "x", "again"), Outgoing(a, "y", "3")])
+    assert [m.seq for m in done.new] == [3]
+    assert done.earlier[(a, "x")].seq == 1 and done.earlier[(a, "x")].text == "1"
     state = await store.state(cid)
     assert state is not None and state.last_seq == 3 and state.members == {a, b}
 
@@ -48,8 +48,8 @@ async def test_two_owners_racing_never_store_a_seq_twice(client: TestClient) -> 
         for n in range(20):
             while True:
                 try:
-                    new, _ = await store.commit(cid, last, [Outgoing(sender, f"{name}{n}", "t")])
-                    last = new[-1].seq
+                    done = await store.commit(cid, last, [Outgoing(sender, f"{name}{n}", "t")])
+                    last = done.new[-1].seq
                     stored += 1
                     break
                 except StaleOwner:
@@ -61,3 +61,17 @@ async def test_two_owners_racing_never_store_a_seq_twice(client: TestClient) -> 
     assert await asyncio.gather(owner("p", a), owner("q", b)) == [20, 20]
     seqs = [m.seq for m in await store.messages_after(cid, 0, 100)]
     assert seqs == list(range(1, 41))
+
+
+async def test_many_conversations_in_one_statement_each_fenced_alone(client: TestClient) -> None:
+    store, c1, a, b = await _conversation(client)
+    _, c2, x, y = await _conversation(client)
+    await store.commit(c2, 0, [Outgoing(x, "pre", "moved on")])  # c2's owner believes 0: stale
+    results = await store.commit_many([
+        (c1, 0, [Outgoing(a, "m1", "one"), Outgoing(b, "m2", "two")]),
+        (c2, 0, [Outgoing(y, "m3", "three")]),
+    ])
+    first, second = results[c1], results[c2]
+    assert isinstance(second, StaleOwner)
+    assert not isinstance(first, StaleOwner) and [m.seq for m in first.new] == [1, 2]
+    assert [m.text for m in await store.messages_after(c2, 0, 10)] == ["moved on"]

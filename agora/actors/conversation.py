@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol, Union
 import msgspec
 
 from agora.actors.base import Actor, ActorStopped, MailboxFull, Reply
+from agora.actors.committer import Committer, CommitRequest
 from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, forbidden, not_found
 from agora.protocol.chat import MessageOut
@@ -84,11 +85,13 @@ class Deliverer(Protocol):
 class ConversationActor(Actor[ConversationOp]):
     kind = "conversation"
 
-    def __init__(self, conversation_id: int, store: ChatStore, out: Deliverer, clock: Clock,
-                 idle_timeout: float = 60.0, mailbox_size: int = 2000) -> None:
+    def __init__(self, conversation_id: int, store: ChatStore, committer: Committer,
+                 out: Deliverer, clock: Clock, idle_timeout: float = 60.0,
+                 mailbox_size: int = 2000) -> None:
         super().__init__(f"conversation-{conversation_id}", mailbox_size)
         self.id = conversation_id
         self.store = store
+        self.committer = committer
         self.out = out
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -165,7 +168,8 @@ class ConversationActor(Actor[ConversationOp]):
                 batch.append(Outgoing(op.sender_id, op.client_id, op.text))
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                new, earlier_rows = await self.store.commit(self.id, self.state.last_seq, batch)
+                committed = await self.committer.ask(CommitRequest(self.id, self.state.last_seq, batch))
+                new, earlier_rows = committed.new, committed.earlier
                 break
             except StaleOwner:
                 # Another node committed under us (ownership moved): catch up and retry.

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from agora.clock import Clock
 from agora.config import Config
+from agora.actors.committer import Committer
 from agora.actors.conversation import ConversationActor, ConversationDirectory
 from agora.actors.session import SessionRegistry
 from agora.cluster.inbox import Inbox
@@ -129,8 +130,11 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     sessions = SessionRegistry()
     presence = Presence(redis, rkeys, nodes, realtime.presence_changed, cc.presence_debounce)
     router_box: list[Router] = []
+    committer = Committer(chat_store)
+    committer.start()
     conversations = ConversationDirectory(
-        lambda cid: ConversationActor(cid, chat_store, router_box[0], clock, cc.conversation_idle),
+        lambda cid: ConversationActor(cid, chat_store, committer, router_box[0], clock,
+                                      cc.conversation_idle),
         app[keys.METRICS].actors.labels("conversation"))
     router = Router(nodes, presence, sessions, conversations, cc.answer_timeout)
     router_box.append(router)
@@ -158,6 +162,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     unsubscribe()
     await sessions.wait_cleanups()
     await conversations.stop_all()
+    await committer.stop()
     router.fail_pending()
     await presence.stop()
     await nodes.stop()

@@ -63,34 +63,40 @@ FROM chat.members a JOIN chat.members b ON b.conversation_id = a.conversation_id
 WHERE a.conversation_id = $1
 """
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, client_id, text, created_at"
-# One statement, so one round trip and an implicit transaction: find resent client ids, move
-# last_seq from what the owner believes ($2) past the fresh messages (no row when another owner
-# moved it: stale), insert them with their seqs, and move the senders' receipts.
+# One statement for the waiting batches of many conversations: one round trip and one implicit
+# transaction. Per conversation it finds resent client ids, moves last_seq from what its owner
+# believes past the fresh messages (no row when another owner moved it: stale), inserts them
+# with their seqs, and moves the senders' receipts.
 COMMIT = f"""
 WITH batch AS (
-    SELECT b.sender, b.client_id, b.text, b.ord
-    FROM unnest($3::bigint[], $4::text[], $5::text[]) WITH ORDINALITY AS b(sender, client_id, text, ord)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[])
+        AS b(conv, sender, client_id, text, ord)
+), expected AS (
+    SELECT * FROM unnest($6::bigint[], $7::bigint[]) AS x(conv, last_seq)
 ), earlier AS (
     SELECT m.{_MESSAGE_COLUMNS.replace(", ", ", m.")}
-    FROM chat.messages m JOIN batch b ON m.sender_id = b.sender AND m.client_id = b.client_id
-    WHERE m.conversation_id = $1
+    FROM chat.messages m
+    JOIN batch b ON m.conversation_id = b.conv AND m.sender_id = b.sender AND m.client_id = b.client_id
 ), fresh AS (
-    SELECT b.*, row_number() OVER (ORDER BY b.ord) AS n FROM batch b
-    WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.sender_id = b.sender AND e.client_id = b.client_id)
+    SELECT b.*, row_number() OVER (PARTITION BY b.conv ORDER BY b.ord) AS n FROM batch b
+    WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.conversation_id = b.conv
+                      AND e.sender_id = b.sender AND e.client_id = b.client_id)
 ), advanced AS (
-    UPDATE chat.conversations SET last_seq = $2 + (SELECT count(*) FROM fresh),
-                                  last_activity_at = now()
-    WHERE id = $1 AND last_seq = $2 AND EXISTS (SELECT 1 FROM fresh)
-    RETURNING last_seq
+    UPDATE chat.conversations c SET last_seq = x.last_seq + k.n, last_activity_at = now()
+    FROM expected x JOIN (SELECT conv, count(*) AS n FROM fresh GROUP BY conv) k ON k.conv = x.conv
+    WHERE c.id = x.conv AND c.last_seq = x.last_seq
+    RETURNING c.id
 ), inserted AS (
     INSERT INTO chat.messages (conversation_id, seq, sender_id, client_id, text)
-    SELECT $1, $2 + f.n, f.sender, f.client_id, f.text FROM fresh f
-    WHERE EXISTS (SELECT 1 FROM advanced)
+    SELECT f.conv, x.last_seq + f.n, f.sender, f.client_id, f.text
+    FROM fresh f JOIN expected x ON x.conv = f.conv
+    WHERE f.conv IN (SELECT id FROM advanced)
     RETURNING {_MESSAGE_COLUMNS}
 ), receipts AS (
     UPDATE chat.members m SET last_read_seq = r.seq
-    FROM (SELECT sender_id, max(seq) AS seq FROM inserted GROUP BY sender_id) r
-    WHERE m.conversation_id = $1 AND m.user_id = r.sender_id AND m.last_read_seq < r.seq
+    FROM (SELECT conversation_id, sender_id, max(seq) AS seq FROM inserted
+          GROUP BY conversation_id, sender_id) r
+    WHERE m.conversation_id = r.conversation_id AND m.user_id = r.sender_id AND m.last_read_seq < r.seq
 )
 SELECT true AS fresh, i.* FROM inserted i
 UNION ALL
@@ -131,6 +137,12 @@ class MessageRow:
     @classmethod
     def of(cls, row: Record, skip: int = 0) -> "MessageRow":
         return cls(*list(row.values())[skip:])
+
+
+@dataclass(slots=True)
+class Committed:
+    new: list[MessageRow]
+    earlier: dict[tuple[int, str], MessageRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,25 +240,55 @@ class ChatStore:
         return bool(await self.db.fetchval("direct_hidden", DIRECT_HIDDEN, conversation_id))
 
     async def commit(self, conversation_id: int, last_seq: int,
-                     batch: list[Outgoing]) -> tuple[list[MessageRow], dict[tuple[int, str], MessageRow]]:
-        """Store ``batch`` after ``last_seq`` (one statement, one implicit transaction).
+                     batch: list[Outgoing]) -> "Committed":
+        """Store one conversation's batch (see :meth:`commit_many`); raises :class:`StaleOwner`."""
+        result = (await self.commit_many([(conversation_id, last_seq, batch)]))[conversation_id]
+        if isinstance(result, StaleOwner):
+            raise result
+        return result
 
-        Returns the new messages (seqs ``last_seq + 1 ...`` in batch order, resends left out)
-        and the earlier messages of resent client ids. Raises :class:`StaleOwner` when
-        ``last_seq`` is not the stored one. ``batch`` holds each (sender, client_id) once.
+    async def commit_many(self, batches: list[tuple[int, int, list[Outgoing]]]
+                          ) -> dict[int, "Committed | StaleOwner"]:
+        """Store several conversations' batches in one statement.
+
+        Each entry is ``(conversation_id, last_seq its owner believes, batch)`` with every
+        (sender, client_id) once and each conversation once. Per conversation the answer is the
+        new messages (seqs ``last_seq + 1 ...`` in batch order, resends left out) with the
+        earlier messages of resent client ids, or :class:`StaleOwner` when ``last_seq`` was not
+        the stored one. A conflict between two owners fails the whole statement: every
+        conversation in it then gets StaleOwner and its actor reloads and retries.
         """
+        convs, senders, client_ids, texts, ords = [], [], [], [], []
+        for conv, _, batch in batches:
+            for i, out in enumerate(batch):
+                convs.append(conv)
+                senders.append(out.sender_id)
+                client_ids.append(out.client_id)
+                texts.append(out.text)
+                ords.append(i)
         try:
-            rows = await self.db.fetch("commit_messages", COMMIT, conversation_id, last_seq,
-                                       [o.sender_id for o in batch], [o.client_id for o in batch],
-                                       [o.text for o in batch])
-        except asyncpg.UniqueViolationError:  # another owner stored the same seq or client id
-            raise StaleOwner(conversation_id) from None
-        new = [MessageRow.of(r, 1) for r in rows if r["fresh"]]
-        earlier = {(r["sender_id"], r["client_id"]): MessageRow.of(r, 1) for r in rows if not r["fresh"]}
-        if len(new) + len(earlier) < len(batch):
-            raise StaleOwner(conversation_id)
-        new.sort(key=lambda m: m.seq)
-        return new, earlier
+            rows = await self.db.fetch(
+                "commit_messages", COMMIT, convs, senders, client_ids, texts, ords,
+                [conv for conv, _, _ in batches], [last for _, last, _ in batches])
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            return {conv: StaleOwner(conv) for conv, _, _ in batches}
+        results: dict[int, Committed | StaleOwner] = {}
+        grouped: dict[int, Committed] = {conv: Committed([], {}) for conv, _, _ in batches}
+        for row in rows:
+            message = MessageRow.of(row, 1)
+            found = grouped[message.conversation_id]
+            if row["fresh"]:
+                found.new.append(message)
+            else:
+                found.earlier[(message.sender_id, message.client_id)] = message
+        for conv, _, batch in batches:
+            found = grouped[conv]
+            if len(found.new) + len(found.earlier) < len(batch):
+                results[conv] = StaleOwner(conv)
+            else:
+                found.new.sort(key=lambda m: m.seq)
+                results[conv] = found
+        return results
 
     async def last_seq(self, conversation_id: int) -> int | None:
         value: int | None = await self.db.fetchval("last_seq", LAST_SEQ, conversation_id)
