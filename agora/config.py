@@ -97,6 +97,7 @@ class Config:
     metrics_token: str | None = None
     max_body_bytes: int = 1024 * 1024
     feed_cache_size: int = 800  # posts per user kept in Redis; 0 = feeds read PostgreSQL only
+    feed_page_cache: int = 20_000  # encoded feed pages kept in memory per node; 0 = none
     shutdown_timeout: float = 8.0
 
     @property
@@ -241,6 +242,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),
         feed_cache_size=_parse(env, "AGORA_FEED_CACHE_SIZE", _non_negative_int, 800,
+                               "a non-negative integer"),
+        feed_page_cache=_parse(env, "AGORA_FEED_PAGE_CACHE", _non_negative_int, 20_000,
                                "a non-negative integer"),
         shutdown_timeout=_parse(env, "AGORA_SHUTDOWN_TIMEOUT", _non_negative_float, 8.0,
                                 "a non-negative number of seconds"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -60,9 +61,10 @@ async def test_cursor_neither_repeats_nor_skips_while_posts_arrive(client: TestC
     assert seen == [p["id"] for p in reversed(older)]
 
 
-async def test_cache_and_postgresql_give_the_same_pages(client: TestClient, make_client,  # type: ignore[no-untyped-def]
+async def test_cache_and_postgresql_give_the_same_pages(uncached: TestClient, make_client,  # type: ignore[no-untyped-def]
                                                         ) -> None:
-    uncached = await make_client(feed_cache_size=0)
+    client = uncached
+    uncached = await make_client(feed_cache_size=0, feed_page_cache=0)
     me, pals, _ = await _circle(client, friends=4)
     for i in range(30):
         await create_post(client, pals[i % 4], f"post {i}", ("public", "friends", "private")[i % 3])
@@ -74,7 +76,14 @@ async def test_cache_and_postgresql_give_the_same_pages(client: TestClient, make
     assert len(cached_pages) == 21
 
 
-async def test_rebuilt_after_redis_loses_it(client: TestClient) -> None:
+@pytest.fixture
+async def uncached(make_client) -> TestClient:  # type: ignore[no-untyped-def]
+    """A node without the in-memory page cache: every read goes to Redis and PostgreSQL."""
+    return await make_client(feed_page_cache=0)
+
+
+async def test_rebuilt_after_redis_loses_it(uncached: TestClient) -> None:
+    client = uncached
     me, pals, _ = await _circle(client)
     for pal in pals:
         await create_post(client, pal, "hello", "friends")
@@ -89,7 +98,8 @@ async def test_rebuilt_after_redis_loses_it(client: TestClient) -> None:
     assert await redis.zcard(rkeys.feed(int(me.id))) == len(before) + 1  # + the "complete" marker
 
 
-async def test_fan_out_on_write_reaches_cached_feeds(client: TestClient) -> None:
+async def test_fan_out_on_write_reaches_cached_feeds(uncached: TestClient) -> None:
+    client = uncached
     me, pals, _ = await _circle(client)
     await _feed_ids(client, me)  # builds my cached window
     app: web.Application = client.server.app  # type: ignore[assignment]
@@ -131,8 +141,8 @@ async def test_corrections_on_unfriend_block_delete_and_visibility(client: TestC
 
 
 async def test_pages_past_the_cached_window_come_from_postgresql(make_client) -> None:  # type: ignore[no-untyped-def]
-    small = await make_client(feed_cache_size=5)
-    plain = await make_client(feed_cache_size=0)
+    small = await make_client(feed_cache_size=5, feed_page_cache=0)
+    plain = await make_client(feed_cache_size=0, feed_page_cache=0)
     me, pals, _ = await _circle(small, friends=2)
     made = [await create_post(small, pals[i % 2], f"p{i}", "friends") for i in range(17)]
     expected = [p["id"] for p in reversed(made)]
@@ -144,7 +154,8 @@ async def test_pages_past_the_cached_window_come_from_postgresql(make_client) ->
     assert len([m for m in cached if m.isdigit()]) <= 6
 
 
-async def test_a_feed_page_costs_a_bounded_number_of_queries(client: TestClient) -> None:
+async def test_a_feed_page_costs_a_bounded_number_of_queries(uncached: TestClient) -> None:
+    client = uncached
     me, pals, _ = await _circle(client, friends=5)
     for i in range(120):
         await create_post(client, pals[i % 5], f"p{i}", "friends")
@@ -172,7 +183,8 @@ async def test_feed_survives_losing_redis(make_client, config: Config) -> None: 
     proxy = await TCPProxy(redis_url.hostname or "127.0.0.1", redis_url.port or 6379).start()
     try:
         cut_config = config.with_overrides(redis=config.redis.__class__(
-            url=f"redis://127.0.0.1:{proxy.port}/0", prefix=config.redis.prefix))
+            url=f"redis://127.0.0.1:{proxy.port}/0", prefix=config.redis.prefix),
+            feed_page_cache=0)
         client = await make_client(create_app(cut_config))
         me, pals, _ = await _circle(client, friends=2)
         made = [await create_post(client, pals[i % 2], f"p{i}", "friends") for i in range(6)]

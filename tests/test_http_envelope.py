@@ -86,3 +86,14 @@ async def test_unexpected_exceptions_become_internal_error(make_client, config) 
     text = str(err)
     assert "hunter2" not in text and "Traceback" not in text
     assert resp.headers["X-Request-ID"] in err["message"]
+
+
+async def test_request_id_on_static_files_and_websocket_upgrades(client: TestClient) -> None:
+    from tests.support.api import register
+
+    static = await client.get("/api/static/docs.js")
+    assert static.status == 200 and static.headers.get("X-Request-ID")
+    user = await register(client)
+    ws = await client.ws_connect(f"/ws?token={user.access}")
+    assert ws._response.headers.get("X-Request-ID")  # the 101 answer names its request too
+    await ws.close()

@@ -58,7 +58,14 @@ class Membership(msgspec.Struct, tag="membership", array_like=True):
     joined: bool
 
 
-Envelope = Union[Deliver, Command, Answer, Membership]
+class Evict(msgspec.Struct, tag="evict", array_like=True):
+    """Drop in-process cache entries (see agora.services.invalidation)."""
+
+    kind: str
+    ids: list[int]
+
+
+Envelope = Union[Deliver, Command, Answer, Membership, Evict]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[Envelope])
 Handler = Callable[[Envelope], None]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgspec
 
@@ -23,7 +23,7 @@ from agora.actors.base import Reply, future_reply
 from agora.actors.conversation import (ConversationDirectory, ConversationOp, Sent, op_decoder,
                                        op_encoder, sent_decoder)
 from agora.actors.session import SessionRegistry
-from agora.cluster.inbox import (Answer, Command, Deliver, Envelope, Inbox, Membership,
+from agora.cluster.inbox import (Answer, Command, Deliver, Envelope, Evict, Inbox, Membership,
                                  group_by_node)
 from agora.cluster.nodes import NodeRegistry
 from agora.cluster.presence import Presence
@@ -40,17 +40,26 @@ def conversation_key(conversation_id: int) -> str:
 
 class Router:
     def __init__(self, registry: NodeRegistry, presence: Presence, sessions: SessionRegistry,
-                 conversations: ConversationDirectory, answer_timeout: float = 5.0) -> None:
+                 conversations: ConversationDirectory, answer_timeout: float = 5.0,
+                 on_evict: Callable[[str, list[int]], None] | None = None) -> None:
         self.registry = registry
         self.node_id = registry.node_id
         self.presence = presence
         self.sessions = sessions
         self.conversations = conversations
         self.answer_timeout = answer_timeout
+        self.on_evict = on_evict
         self.inbox: Inbox | None = None  # set by the app once the inbox exists
         self._rids = itertools.count(1)
         self._waiting: dict[int, tuple[Reply, asyncio.TimerHandle]] = {}
         self._background: set[asyncio.Task[None]] = set()
+
+    def broadcast_eviction(self, kind: str, ids: list[int]) -> None:
+        """Every other node drops its cache entries for these ids."""
+        if self.inbox is None:
+            return
+        for node in self.registry.live - {self.node_id}:
+            self.inbox.post(node, Evict(kind, ids))
 
     def announce(self, joined: bool) -> None:
         """Tell the other live nodes to look at the registry now: ownership moves at once when a
@@ -111,6 +120,9 @@ class Router:
             self.sessions.deliver(envelope.users, envelope.frames)
         elif isinstance(envelope, Command):
             self._run_remote(envelope)
+        elif isinstance(envelope, Evict):
+            if self.on_evict is not None:
+                self.on_evict(envelope.kind, envelope.ids)
         elif isinstance(envelope, Membership):
             task = asyncio.get_running_loop().create_task(self.registry.refresh())
             self._background.add(task)

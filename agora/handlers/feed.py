@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from agora.protocol.common import Page
 from agora.protocol.content import FeedQuery, PostOut
 from agora.server import keys
@@ -11,7 +13,7 @@ routes = Routes("feed")
 
 
 @routes.get("/feed", query=FeedQuery, response=Page[PostOut])
-async def feed(call: Call[None, FeedQuery]) -> Page[PostOut]:
+async def feed(call: Call[None, FeedQuery]) -> Page[PostOut] | web.Response:
     """The caller's news feed: their own and their friends' posts they may see.
 
     Newest first with a stable cursor (no repeats or gaps while new posts arrive), or
@@ -20,4 +22,5 @@ async def feed(call: Call[None, FeedQuery]) -> Page[PostOut]:
     service = call.app[keys.FEED]
     if q.rank == "top":
         return await service.top(call.viewer.user_id, q.cursor, q.limit)
-    return await service.recent(call.viewer.user_id, q.cursor, q.limit)
+    body = await service.recent_json(call.viewer.user_id, q.cursor, q.limit)
+    return web.Response(body=body, content_type="application/json")

@@ -27,6 +27,7 @@ from agora.protocol.frames import (Ack, CloseCode, ErrorFrame, MessageFrame, Pin
                                    frame_ref)
 from agora.server import keys
 from agora.server.logs import request_id_var
+from agora.server.middleware import name_response
 from agora.services.chat import ChatService
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     config = app[keys.CONFIG].ws
     ws = web.WebSocketResponse(compress=False, max_msg_size=config.max_frame_bytes,
                                heartbeat=config.heartbeat, decode_text=False)
+    name_response(request, ws)
     await ws.prepare(request)
     sessions, presence, metrics = app[keys.SESSIONS], app[keys.PRESENCE], app[keys.METRICS]
     session = SessionActor(ws, request.transport, viewer.user_id, viewer.session_id,

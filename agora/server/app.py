@@ -27,12 +27,14 @@ from agora.handlers import auth, conversations, docs, feed, friends, posts, user
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
 from agora.server.metrics import Metrics
-from agora.server.middleware import InFlight, add_request_id, envelope_middleware
+from agora.server.middleware import InFlight, envelope_middleware
 from agora.server.routing import mount
 from agora.protocol.frames import CloseCode
 from agora.services.accounts import AccountService
 from agora.services.chat import ChatService
 from agora.services.feed import FeedService
+from agora.services.feed_pages import FeedPages
+from agora.services.invalidation import Invalidator
 from agora.services.posts import PostService
 from agora.services.passwords import Passwords
 from agora.services.ratelimit import RateLimiter
@@ -109,8 +111,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
     social_store, post_store = SocialStore(db), PostStore(db)
     feed_cache = FeedCache(redis, rkeys, size=config.feed_cache_size)
-    app[keys.SOCIAL] = SocialService(db, social_store, store, feed_cache)
-    app[keys.FEED] = FeedService(post_store, social_store, feed_cache, clock)
+    invalidator = Invalidator(FeedPages(clock, max_entries=config.feed_page_cache))
+    app[keys.INVALIDATOR] = invalidator
+    app[keys.ACCOUNTS].invalidator = invalidator
+    app[keys.SOCIAL] = SocialService(db, social_store, store, feed_cache, invalidator)
+    app[keys.FEED] = FeedService(post_store, social_store, feed_cache, invalidator.pages,
+                                 invalidator, clock)
     app[keys.REALTIME] = Realtime(social_store)
     app[keys.POSTS] = PostService(post_store, CommentStore(db), store, app[keys.FEED],
                                   on_created=app[keys.REALTIME].post_created)
@@ -136,7 +142,10 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
         lambda cid: ConversationActor(cid, chat_store, committer, router_box[0], clock,
                                       cc.conversation_idle),
         app[keys.METRICS].actors.labels("conversation"))
-    router = Router(nodes, presence, sessions, conversations, cc.answer_timeout)
+    invalidator = app[keys.INVALIDATOR]
+    router = Router(nodes, presence, sessions, conversations, cc.answer_timeout,
+                    on_evict=invalidator.apply)
+    invalidator.cluster = router
     router_box.append(router)
     realtime.router = router
     inbox = Inbox(redis, rkeys, config.node_id, router.handle)
@@ -179,7 +188,6 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
     app.cleanup_ctx.extend([_database, _redis, _amqp, _services, _realtime])
-    app.on_response_prepare.append(add_request_id)
 
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)

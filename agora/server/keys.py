@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from agora.server.routing import Endpoint
     from agora.services.accounts import AccountService
     from agora.services.feed import FeedService
+    from agora.services.invalidation import Invalidator
     from agora.services.posts import PostService
     from agora.services.social import SocialService
     from agora.storage.db import Database
@@ -41,6 +42,7 @@ AMQP = web.AppKey("amqp", "Amqp | None")
 ACCOUNTS = web.AppKey("accounts", "AccountService")
 SOCIAL = web.AppKey("social", "SocialService")
 FEED = web.AppKey("feed", "FeedService")
+INVALIDATOR = web.AppKey("invalidator", "Invalidator")
 POSTS = web.AppKey("posts", "PostService")
 CHAT = web.AppKey("chat", "ChatService")
 SESSIONS = web.AppKey("sessions", "SessionRegistry")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -12,6 +14,8 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._db_children: dict[str, Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
@@ -38,8 +42,22 @@ class Metrics:
         self.actor_restarts = Counter(
             "agora_actor_restarts_total", "Actors restarted after a crash", ["kind"], registry=r)
 
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time a request (label children cached: ``labels()`` is slow per call)."""
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)
+
     def observe_db(self, name: str, seconds: float) -> None:
-        self.db_seconds.labels(name).observe(seconds)
+        child = self._db_children.get(name)
+        if child is None:
+            child = self._db_children[name] = self.db_seconds.labels(name)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

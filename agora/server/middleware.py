@@ -10,7 +10,8 @@ import asyncio
 import logging
 import re
 import time
-import uuid
+import itertools
+import secrets
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -90,10 +91,19 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# Request ids: a random per-process prefix and a counter, unique across nodes and cheap.
+_ID_PREFIX = secrets.token_hex(4)
+_ids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):08x}"
+
+
 @web.middleware
 async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    incoming = request.headers.get(REQUEST_ID_HEADER)
+    request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID_KEY] = request_id
     token = request_id_var.set(request_id)
     metrics = request.app[keys.METRICS]
@@ -119,21 +129,23 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             response = error_response(AppError(
                 ErrorCode.INTERNAL_ERROR, f"internal error (request id {request_id})"))
         status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
         return response
     finally:
         elapsed = time.perf_counter() - start
         if counted:
             in_flight.leave()
             metrics.http_in_flight.dec()
-        metrics.http_requests.labels(request.method, route, str(status)).inc()
-        metrics.http_latency.labels(request.method, route).observe(elapsed)
-        log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
-                 extra={"status": status, "route": route})
+        metrics.observe_http(request.method, route, status, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
+                     extra={"status": status, "route": route})
         request_id_var.reset(token)
 
 
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every response, WebSocket upgrades included, names its request."""
+def name_response(request: web.Request, response: web.StreamResponse) -> None:
+    """For responses prepared inside a handler (WebSocket upgrades): call before ``prepare``."""
     request_id = request.get(REQUEST_ID_KEY)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id

@@ -11,6 +11,7 @@ import msgspec
 from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, invalid, not_found, unauthorized
 from agora.protocol.accounts import AuthOut, MeOut, RegisterIn, UpdateMeIn, UserOut
+from agora.services.invalidation import Invalidator
 from agora.services.passwords import Passwords
 from agora.services.presenters import user_out
 from agora.services.ratelimit import RateLimiter
@@ -51,6 +52,7 @@ class AccountService:
         self.limiter = limiter
         self.clock = clock
         self.refresh_ttl = refresh_ttl
+        self.invalidator: Invalidator | None = None
 
     # -- authentication of calls -------------------------------------------------------------
 
@@ -160,6 +162,8 @@ class AccountService:
         user = await self.store.update_profile(viewer.user_id, changes)
         if user is None:
             raise unauthorized("this account no longer exists")
+        if self.invalidator is not None:
+            self.invalidator.authors([user.id])  # their posts show the old profile
         return me_out(user)
 
     async def set_role(self, username: str, role: str) -> UserRecord:

@@ -23,6 +23,9 @@ from agora.clock import Clock
 from agora.protocol.common import Page
 from agora.protocol.content import PostOut
 from agora.protocol.cursor import decode_cursor, encode_cursor, from_micros, to_micros
+from agora.protocol.codec import encode
+from agora.services.feed_pages import FeedPages
+from agora.services.invalidation import Invalidator
 from agora.services.pages import make_page
 from agora.services.presenters import post_out
 from agora.storage.content import PostRow, PostStore
@@ -40,15 +43,35 @@ TOP_PER_AUTHOR = 200
 
 class FeedService:
     def __init__(self, posts: PostStore, social: SocialStore, cache: FeedCache,
-                 clock: Clock) -> None:
+                 pages: FeedPages, invalidator: Invalidator, clock: Clock) -> None:
         self.posts = posts
         self.social = social
         self.cache = cache
+        self.pages = pages
+        self.invalidator = invalidator
         self.clock = clock
 
     # -- reading ---------------------------------------------------------------------------------
 
+    async def recent_json(self, viewer: int, cursor: str | None, limit: int) -> bytes:
+        """The encoded page, from this node's page cache when nothing it shows has changed."""
+        key = (viewer, cursor, limit)
+        body = self.pages.get(key)
+        if body is not None:
+            return body
+        mark = self.pages.mark()
+        rows = await self._recent_rows(viewer, cursor, limit)
+        page = make_page(rows, limit, post_out, lambda p: encode_cursor("feed", before=p.id))
+        body = encode(page)
+        shown = rows[:limit]
+        self.pages.put(key, body, viewer, [p.id for p in shown], {p.author.id for p in shown}, mark)
+        return body
+
     async def recent(self, viewer: int, cursor: str | None, limit: int) -> Page[PostOut]:
+        rows = await self._recent_rows(viewer, cursor, limit)
+        return make_page(rows, limit, post_out, lambda p: encode_cursor("feed", before=p.id))
+
+    async def _recent_rows(self, viewer: int, cursor: str | None, limit: int) -> list[PostRow]:
         c = decode_cursor(cursor, "feed", before=int)
         before = c["before"] if c else MAX_ID + 1
         want = limit + 1
@@ -60,10 +83,10 @@ class FeedService:
                 log.warning("feed cache unavailable; reading PostgreSQL", exc_info=True)
                 rows, exhausted = [], False
             if exhausted:
-                return make_page(rows, limit, post_out, lambda p: encode_cursor("feed", before=p.id))
+                return rows
         if len(rows) < want:
             rows += await self.posts.feed_page(viewer, before, want - len(rows))
-        return make_page(rows, limit, post_out, lambda p: encode_cursor("feed", before=p.id))
+        return rows
 
     async def _from_cache(self, viewer: int, before: int, want: int) -> tuple[list[PostRow], int, bool]:
         """Visible posts from the cached window: ``(rows, lowest id examined, nothing older)``."""
@@ -109,17 +132,28 @@ class FeedService:
         return [author, *await self.social.friend_ids(author)]
 
     async def post_created(self, author: int, post_id: int, visibility: str) -> None:
+        audience = await self._audience(author, visibility)
+        self.invalidator.viewers(audience)
         if self.cache.enabled:
-            await self._guard(self.cache.add(await self._audience(author, visibility), post_id))
+            await self._guard(self.cache.add(audience, post_id))
 
     async def post_removed(self, author: int, post_id: int, visibility: str) -> None:
+        self.invalidator.posts([post_id])
         if self.cache.enabled:
             await self._guard(self.cache.remove(await self._audience(author, visibility), post_id))
 
+    async def post_changed(self, post_id: int) -> None:
+        """Text, counters or reactions changed: pages showing it are rebuilt."""
+        self.invalidator.posts([post_id])
+
     async def visibility_changed(self, author: int, post_id: int, old: str, new: str) -> None:
-        if not self.cache.enabled or (old == "private") == (new == "private"):
+        self.invalidator.posts([post_id])
+        if (old == "private") == (new == "private"):
             return  # public <-> friends: the same feeds hold it
         friends = await self.social.friend_ids(author)
+        self.invalidator.viewers(friends)
+        if not self.cache.enabled:
+            return
         if new == "private":
             await self._guard(self.cache.remove(friends, post_id))
         else:

@@ -68,6 +68,8 @@ class PostService:
         await self.posts.update(post_id, text, visibility)
         if visibility is not None and visibility != access.visibility:
             await self.feed.visibility_changed(viewer, post_id, access.visibility, visibility)
+        else:
+            await self.feed.post_changed(post_id)
         return await self.get(viewer, post_id)
 
     async def delete(self, viewer: int, post_id: int) -> None:
@@ -94,11 +96,13 @@ class PostService:
     async def react(self, viewer: int, post_id: int, kind: str) -> PostOut:
         if not await self.posts.react(viewer, post_id, kind):
             raise not_found("post")
+        await self.feed.post_changed(post_id)
         return await self.get(viewer, post_id)
 
     async def unreact(self, viewer: int, post_id: int) -> None:
         if not await self.posts.unreact(viewer, post_id):
             raise not_found("post")
+        await self.feed.post_changed(post_id)
 
     # -- comments --------------------------------------------------------------------------------
 
@@ -112,6 +116,7 @@ class PostService:
         comment_id = await self.comments.create(post_id, viewer, parent_id, body.text)
         if comment_id is None:
             raise not_found("post")
+        await self.feed.post_changed(post_id)
         comment = await self.comments.get(comment_id)
         assert comment is not None
         return comment_out(comment)
@@ -136,4 +141,6 @@ class PostService:
                     raise not_found("comment")
                 raise forbidden("only the comment's author, the post's author or a moderator "
                                 "can delete a comment")
-        await self.comments.delete(comment_id)
+        post_id = await self.comments.post_of(comment_id)
+        if await self.comments.delete(comment_id) and post_id is not None:
+            await self.feed.post_changed(post_id)

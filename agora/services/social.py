@@ -17,6 +17,7 @@ from agora.services.pages import make_page
 from agora.services.presenters import block_out, friend_out, friend_request_out, user_out
 from agora.storage.accounts import AccountStore
 from agora.storage.db import MAX_ID, Database, Tx
+from agora.services.invalidation import Invalidator
 from agora.storage.feed_cache import FeedCache
 from agora.storage.social import SocialStore
 
@@ -32,11 +33,12 @@ def _friend_limit_error() -> AppError:
 
 class SocialService:
     def __init__(self, db: Database, store: SocialStore, accounts: AccountStore,
-                 feed_cache: FeedCache) -> None:
+                 feed_cache: FeedCache, invalidator: Invalidator) -> None:
         self.db = db
         self.store = store
         self.accounts = accounts
         self.feed_cache = feed_cache
+        self.invalidator = invalidator
 
     async def send_request(self, me: int, target: int) -> tuple[int, FriendRequestOut]:
         """201 with a new pending request, or 200 with the other side's request accepted."""
@@ -181,6 +183,7 @@ class SocialService:
                          lambda b: encode_cursor("blocks", at=to_micros(b.created_at), id=b.user.id))
 
     async def _friendship_changed(self, a: int, b: int) -> None:
+        self.invalidator.viewers([a, b])
         try:
             await self.feed_cache.invalidate([a, b])
         except Exception:
