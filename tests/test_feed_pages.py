@@ -37,6 +37,10 @@ def test_entries_expire_and_the_cache_is_bounded() -> None:
     assert pages.get("a") is None and pages.get("c") == b"c"
     clock.advance(6)
     assert pages.get("c") is None and len(pages) == 1
+    small = FeedPages(clock, max_entries=100, ttl=5, max_bytes=10)
+    for key in ("x", "y", "z"):
+        small.put(key, b"1234", 1, [], [], small.mark())
+    assert len(small) == 2 and small.bytes == 8  # the byte budget holds
 
 
 async def _two_friends_and_a_post(client: TestClient) -> tuple[User, User, dict]:  # type: ignore[type-arg]

@@ -34,9 +34,11 @@ class _Entry:
 
 class FeedPages:
     def __init__(self, clock: Clock, max_entries: int = 20_000, ttl: float = 10.0,
-                 log_size: int = 10_000) -> None:
+                 max_bytes: int = 64 * 1024 * 1024, log_size: int = 10_000) -> None:
         self.clock = clock
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.ttl = ttl
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._index: dict[str, dict[int, set[Key]]] = {VIEWER: {}, POST: {}, AUTHOR: {}}
@@ -74,11 +76,12 @@ class FeedPages:
         if key in self._entries:
             self._remove(key)
         self._entries[key] = _Entry(body, self.clock.monotonic() + self.ttl, viewer, posts, authors)
+        self.bytes += len(body)
         for kind, ids in ((VIEWER, (viewer,)), (POST, posts), (AUTHOR, authors)):
             index = self._index[kind]
             for i in ids:
                 index.setdefault(i, set()).add(key)
-        while len(self._entries) > self.max_entries:
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             self._remove(next(iter(self._entries)))
         return True
 
@@ -111,6 +114,7 @@ class FeedPages:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        self.bytes -= len(entry.body)
         for kind, ids in ((VIEWER, (entry.viewer,)), (POST, entry.posts), (AUTHOR, entry.authors)):
             index = self._index[kind]
             for i in ids:

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from agora.storage.db import Database, Record
 from agora.storage.visibility import users_hidden
@@ -93,8 +94,7 @@ def public_user_columns(alias: str = "u", prefix: str = "u_") -> str:
 PUBLIC_USER_COLUMNS = public_user_columns()
 
 
-@dataclass(frozen=True, slots=True)
-class PublicUser:
+class PublicUser(msgspec.Struct, frozen=True, gc=False):
     id: int
     username: str
     display_name: str
@@ -104,6 +104,9 @@ class PublicUser:
 
     @classmethod
     def of(cls, row: Record, prefix: str = "u_") -> "PublicUser":
+        if prefix == "u_":
+            return cls(row["u_id"], row["u_username"], row["u_display_name"], row["u_bio"],
+                       row["u_avatar_media_id"], row["u_created_at"])
         return cls(row[f"{prefix}id"], row[f"{prefix}username"], row[f"{prefix}display_name"],
                    row[f"{prefix}bio"], row[f"{prefix}avatar_media_id"], row[f"{prefix}created_at"])
 

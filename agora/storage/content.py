@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
+import msgspec
 
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record, Tx, id_floor
 from agora.storage.visibility import can_see, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
+_COUNT_COLUMNS = tuple((t, f"{t}_count") for t in REACTION_TYPES)
 
 # One page of posts is one statement: the posts, their author, counters and the viewer's
 # reaction. $1 is always the viewer (NULL when anonymous).
@@ -143,8 +145,7 @@ WHERE c.id = $2
 DELETE_COMMENT = "DELETE FROM content.comments WHERE id = $1"
 
 
-@dataclass(frozen=True, slots=True)
-class PostRow:
+class PostRow(msgspec.Struct, frozen=True, gc=False):
     id: int
     author: PublicUser
     text: str
@@ -158,9 +159,9 @@ class PostRow:
 
     @classmethod
     def of(cls, row: Record) -> "PostRow":
-        counts = {t: row[f"{t}_count"] for t in REACTION_TYPES if row[f"{t}_count"]}
+        counts = {t: n for t, column in _COUNT_COLUMNS if (n := row[column])}
         return cls(row["id"], PublicUser.of(row), row["text"], row["visibility"],
-                   list(row["media_ids"]), row["created_at"], row["updated_at"],
+                   row["media_ids"], row["created_at"], row["updated_at"],
                    row["comment_count"], counts, row["my_reaction"])
 
 
