@@ -72,11 +72,14 @@ class Router:
     # -- to users ------------------------------------------------------------------------------
 
     async def deliver(self, users: Iterable[int], frames: list[bytes]) -> None:
+        """Local sessions first (no I/O), then one ``Deliver`` per other node holding sessions."""
+        users = list(users)
+        self.sessions.deliver(users, frames)
+        if self.inbox is None:
+            return
         placements = await self.presence.nodes_of(users)
         for node, node_users in group_by_node(placements).items():
-            if node == self.node_id:
-                self.sessions.deliver(node_users, frames)
-            elif self.inbox is not None and not self.inbox.post(node, Deliver(node_users, frames)):
+            if node != self.node_id and not self.inbox.post(node, Deliver(node_users, frames)):
                 log.warning("inbox queue full; dropped a delivery to %s", node)
 
     # -- to conversation owners -------------------------------------------------------------

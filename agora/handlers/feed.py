@@ -21,6 +21,7 @@ async def feed(call: Call[None, FeedQuery]) -> Page[PostOut] | web.Response:
     q = call.query
     service = call.app[keys.FEED]
     if q.rank == "top":
-        return await service.top(call.viewer.user_id, q.cursor, q.limit)
-    body = await service.recent_json(call.viewer.user_id, q.cursor, q.limit)
+        body = await service.top_json(call.viewer.user_id, q.cursor, q.limit)
+    else:
+        body = await service.recent_json(call.viewer.user_id, q.cursor, q.limit)
     return web.Response(body=body, content_type="application/json")

@@ -207,12 +207,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         if app[keys.ACCOUNTS].revocations.is_revoked(viewer.session_id):
             return ws  # revoked between the check and the upgrade
-        session.push(encode(Ready(session_id=session.name, user_id=str(viewer.user_id),
-                                  node_id=app[keys.CONFIG].node_id, heartbeat=config.heartbeat)))
-        try:
+        try:  # registered before `ready`: whatever is committed after `ready` reaches us
             await presence.connected(viewer.user_id)
         except Exception:
             log.warning("presence update failed for user %d", viewer.user_id, exc_info=True)
+        session.push(encode(Ready(session_id=session.name, user_id=str(viewer.user_id),
+                                  node_id=app[keys.CONFIG].node_id, heartbeat=config.heartbeat)))
         await Connection(app, session).run(ws)
     finally:
         sessions.remove(session)

@@ -67,10 +67,6 @@ class FeedService:
         self.pages.put(key, body, viewer, [p.id for p in shown], {p.author.id for p in shown}, mark)
         return body
 
-    async def recent(self, viewer: int, cursor: str | None, limit: int) -> Page[PostOut]:
-        rows = await self._recent_rows(viewer, cursor, limit)
-        return make_page(rows, limit, post_out, lambda p: encode_cursor("feed", before=p.id))
-
     async def _recent_rows(self, viewer: int, cursor: str | None, limit: int) -> list[PostRow]:
         c = decode_cursor(cursor, "feed", before=int)
         before = c["before"] if c else MAX_ID + 1
@@ -113,15 +109,29 @@ class FeedService:
         ids = await self.posts.feed_ids(viewer, MAX_ID + 1, self.cache.size + 1)
         await self.cache.fill(viewer, generation, ids)
 
-    async def top(self, viewer: int, cursor: str | None, limit: int) -> Page[PostOut]:
+    async def top_json(self, viewer: int, cursor: str | None, limit: int) -> bytes:
+        """Ranked pages come from the page cache too (scores age slowly; 10 s at most)."""
+        key = ("top", viewer, cursor, limit)
+        body = self.pages.get(key)
+        if body is not None:
+            return body
+        mark = self.pages.mark()
+        page, shown = await self._top(viewer, cursor, limit)
+        body = encode(page)
+        self.pages.put(key, body, viewer, [p.id for p in shown], {p.author.id for p in shown}, mark)
+        return body
+
+    async def _top(self, viewer: int, cursor: str | None,
+                   limit: int) -> tuple[Page[PostOut], list[PostRow]]:
         c = decode_cursor(cursor, "top", asof=int, score=float, id=int)
         as_of = from_micros(c["asof"]) if c else self.clock.now()
         after = (c["score"], c["id"]) if c else (float("inf"), MAX_ID + 1)
         rows = await self.posts.top_feed(viewer, as_of, as_of - TOP_WINDOW, after,
                                          window_per_author=TOP_PER_AUTHOR, limit=limit + 1)
         asof = to_micros(as_of)
-        return make_page(rows, limit, lambda r: post_out(r[0]),
+        page = make_page(rows, limit, lambda r: post_out(r[0]),
                          lambda r: encode_cursor("top", asof=asof, score=r[1], id=r[0].id))
+        return page, [r for r, _ in rows[:limit]]
 
     # -- keeping the caches right -------------------------------------------------------------
 

@@ -87,27 +87,33 @@ ORDER BY p.id DESC
 """
 # rank=top: a window of recent posts scored by engagement with time decay (formula in the
 # README). Scores are computed "as of" a fixed moment ($2) carried in the cursor, so pages agree;
-# $3/$4 bound the window by id (index) and $9 by creation time.
-TOP_FEED = _post_select(", sc.score") + f"""
-JOIN LATERAL (
-    SELECT (1 + s.like_count + s.love_count + s.haha_count + s.wow_count + s.sad_count
-            + s.angry_count + 2 * s.comment_count)::float8
-           / power(greatest(extract(epoch FROM ($2::timestamptz - p.created_at))::float8 / 3600.0::float8,
-                            0::float8) + 2.0::float8, 1.5::float8) AS score
-) sc ON true
-WHERE p.id IN (
-    SELECT fp.id FROM ({_FEED_AUTHORS}) a
+# $3/$4 bound the window by id (index) and $9 by creation time. Ranking reads only posts and
+# their counters; the page alone is then hydrated and re-checked with the visibility rule.
+TOP_FEED = _post_select(", ranked.score") + f"""
+JOIN (
+    SELECT c.id, sc.score
+    FROM (
+        SELECT q.id, q.created_at FROM ({_FEED_AUTHORS}) a
+        CROSS JOIN LATERAL (
+            SELECT q.id, q.created_at FROM content.posts q
+            WHERE q.author_id = a.author AND q.id <= $3 AND q.id >= $4 AND q.created_at >= $9
+              AND (a.author = $1 OR q.visibility <> 'private')
+            ORDER BY q.id DESC LIMIT $7
+        ) q
+    ) c
+    JOIN content.post_stats st ON st.post_id = c.id
     CROSS JOIN LATERAL (
-        SELECT q.id FROM content.posts q
-        WHERE q.author_id = a.author AND q.id <= $3 AND q.id >= $4 AND q.created_at >= $9
-          AND (a.author = $1 OR q.visibility <> 'private')
-        ORDER BY q.id DESC LIMIT $7
-    ) fp
-)
-AND {VISIBLE}
-AND (sc.score, p.id) < ($5::float8, $6::bigint)
-ORDER BY sc.score DESC, p.id DESC
-LIMIT $8
+        SELECT (1 + st.like_count + st.love_count + st.haha_count + st.wow_count + st.sad_count
+                + st.angry_count + 2 * st.comment_count)::float8
+               / power(greatest(extract(epoch FROM ($2::timestamptz - c.created_at))::float8
+                                / 3600.0::float8, 0::float8) + 2.0::float8, 1.5::float8) AS score
+    ) sc
+    WHERE (sc.score, c.id) < ($5::float8, $6::bigint)
+    ORDER BY sc.score DESC, c.id DESC
+    LIMIT $8
+) ranked ON ranked.id = p.id
+WHERE {VISIBLE}
+ORDER BY ranked.score DESC, p.id DESC
 """
 
 CHECK_VISIBLE = f"SELECT {VISIBLE} FROM content.posts p WHERE p.id = $2"
