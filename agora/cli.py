@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from agora.config import Config, ConfigError, load_config
 from agora.errors import AppError
@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending migrations and exit")
 
     admin = sub.add_parser("admin", help="account administration").add_subparsers(
-        dest="admin_command", required=True)
+        dest="admin_command", required=True
+    )
     c = admin.add_parser("create-user", help="create an account")
     c.add_argument("--username", required=True)
     c.add_argument("--email", required=True)
@@ -74,7 +75,10 @@ def _offline(config: Config, args: argparse.Namespace) -> int:
             log.error("cannot migrate: %s", exc)
             return 1
         if args.command == "migrate":
-            print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+            print(
+                f"applied {len(applied)} migration(s)"
+                + (f": {', '.join(applied)}" if applied else "")
+            )
             return 0
         return run(_admin(resolved, args))
     finally:
@@ -93,8 +97,9 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
     try:
         store = AccountStore(db)
         if args.admin_command == "create-user":
-            user = await create_user(store, passwords, args.username, args.email, args.password,
-                                     role=args.role)
+            user = await create_user(
+                store, passwords, args.username, args.email, args.password, role=args.role
+            )
             print(f"created user {user.username} (id {user.id}, role {user.role})")
         else:
             user = await set_role(store, args.username, args.role)

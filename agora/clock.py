@@ -7,7 +7,7 @@ can move it instead of sleeping (Synapse's ``clock``).
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 class Clock:
@@ -20,7 +20,7 @@ class Clock:
         return time.monotonic()
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.time(), tz=timezone.utc)
+        return datetime.fromtimestamp(self.time(), tz=UTC)
 
 
 class ManualClock(Clock):

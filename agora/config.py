@@ -10,9 +10,10 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -104,7 +105,7 @@ class Config:
     def production(self) -> bool:
         return self.env == "production"
 
-    def with_overrides(self, **changes: object) -> "Config":
+    def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
@@ -115,7 +116,9 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
-def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, what: str) -> T:
+def _parse(
+    env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, what: str
+) -> T:
     raw = _get(env, name)
     if raw is None:
         return default
@@ -159,7 +162,9 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
         return None
     scheme, sep, rest = raw.partition("://")
     if not sep or scheme.lower() not in schemes or not rest:
-        raise ConfigError(name, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        raise ConfigError(
+            name, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}"
+        )
     return raw
 
 
@@ -204,23 +209,38 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("AGORA_DB_POOL_MAX", f"must be >= AGORA_DB_POOL_MIN ({pool_min})")
 
     ws = WebSocketConfig(
-        rate_limit=_parse(env, "AGORA_WS_RATE_LIMIT", _non_negative_float, 20.0,
-                          "a non-negative number of frames per second"),
-        outbound_queue=_parse(env, "AGORA_WS_OUTBOUND_QUEUE", _positive_int, 1000,
-                              "a positive integer"),
+        rate_limit=_parse(
+            env,
+            "AGORA_WS_RATE_LIMIT",
+            _non_negative_float,
+            20.0,
+            "a non-negative number of frames per second",
+        ),
+        outbound_queue=_parse(
+            env, "AGORA_WS_OUTBOUND_QUEUE", _positive_int, 1000, "a positive integer"
+        ),
     )
     ws = replace(ws, rate_burst=max(1, int(ws.rate_limit * 2)))
     cluster = ClusterConfig(
-        heartbeat=_parse(env, "AGORA_CLUSTER_HEARTBEAT", _positive_float, 2.0,
-                         "a positive number of seconds"),
-        node_timeout=_parse(env, "AGORA_CLUSTER_NODE_TIMEOUT", _positive_float, 10.0,
-                            "a positive number of seconds"),
-        presence_debounce=_parse(env, "AGORA_PRESENCE_DEBOUNCE", _non_negative_float, 5.0,
-                                 "a non-negative number of seconds"),
+        heartbeat=_parse(
+            env, "AGORA_CLUSTER_HEARTBEAT", _positive_float, 2.0, "a positive number of seconds"
+        ),
+        node_timeout=_parse(
+            env, "AGORA_CLUSTER_NODE_TIMEOUT", _positive_float, 10.0, "a positive number of seconds"
+        ),
+        presence_debounce=_parse(
+            env,
+            "AGORA_PRESENCE_DEBOUNCE",
+            _non_negative_float,
+            5.0,
+            "a non-negative number of seconds",
+        ),
     )
     if cluster.node_timeout < 2 * cluster.heartbeat:
-        raise ConfigError("AGORA_CLUSTER_NODE_TIMEOUT",
-                          f"must be at least twice AGORA_CLUSTER_HEARTBEAT ({cluster.heartbeat}s)")
+        raise ConfigError(
+            "AGORA_CLUSTER_NODE_TIMEOUT",
+            f"must be at least twice AGORA_CLUSTER_HEARTBEAT ({cluster.heartbeat}s)",
+        )
 
     return Config(
         env=mode,
@@ -233,20 +253,28 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             pool_min=pool_min,
             pool_max=pool_max,
         ),
-        redis=RedisConfig(url=_url(env, "AGORA_REDIS_URL", ("redis", "rediss", "unix")),
-                          prefix=prefix),
+        redis=RedisConfig(
+            url=_url(env, "AGORA_REDIS_URL", ("redis", "rediss", "unix")), prefix=prefix
+        ),
         auth=AuthConfig(jwt_secret=secret),
         ws=ws,
         cluster=cluster,
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),
-        feed_cache_size=_parse(env, "AGORA_FEED_CACHE_SIZE", _non_negative_int, 800,
-                               "a non-negative integer"),
-        feed_page_cache=_parse(env, "AGORA_FEED_PAGE_CACHE", _non_negative_int, 20_000,
-                               "a non-negative integer"),
-        shutdown_timeout=_parse(env, "AGORA_SHUTDOWN_TIMEOUT", _non_negative_float, 8.0,
-                                "a non-negative number of seconds"),
+        feed_cache_size=_parse(
+            env, "AGORA_FEED_CACHE_SIZE", _non_negative_int, 800, "a non-negative integer"
+        ),
+        feed_page_cache=_parse(
+            env, "AGORA_FEED_PAGE_CACHE", _non_negative_int, 20_000, "a non-negative integer"
+        ),
+        shutdown_timeout=_parse(
+            env,
+            "AGORA_SHUTDOWN_TIMEOUT",
+            _non_negative_float,
+            8.0,
+            "a non-negative number of seconds",
+        ),
     )
 
 
@@ -263,6 +291,8 @@ def ensure_jwt_secret(config: Config, warn: Callable[[str], None]) -> Config:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secret + "\n")
-    warn(f"AGORA_JWT_SECRET is not set; using the generated secret in {path} "
-         "(set AGORA_JWT_SECRET for production)")
+    warn(
+        f"AGORA_JWT_SECRET is not set; using the generated secret in {path} "
+        "(set AGORA_JWT_SECRET for production)"
+    )
     return replace(config, auth=replace(config.auth, jwt_secret=secret))

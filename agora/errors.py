@@ -7,8 +7,8 @@ Anything else that escapes is a bug and becomes ``internal_error`` (500) with th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Mapping
 
 
 class ErrorCode(StrEnum):

@@ -28,16 +28,31 @@ def _seed(a: argparse.Namespace) -> dict[str, Any]:
     reactions = a.posts if a.reactions is None else a.reactions
     comments = a.posts // 2 if a.comments is None else a.comments
     with resolved_services(need_redis=False) as services:
-        return run(seed(services, users=a.users, friends=a.friends, posts=a.posts,
-                        reactions=reactions, comments=comments, reset=a.reset))
+        return run(
+            seed(
+                services,
+                users=a.users,
+                friends=a.friends,
+                posts=a.posts,
+                reactions=reactions,
+                comments=comments,
+                reset=a.reset,
+            )
+        )
 
 
 def _feed(a: argparse.Namespace) -> dict[str, Any]:
     from bench.feed import FeedOptions, feed
 
-    options = FeedOptions(concurrency=a.concurrency, duration=a.duration, warmup=a.warmup,
-                          path=a.path, users=a.users, population=a.population,
-                          baseline=not a.no_baseline)
+    options = FeedOptions(
+        concurrency=a.concurrency,
+        duration=a.duration,
+        warmup=a.warmup,
+        path=a.path,
+        users=a.users,
+        population=a.population,
+        baseline=not a.no_baseline,
+    )
     if a.url:
         return run(feed(options, url=a.url))
     with resolved_services(need_redis=True) as services:
@@ -54,20 +69,31 @@ def _chat(a: argparse.Namespace) -> dict[str, Any]:
     from bench.chat import chat
 
     with resolved_services(need_redis=True) as services:
-        return run(chat(services, nodes=a.nodes, conversations=a.conversations,
-                        members=a.members, rate=a.rate, duration=a.duration, warmup=a.warmup))
+        return run(
+            chat(
+                services,
+                nodes=a.nodes,
+                conversations=a.conversations,
+                members=a.members,
+                rate=a.rate,
+                duration=a.duration,
+                warmup=a.warmup,
+            )
+        )
 
 
 def _connections(a: argparse.Namespace) -> dict[str, Any]:
     from bench.connections import connections
 
     with resolved_services(need_redis=a.url is None) as services:
-        return run(connections(services, count=a.count, url=a.url, pid=a.pid,
-                               per_user=a.per_user, batch=a.batch))
+        return run(
+            connections(
+                services, count=a.count, url=a.url, pid=a.pid, per_user=a.per_user, batch=a.batch
+            )
+        )
 
 
-def _load_options(p: argparse.ArgumentParser, concurrency: int = 50,
-                  duration: float = 30) -> None:
+def _load_options(p: argparse.ArgumentParser, concurrency: int = 50, duration: float = 30) -> None:
     p.add_argument("--concurrency", type=int, default=concurrency, help="connections")
     p.add_argument("--duration", type=float, default=duration, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
@@ -103,9 +129,11 @@ def parser() -> argparse.ArgumentParser:
     _load_options(s)
     s.add_argument("--url", help="an existing node (default: spawn one on the configured DB)")
     s.add_argument("--users", type=int, default=200, help="seeded users to log in and rotate")
-    s.add_argument("--population", type=int,
-                   help="draw users from bench_1..bench_N (default: the seeded count, or 10000 "
-                        "with --url)")
+    s.add_argument(
+        "--population",
+        type=int,
+        help="draw users from bench_1..bench_N (default: the seeded count, or 10000 with --url)",
+    )
     s.add_argument("--path", default="/api/v1/feed?limit=20", help="GET path to drive")
     s.add_argument("--no-baseline", action="store_true", help="skip the baseline-http run")
     s.set_defaults(func=_feed)

@@ -38,15 +38,28 @@ def feed_page(size: int = PAGE_SIZE) -> Page[PostOut]:
     items = []
     for i in range(size):
         created = now - timedelta(minutes=37 * i)
-        author = UserOut(id=str(_ID0 + 1000 + i % 7), username=f"bench_{4000 + i % 7}",
-                         display_name=f"Bench User {4000 + i % 7}", bio="", avatar_url=None,
-                         created_at=now - timedelta(days=90))
-        items.append(PostOut(
-            id=str(_ID0 + 500_000 - i * 4096), author=author,
-            text=filler(low + (high - low) * i // max(1, size - 1), seed=i),
-            visibility=("friends", "public", "friends", "private")[i % 4], media=[],
-            created_at=created, updated_at=created, comment_count=i % 3,
-            reaction_counts={"like": i % 5, "love": i % 2} if i % 3 else {}, my_reaction=None))
+        author = UserOut(
+            id=str(_ID0 + 1000 + i % 7),
+            username=f"bench_{4000 + i % 7}",
+            display_name=f"Bench User {4000 + i % 7}",
+            bio="",
+            avatar_url=None,
+            created_at=now - timedelta(days=90),
+        )
+        items.append(
+            PostOut(
+                id=str(_ID0 + 500_000 - i * 4096),
+                author=author,
+                text=filler(low + (high - low) * i // max(1, size - 1), seed=i),
+                visibility=("friends", "public", "friends", "private")[i % 4],
+                media=[],
+                created_at=created,
+                updated_at=created,
+                comment_count=i % 3,
+                reaction_counts={"like": i % 5, "love": i % 2} if i % 3 else {},
+                my_reaction=None,
+            )
+        )
     return Page(items=items, next_cursor=encode_cursor("feed", before=_ID0 + 500_000 - 19 * 4096))
 
 
@@ -68,17 +81,28 @@ async def baseline_http(concurrency: int, duration: float, warmup: float) -> dic
     server = spawn_module("bench.baseline_http")
     try:
         await server.wait_ready("/api/v1/feed", timeout=30)
-        log(f"baseline-http on {server.url}: {concurrency} connections, {warmup:.0f}s warm-up "
-            f"+ {duration:.0f}s")
+        log(
+            f"baseline-http on {server.url}: {concurrency} connections, {warmup:.0f}s warm-up "
+            f"+ {duration:.0f}s"
+        )
         cpu_before = server.cpu_seconds()
         request = build_get("127.0.0.1", server.port, PATH)
-        result = await run_load("127.0.0.1", server.port, [request], concurrency=concurrency,
-                                duration=duration, warmup=warmup)
+        result = await run_load(
+            "127.0.0.1",
+            server.port,
+            [request],
+            concurrency=concurrency,
+            duration=duration,
+            warmup=warmup,
+        )
         server_cpu = server.cpu_seconds() - cpu_before
         figures = result.figures()
-        figures.update(target="baseline-http", server_rss_mib=server.rss_mib(),
-                       server_cpu_pct=round(100 * server_cpu / (duration + warmup), 1),
-                       body_bytes=len(msgspec.json.encode(feed_page())))
+        figures.update(
+            target="baseline-http",
+            server_rss_mib=server.rss_mib(),
+            server_cpu_pct=round(100 * server_cpu / (duration + warmup), 1),
+            body_bytes=len(msgspec.json.encode(feed_page())),
+        )
         return figures
     finally:
         server.stop()

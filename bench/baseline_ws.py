@@ -108,19 +108,31 @@ def make_app() -> web.Application:
         body = msgspec.json.decode(await request.read(), type=_CreateIn)
         room = _Room(str(next(state.ids)), [caller, *body.member_ids])
         state.rooms[room.id] = room
-        out = _Conversation(room.id, "group" if len(room.members) > 2 else "direct", body.title,
-                            room.members, 0, datetime.now(UTC))
+        out = _Conversation(
+            room.id,
+            "group" if len(room.members) > 2 else "direct",
+            body.title,
+            room.members,
+            0,
+            datetime.now(UTC),
+        )
         return web.Response(body=encode(out), status=201, content_type="application/json")
 
     async def send(ws: web.WebSocketResponse, user: str, frame: _In) -> None:
         room = state.rooms.get(frame.conversation_id or "")
         if room is None or user not in room.members or not frame.client_id:
-            await ws.send_frame(encode(_Error("not_found", "no such conversation")),
-                                WSMsgType.TEXT)
+            await ws.send_frame(encode(_Error("not_found", "no such conversation")), WSMsgType.TEXT)
             return
         room.seq += 1
-        message = _Message(str(next(state.ids)), room.id, room.seq, user, frame.text or "",
-                           frame.client_id, datetime.now(UTC))
+        message = _Message(
+            str(next(state.ids)),
+            room.id,
+            room.seq,
+            user,
+            frame.text or "",
+            frame.client_id,
+            datetime.now(UTC),
+        )
         await ws.send_frame(encode(_Ack(frame.client_id, message.id, room.seq)), WSMsgType.TEXT)
         payload = encode(_MessageFrame(message))
         for member in room.members:
@@ -161,20 +173,30 @@ def make_app() -> web.Application:
     return app
 
 
-async def baseline_ws(conversations: int, members: int, rate: float, duration: float,
-                      warmup: float) -> dict[str, Any]:
+async def baseline_ws(
+    conversations: int, members: int, rate: float, duration: float, warmup: float
+) -> dict[str, Any]:
     """Spawn the baseline chat server, run the chat load on it, stop it; return the report."""
     server = spawn_module("bench.baseline_ws")
     try:
         await server.wait_ready("/healthz", timeout=30)
-        rooms = [[Member(str(c * members + k + 1), str(c * members + k + 1), server.url)
-                  for k in range(members)] for c in range(conversations)]
+        rooms = [
+            [
+                Member(str(c * members + k + 1), str(c * members + k + 1), server.url)
+                for k in range(members)
+            ]
+            for c in range(conversations)
+        ]
         cpu_before = server.cpu_seconds()
         result = await run_chat(rooms, rate=rate, duration=duration, warmup=warmup)
         server_cpu = server.cpu_seconds() - cpu_before
-        return {"target": "baseline-ws", "nodes": 1, **result.figures(),
-                "server_rss_mib": [server.rss_mib()],
-                "server_cpu_pct": [round(100 * server_cpu / (warmup + duration), 1)]}
+        return {
+            "target": "baseline-ws",
+            "nodes": 1,
+            **result.figures(),
+            "server_rss_mib": [server.rss_mib()],
+            "server_cpu_pct": [round(100 * server_cpu / (warmup + duration), 1)],
+        }
     finally:
         server.stop()
         log("baseline-ws server stopped")

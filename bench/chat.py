@@ -19,29 +19,49 @@ from bench.services import Services
 from bench.wsclient import Member
 
 
-async def chat(services: Services, *, nodes: int, conversations: int, members: int,
-               rate: float, duration: float, warmup: float) -> dict[str, Any]:
+async def chat(
+    services: Services,
+    *,
+    nodes: int,
+    conversations: int,
+    members: int,
+    rate: float,
+    duration: float,
+    warmup: float,
+) -> dict[str, Any]:
     """Run the chat benchmark on ``nodes`` fresh nodes; return the report."""
     raise_nofile_limit()
     prefix = run_prefix("bchat")
-    accounts = await create_accounts(services, prefix, conversations * members,
-                                     friend_groups_of=members)
+    accounts = await create_accounts(
+        services, prefix, conversations * members, friend_groups_of=members
+    )
     log(f"{len(accounts)} users {prefix}* with sessions and tokens created")
     try:
         procs = await start_nodes(services, nodes, AGORA_WS_RATE_LIMIT="0")
         try:
-            rooms = [[Member(str(a.user_id), a.token, procs[k % nodes].url)
-                      for k, a in enumerate(accounts[c * members:(c + 1) * members])]
-                     for c in range(conversations)]
+            rooms = [
+                [
+                    Member(str(a.user_id), a.token, procs[k % nodes].url)
+                    for k, a in enumerate(accounts[c * members : (c + 1) * members])
+                ]
+                for c in range(conversations)
+            ]
             cpu_before = [p.cpu_seconds() for p in procs]
             result = await run_chat(rooms, rate=rate, duration=duration, warmup=warmup)
             rss = [p.rss_mib() for p in procs]
-            cpu = [round(100 * (p.cpu_seconds() - c) / (warmup + duration), 1)
-                   for p, c in zip(procs, cpu_before)]
+            cpu = [
+                round(100 * (p.cpu_seconds() - c) / (warmup + duration), 1)
+                for p, c in zip(procs, cpu_before, strict=False)
+            ]
         finally:
             for p in procs:
                 p.stop()
     finally:
         await delete_accounts(services, prefix)
-    return {"target": "agora-chat", "nodes": nodes, **result.figures(),
-            "server_rss_mib": rss, "server_cpu_pct": cpu}
+    return {
+        "target": "agora-chat",
+        "nodes": nodes,
+        **result.figures(),
+        "server_rss_mib": rss,
+        "server_cpu_pct": cpu,
+    }

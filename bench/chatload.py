@@ -102,15 +102,17 @@ class ChatResult:
             "duplicates": self.duplicates,
             "echoes": self.echoes,
             "client_cpu_pct": round(100 * self.client_cpu_s / self.duration_s, 1)
-            if self.duration_s else 0,
+            if self.duration_s
+            else 0,
             "duration_s": self.duration_s,
             "warmup_s": self.warmup_s,
         }
 
 
 class _Driver:
-    def __init__(self, rooms: list[tuple[str, list[aiohttp.ClientWebSocketResponse]]],
-                 result: ChatResult) -> None:
+    def __init__(
+        self, rooms: list[tuple[str, list[aiohttp.ClientWebSocketResponse]]], result: ChatResult
+    ) -> None:
         self.rooms = rooms
         self.result = result
         self.expected = result.members - 1  # deliveries owed per send
@@ -191,25 +193,35 @@ class _Driver:
                     self.result.sends += 1
                     self.result.send_lag.record(perf_counter() - due)
                 if not ws.closed:
-                    await ws.send_frame(encode(SendFrame(conversation_id, client_id, TEXT)),
-                                        aiohttp.WSMsgType.TEXT)
+                    await ws.send_frame(
+                        encode(SendFrame(conversation_id, client_id, TEXT)), aiohttp.WSMsgType.TEXT
+                    )
                 i += 1
             await asyncio.sleep(max(0.0, start + i / rate - perf_counter()))
 
 
-async def drive_chat(rooms: list[tuple[str, list[aiohttp.ClientWebSocketResponse]]], *,
-                     rate: float, duration: float, warmup: float,
-                     grace: float = 5.0) -> ChatResult:
+async def drive_chat(
+    rooms: list[tuple[str, list[aiohttp.ClientWebSocketResponse]]],
+    *,
+    rate: float,
+    duration: float,
+    warmup: float,
+    grace: float = 5.0,
+) -> ChatResult:
     """Run the open-loop schedule over ready sockets: ``rooms`` is ``[(conversation_id,
     [one socket per member])]``, every room with the same number of members."""
     sizes = {len(sockets) for _, sockets in rooms}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ValueError("every room needs the same number (>= 2) of members")
-    result = ChatResult(rooms=len(rooms), members=sizes.pop(), rate=rate, duration_s=duration,
-                        warmup_s=warmup)
+    result = ChatResult(
+        rooms=len(rooms), members=sizes.pop(), rate=rate, duration_s=duration, warmup_s=warmup
+    )
     driver = _Driver(rooms, result)
-    readers = [asyncio.create_task(driver.read(driver.index[id(ws)], ws))
-               for _, sockets in rooms for ws in sockets]
+    readers = [
+        asyncio.create_task(driver.read(driver.index[id(ws)], ws))
+        for _, sockets in rooms
+        for ws in sockets
+    ]
     try:
         cpu_task = asyncio.create_task(_cpu_over(warmup, duration))
         await driver.send_all(rate, warmup, duration)
@@ -235,28 +247,36 @@ async def _cpu_over(wait: float, duration: float) -> float:
     return own_cpu_seconds() - before
 
 
-async def create_conversations(http: aiohttp.ClientSession, rooms: list[list[Member]],
-                               concurrency: int = 8) -> list[str]:
+async def create_conversations(
+    http: aiohttp.ClientSession, rooms: list[list[Member]], concurrency: int = 8
+) -> list[str]:
     """``POST /api/v1/conversations {"member_ids": [...]}`` as each room's first member, on that
     member's node; return the conversation ids in room order."""
     gate = asyncio.Semaphore(concurrency)
 
     async def create(room: list[Member]) -> str:
         owner = room[0]
-        async with gate, http.post(f"{owner.url}/api/v1/conversations",
-                                   json={"member_ids": [m.user_id for m in room[1:]]},
-                                   headers={"Authorization": f"Bearer {owner.token}"}) as resp:
+        async with (
+            gate,
+            http.post(
+                f"{owner.url}/api/v1/conversations",
+                json={"member_ids": [m.user_id for m in room[1:]]},
+                headers={"Authorization": f"Bearer {owner.token}"},
+            ) as resp,
+        ):
             body = await resp.read()
             if resp.status not in (200, 201):
-                raise BenchError(f"POST /api/v1/conversations answered {resp.status}: "
-                                 f"{body[:300]!r}")
+                raise BenchError(
+                    f"POST /api/v1/conversations answered {resp.status}: {body[:300]!r}"
+                )
             return str(msgspec.json.decode(body)["id"])
 
     return list(await asyncio.gather(*(create(room) for room in rooms)))
 
 
-async def run_chat(rooms: list[list[Member]], *, rate: float, duration: float,
-                   warmup: float) -> ChatResult:
+async def run_chat(
+    rooms: list[list[Member]], *, rate: float, duration: float, warmup: float
+) -> ChatResult:
     """Create the conversations, open every member's WebSocket, drive the schedule, close."""
     async with client_session() as http:
         ids = await create_conversations(http, rooms)
@@ -264,8 +284,8 @@ async def run_chat(rooms: list[list[Member]], *, rate: float, duration: float,
         sockets = await connect_all(http, [m for room in rooms for m in room])
         try:
             grouped, at = [], 0
-            for conversation_id, room in zip(ids, rooms):
-                grouped.append((conversation_id, sockets[at:at + len(room)]))
+            for conversation_id, room in zip(ids, rooms, strict=False):
+                grouped.append((conversation_id, sockets[at : at + len(room)]))
                 at += len(room)
             log(f"sending {rate:g}/s for {warmup:g}s warm-up + {duration:g}s")
             return await drive_chat(grouped, rate=rate, duration=duration, warmup=warmup)

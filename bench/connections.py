@@ -30,13 +30,16 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
-async def connections(services: Services, *, count: int, url: str | None, pid: int | None,
-                      per_user: int, batch: int) -> dict[str, Any]:
+async def connections(
+    services: Services, *, count: int, url: str | None, pid: int | None, per_user: int, batch: int
+) -> dict[str, Any]:
     """Open ``count`` idle WebSockets to one node; return its RSS before and after."""
     limit = raise_nofile_limit()
     if count + 200 > limit:
-        raise BenchError(f"RLIMIT_NOFILE is {limit}; {count} connections need about "
-                         f"{count + 200} file descriptors in this process and in the node")
+        raise BenchError(
+            f"RLIMIT_NOFILE is {limit}; {count} connections need about "
+            f"{count + 200} file descriptors in this process and in the node"
+        )
     users = math.ceil(count / per_user)
     prefix = run_prefix("bconn")
     accounts = (await create_accounts(services, prefix, users, sessions_per_user=per_user))[:count]
@@ -49,8 +52,12 @@ async def connections(services: Services, *, count: int, url: str | None, pid: i
         rss_before = await settled_rss(pid) if pid else None
         log(f"node RSS before: {rss_before} MiB; opening {count} WebSockets, {batch} at a time")
         async with client_session() as http:
-            sockets = await connect_all(http, [Member(str(a.user_id), a.token, url)
-                                               for a in accounts], batch=batch, strict=False)
+            sockets = await connect_all(
+                http,
+                [Member(str(a.user_id), a.token, url) for a in accounts],
+                batch=batch,
+                strict=False,
+            )
             readers = [asyncio.create_task(_drain(ws)) for ws in sockets]
             try:
                 rss_after = await settled_rss(pid, timeout=60) if pid else None
@@ -64,8 +71,11 @@ async def connections(services: Services, *, count: int, url: str | None, pid: i
         if node is not None:
             node.stop()
         await delete_accounts(services, prefix)
-    per_connection = (round((rss_after - rss_before) * 1024 / len(sockets), 1)
-                      if rss_before is not None and rss_after is not None and sockets else None)
+    per_connection = (
+        round((rss_after - rss_before) * 1024 / len(sockets), 1)
+        if rss_before is not None and rss_after is not None and sockets
+        else None
+    )
     return {
         "target": "agora-connections",
         "count": count,

@@ -51,8 +51,9 @@ async def _seeded_users(database_url: str) -> int:
     return count
 
 
-async def feed(options: FeedOptions, *, url: str | None = None,
-               services: Services | None = None) -> dict[str, Any]:
+async def feed(
+    options: FeedOptions, *, url: str | None = None, services: Services | None = None
+) -> dict[str, Any]:
     """Run the feed benchmark against ``url``, or against a node spawned on ``services``."""
     node: ServerProcess | None = None
     try:
@@ -68,32 +69,56 @@ async def feed(options: FeedOptions, *, url: str | None = None,
         tokens = await login_all(url, [f"bench_{n}" for n in picked], PASSWORD)
         if not tokens:
             raise BenchError(f"no seeded user could log in at {url}")
-        log(f"{len(tokens)} users logged in ({time.monotonic() - started:.1f}s); driving GET "
+        log(
+            f"{len(tokens)} users logged in ({time.monotonic() - started:.1f}s); driving GET "
             f"{options.path} with {options.concurrency} connections, {options.warmup:.0f}s "
-            f"warm-up + {options.duration:.0f}s")
+            f"warm-up + {options.duration:.0f}s"
+        )
 
         host, port, base = split_url(url)
-        requests = [build_get(host, port, base + options.path, {"Authorization": f"Bearer {t}"})
-                    for t in tokens.values()]
+        requests = [
+            build_get(host, port, base + options.path, {"Authorization": f"Bearer {t}"})
+            for t in tokens.values()
+        ]
         cpu_before = node.cpu_seconds() if node else 0.0
-        result = await run_load(host, port, requests, concurrency=options.concurrency,
-                                duration=options.duration, warmup=options.warmup)
+        result = await run_load(
+            host,
+            port,
+            requests,
+            concurrency=options.concurrency,
+            duration=options.duration,
+            warmup=options.warmup,
+        )
         figures = result.figures()
         node_rss = node.rss_mib() if node else None
-        node_cpu = (round(100 * (node.cpu_seconds() - cpu_before)
-                          / (options.duration + options.warmup), 1) if node else None)
+        node_cpu = (
+            round(100 * (node.cpu_seconds() - cpu_before) / (options.duration + options.warmup), 1)
+            if node
+            else None
+        )
     finally:
         if node is not None:
             node.stop()
 
-    baseline = (await baseline_http(options.concurrency, options.duration, options.warmup)
-                if options.baseline else None)
-    ratio = (round(figures["requests_per_s"] / baseline["requests_per_s"], 3)
-             if baseline and baseline["requests_per_s"] else None)
+    baseline = (
+        await baseline_http(options.concurrency, options.duration, options.warmup)
+        if options.baseline
+        else None
+    )
+    ratio = (
+        round(figures["requests_per_s"] / baseline["requests_per_s"], 3)
+        if baseline and baseline["requests_per_s"]
+        else None
+    )
     p99 = figures["latency_ms"]["p99"]
-    met = (None if ratio is None else
-           ratio >= GOAL["ratio_rps_min"] and p99 is not None and p99 <= GOAL["p99_ms_max"]
-           and figures["errors"] == 0)
+    met = (
+        None
+        if ratio is None
+        else ratio >= GOAL["ratio_rps_min"]
+        and p99 is not None
+        and p99 <= GOAL["p99_ms_max"]
+        and figures["errors"] == 0
+    )
     return {
         "target": "agora-feed",
         "url": url,

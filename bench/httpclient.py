@@ -53,7 +53,7 @@ def _parse_head(head: bytes) -> tuple[int, int]:
     start = at + len(_CONTENT_LENGTH)
     end = lower.find(b"\r", start)
     try:
-        return status, int(head[start:end if end >= 0 else len(head)])
+        return status, int(head[start : end if end >= 0 else len(head)])
     except ValueError:
         raise ProtocolError("bad Content-Length") from None
 

@@ -62,7 +62,8 @@ class LoadResult:
             "bytes": self.bytes,
             "mib_per_s": round(self.bytes / self.duration_s / 2**20, 2) if self.duration_s else 0,
             "client_cpu_pct": round(100 * self.client_cpu_s / self.duration_s, 1)
-            if self.duration_s else 0,
+            if self.duration_s
+            else 0,
             "concurrency": self.concurrency,
             "duration_s": self.duration_s,
             "warmup_s": self.warmup_s,
@@ -177,8 +178,16 @@ class _Connection(asyncio.Protocol):
         self.run.reconnect(self.index)
 
 
-async def run_load(host: str, port: int, requests: Sequence[bytes], *, concurrency: int,
-                   duration: float, warmup: float = 2.0, grace: float = 5.0) -> LoadResult:
+async def run_load(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float = 2.0,
+    grace: float = 5.0,
+) -> LoadResult:
     """Drive ``requests`` (prebuilt, used round-robin) at ``host:port`` with ``concurrency``
     connections: ``warmup`` seconds unmeasured, then ``duration`` seconds measured."""
     if not requests:

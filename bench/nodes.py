@@ -17,9 +17,12 @@ LOGIN_CONCURRENCY = 4  # argon2id verification is the node's bottleneck; more on
 def spawn_node(services: Services, node_id: str, **env: str) -> ServerProcess:
     """Start ``python -m agora serve`` on a free port, on the bench's resolved services."""
     port = free_port()
-    return ServerProcess(node_id, [sys.executable, "-m", "agora", "serve", "--host", "127.0.0.1",
-                                   "--port", str(port)],
-                         env=services.node_env(node_id, **env), port=port)
+    return ServerProcess(
+        node_id,
+        [sys.executable, "-m", "agora", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=services.node_env(node_id, **env),
+        port=port,
+    )
 
 
 async def start_nodes(services: Services, count: int, **env: str) -> list[ServerProcess]:
@@ -61,6 +64,8 @@ async def login_all(url: str, logins: list[str], password: str) -> dict[str, str
         except aiohttp.ClientError as exc:
             raise BenchError(f"logging in at {url} failed: {exc}") from exc
     if failures:
-        log(f"{sum(failures.values())} of {len(logins)} logins failed (HTTP status: count "
-            f"{failures})")
+        log(
+            f"{sum(failures.values())} of {len(logins)} logins failed (HTTP status: count "
+            f"{failures})"
+        )
     return tokens

@@ -93,9 +93,14 @@ class ServerProcess:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(list(args), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=sys.stderr, stderr=sys.stderr,
-                                     preexec_fn=_die_with_parent)  # noqa: PLW1509 (see there)
+        self.proc = subprocess.Popen(
+            list(args),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,
+            stderr=sys.stderr,
+            preexec_fn=_die_with_parent,
+        )
 
     @property
     def pid(self) -> int:
@@ -112,8 +117,10 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with status {self.proc.returncode} "
-                                   "before it was ready (its log is above)")
+                raise BenchError(
+                    f"{self.name} exited with status {self.proc.returncode} "
+                    "before it was ready (its log is above)"
+                )
             if await asyncio.to_thread(_answers_200, self.url + path):
                 return
             await asyncio.sleep(0.1)
@@ -135,9 +142,12 @@ class ServerProcess:
 def spawn_module(module: str) -> ServerProcess:
     """Start a baseline server, ``python -m <module> --port P``, on a free port."""
     port = free_port()
-    return ServerProcess(module.rsplit(".", 1)[-1],
-                         [sys.executable, "-m", module, "--port", str(port)],
-                         env=dict(os.environ), port=port)
+    return ServerProcess(
+        module.rsplit(".", 1)[-1],
+        [sys.executable, "-m", module, "--port", str(port)],
+        env=dict(os.environ),
+        port=port,
+    )
 
 
 def _answers_200(url: str) -> bool:
@@ -148,8 +158,9 @@ def _answers_200(url: str) -> bool:
         return False
 
 
-async def settled_rss(pid: int, *, interval: float = 1.0, tolerance_mib: float = 0.25,
-                      timeout: float = 20.0) -> float:
+async def settled_rss(
+    pid: int, *, interval: float = 1.0, tolerance_mib: float = 0.25, timeout: float = 20.0
+) -> float:
     """RSS in MiB once two readings ``interval`` apart differ by at most ``tolerance_mib``."""
     deadline = time.monotonic() + timeout
     last = rss_mib(pid)

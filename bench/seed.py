@@ -42,8 +42,16 @@ class SeedError(BenchError):
     """The database cannot be seeded as asked; the message says why."""
 
 
-async def seed(services: Services, *, users: int, friends: int, posts: int, reactions: int,
-               comments: int, reset: bool) -> dict[str, Any]:
+async def seed(
+    services: Services,
+    *,
+    users: int,
+    friends: int,
+    posts: int,
+    reactions: int,
+    comments: int,
+    reset: bool,
+) -> dict[str, Any]:
     """Seed the configured database; return counts and timings."""
     if users < 2 or not 0 <= friends < users or min(posts, reactions, comments) < 0:
         raise SeedError("need --users >= 2, 0 <= --friends < --users, and no negative counts")
@@ -65,8 +73,9 @@ async def seed(services: Services, *, users: int, friends: int, posts: int, reac
     try:
         existing = await conn.fetchval(f"SELECT count(*) FROM accounts.users WHERE {BENCH_USERS}")
         if existing and not reset:
-            raise SeedError(f"the database already holds {existing} bench users; pass --reset "
-                            "to replace them")
+            raise SeedError(
+                f"the database already holds {existing} bench users; pass --reset to replace them"
+            )
         if existing:
             log(f"removing {existing} bench users and their content")
             async with conn.transaction():
@@ -79,8 +88,17 @@ async def seed(services: Services, *, users: int, friends: int, posts: int, reac
             else:
                 log("not a superuser: the post_stats triggers fire during the load (slower)")
             await conn.execute("SET LOCAL work_mem = '256MB'")
-            counts = await _load(conn, lap, at, hashed, users=users, friends=friends,
-                                 posts=posts, reactions=reactions, comments=comments)
+            counts = await _load(
+                conn,
+                lap,
+                at,
+                hashed,
+                users=users,
+                friends=friends,
+                posts=posts,
+                reactions=reactions,
+                comments=comments,
+            )
     finally:
         await conn.close()
     timings["total"] = round(time.perf_counter() - started, 2)
@@ -123,14 +141,25 @@ async def _execute(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
-                users: int, friends: int, posts: int, reactions: int,
-                comments: int) -> dict[str, Any]:
+async def _load(
+    conn: asyncpg.Connection,
+    lap: Any,
+    at: float,
+    hashed: str,
+    *,
+    users: int,
+    friends: int,
+    posts: int,
+    reactions: int,
+    comments: int,
+) -> dict[str, Any]:
     # bu: the new users by number n, with a random activity rank (1 = the heaviest poster).
     await conn.execute("""
         CREATE TEMP TABLE bu (n int PRIMARY KEY, id bigint NOT NULL, activity int NOT NULL)
         ON COMMIT DROP""")
-    n_users = await _execute(conn, """
+    n_users = await _execute(
+        conn,
+        """
         WITH new AS (
             INSERT INTO accounts.users (id, username, email, password_hash, display_name,
                                         created_at, updated_at)
@@ -141,13 +170,17 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
                   FROM generate_series(1, $2::int) n) s
             RETURNING id, username)
         INSERT INTO bu SELECT substr(username, 7)::int, id, row_number() OVER (ORDER BY random())
-        FROM new""", hashed, users)
+        FROM new""",
+        hashed,
+        users,
+    )
     await conn.execute("CREATE UNIQUE INDEX ON bu (activity)")
     at = lap("users", at)
 
     half = friends // 2
     window = max(1, min(users - 1, 4 * friends))
-    await conn.execute("""
+    await conn.execute(
+        """
         CREATE TEMP TABLE edges ON COMMIT DROP AS
         SELECT a, b, now() - random() * interval '30 days' AS t
         FROM (SELECT DISTINCT least(a, b) AS a, greatest(a, b) AS b
@@ -156,17 +189,26 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
                                 THEN (u + floor(random() * $3::int)::int) % $1::int + 1
                                 ELSE 1 + floor(random() * $1::int)::int END AS b
                     FROM generate_series(1, $1::int) u, generate_series(1, $2::int) i) e
-              WHERE a <> b) d""", users, half, window)
-    friendship_rows = await _execute(conn, """
+              WHERE a <> b) d""",
+        users,
+        half,
+        window,
+    )
+    friendship_rows = await _execute(
+        conn,
+        """
         INSERT INTO social.friendships (user_id, friend_id, created_at)
         SELECT d.u, d.f, e.t
         FROM edges e JOIN bu x ON x.n = e.a JOIN bu y ON y.n = e.b,
              LATERAL (VALUES (x.id, y.id), (y.id, x.id)) d(u, f)
-        ORDER BY d.u, d.f""")
+        ORDER BY d.u, d.f""",
+    )
     at = lap("friendships", at)
 
     low, high = POST_CHARS
-    n_posts = await _execute(conn, f"""
+    n_posts = await _execute(
+        conn,
+        f"""
         INSERT INTO content.posts (id, author_id, text, visibility, created_at, updated_at)
         SELECT agora.next_id(s.t), a.id,
                substr($2::text, 1 + floor(random() * (length($2::text) - {high}))::int,
@@ -177,7 +219,11 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
                      1 + floor($3::int * power(random(), 3))::int AS k, random() AS v
               FROM generate_series(1, $1::int)) s
         JOIN bu a ON a.activity = s.k
-        ORDER BY s.t""", posts, LOREM, users)
+        ORDER BY s.t""",
+        posts,
+        LOREM,
+        users,
+    )
     at = lap("posts", at)
 
     # Reactable posts in random order (k), each author's friends as an array (fa).
@@ -194,7 +240,9 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
     reactable = await conn.fetchval("SELECT count(*) FROM bp")
     n_reactions = n_comments = 0
     if reactable and reactions:
-        n_reactions = await _execute(conn, f"""
+        n_reactions = await _execute(
+            conn,
+            f"""
             INSERT INTO content.reactions (post_id, user_id, type, created_at)
             SELECT bp.id, fa.f[1 + floor(s.r1 * cardinality(fa.f))::int],
                    ({REACTION_MIX})[1 + floor(s.r2 * 10)::int],
@@ -203,11 +251,16 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
                          random() AS r1, random() AS r2, random() AS r3
                   FROM generate_series(1, $1::int)) s
             JOIN bp ON bp.k = s.k JOIN fa ON fa.user_id = bp.author_id
-            ON CONFLICT DO NOTHING""", reactions, reactable)
+            ON CONFLICT DO NOTHING""",
+            reactions,
+            reactable,
+        )
     at = lap("reactions", at)
     if reactable and comments:
         c_low, c_high = COMMENT_CHARS
-        n_comments = await _execute(conn, f"""
+        n_comments = await _execute(
+            conn,
+            f"""
             INSERT INTO content.comments (id, post_id, author_id, text, created_at)
             SELECT agora.next_id(c.t), c.id, c.author, c.text, c.t
             FROM (SELECT bp.id,
@@ -220,10 +273,16 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
                                random() AS r1, random() AS r2, random() AS r3, random() AS r4
                         FROM generate_series(1, $1::int)) s
                   JOIN bp ON bp.k = s.k JOIN fa ON fa.user_id = bp.author_id) c
-            ORDER BY c.t""", comments, reactable, LOREM)
+            ORDER BY c.t""",
+            comments,
+            reactable,
+            LOREM,
+        )
     at = lap("comments", at)
 
-    stats_rows = await _execute(conn, """
+    stats_rows = await _execute(
+        conn,
+        """
         INSERT INTO content.post_stats (post_id, comment_count, like_count, love_count,
                                         haha_count, wow_count, sad_count, angry_count)
         SELECT p.id, coalesce(c.n, 0), coalesce(r.like_n, 0), coalesce(r.love_n, 0),
@@ -245,7 +304,8 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
             comment_count = EXCLUDED.comment_count, like_count = EXCLUDED.like_count,
             love_count = EXCLUDED.love_count, haha_count = EXCLUDED.haha_count,
             wow_count = EXCLUDED.wow_count, sad_count = EXCLUDED.sad_count,
-            angry_count = EXCLUDED.angry_count""")
+            angry_count = EXCLUDED.angry_count""",
+    )
     at = lap("post_stats", at)
 
     await conn.execute("""
@@ -253,13 +313,18 @@ async def _load(conn: asyncpg.Connection, lap: Any, at: float, hashed: str, *,
         ANALYZE content.post_stats; ANALYZE content.reactions; ANALYZE content.comments""")
     lap("analyze", at)
 
-    visibility = dict(await conn.fetch("""
+    visibility = dict(
+        await conn.fetch("""
         SELECT visibility, count(*) FROM content.posts p JOIN bu ON bu.id = p.author_id
-        GROUP BY visibility"""))
-    heavy = await conn.fetchval("""
+        GROUP BY visibility""")
+    )
+    heavy = await conn.fetchval(
+        """
         SELECT coalesce(sum(n), 0)::bigint FROM (
             SELECT count(*) AS n FROM content.posts p JOIN bu ON bu.id = p.author_id
-            GROUP BY p.author_id ORDER BY n DESC LIMIT greatest(1, $1 / 100)) t""", users)
+            GROUP BY p.author_id ORDER BY n DESC LIMIT greatest(1, $1 / 100)) t""",
+        users,
+    )
     return {
         "users": n_users,
         "friendship_rows": friendship_rows,

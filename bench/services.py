@@ -43,13 +43,15 @@ class Services:
         """Environment for a node on these services: the caller's ``AGORA_*`` settings with the
         resolved URLs and secret, ``AGORA_LOG_LEVEL=WARNING``, and ``extra``."""
         env = dict(os.environ)
-        env.update({
-            "AGORA_DATABASE_URL": self.database_url,
-            "AGORA_JWT_SECRET": self.jwt_secret,
-            "AGORA_REDIS_PREFIX": self.config.redis.prefix,
-            "AGORA_NODE_ID": node_id,
-            "AGORA_LOG_LEVEL": "WARNING",
-        })
+        env.update(
+            {
+                "AGORA_DATABASE_URL": self.database_url,
+                "AGORA_JWT_SECRET": self.jwt_secret,
+                "AGORA_REDIS_PREFIX": self.config.redis.prefix,
+                "AGORA_NODE_ID": node_id,
+                "AGORA_LOG_LEVEL": "WARNING",
+            }
+        )
         if self.config.redis.url is not None:
             env["AGORA_REDIS_URL"] = self.config.redis.url
         env.update(extra)

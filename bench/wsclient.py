@@ -60,22 +60,27 @@ def ws_url(member: Member) -> str:
     return member.url.replace("http://", "ws://", 1) + "/ws?token=" + quote(member.token)
 
 
-async def connect(session: aiohttp.ClientSession,
-                  member: Member) -> aiohttp.ClientWebSocketResponse:
+async def connect(
+    session: aiohttp.ClientSession, member: Member
+) -> aiohttp.ClientWebSocketResponse:
     """Open ``/ws`` and wait for ``{"type": "ready"}`` (frames before it are dropped)."""
     try:
-        ws = await session.ws_connect(ws_url(member), autoping=True, heartbeat=None,
-                                      max_msg_size=MAX_FRAME)
+        ws = await session.ws_connect(
+            ws_url(member), autoping=True, heartbeat=None, max_msg_size=MAX_FRAME
+        )
     except aiohttp.WSServerHandshakeError as exc:
-        raise BenchError(f"/ws refused user {member.user_id} at {member.url}: HTTP {exc.status}"
-                         ) from exc
+        raise BenchError(
+            f"/ws refused user {member.user_id} at {member.url}: HTTP {exc.status}"
+        ) from exc
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             while True:
                 msg = await ws.receive()
                 if msg.type is not aiohttp.WSMsgType.TEXT:
-                    raise BenchError(f"/ws closed before ready for user {member.user_id}: "
-                                     f"{msg.type.name} {msg.data!r} {msg.extra!r}")
+                    raise BenchError(
+                        f"/ws closed before ready for user {member.user_id}: "
+                        f"{msg.type.name} {msg.data!r} {msg.extra!r}"
+                    )
                 if decode_frame(msg.data).type == "ready":
                     return ws
     except BaseException:
@@ -83,9 +88,9 @@ async def connect(session: aiohttp.ClientSession,
         raise
 
 
-async def connect_all(session: aiohttp.ClientSession, members: list[Member], *,
-                      batch: int = 200, strict: bool = True
-                      ) -> list[aiohttp.ClientWebSocketResponse]:
+async def connect_all(
+    session: aiohttp.ClientSession, members: list[Member], *, batch: int = 200, strict: bool = True
+) -> list[aiohttp.ClientWebSocketResponse]:
     """Open one ready WebSocket per member, ``batch`` handshakes at a time (no SYN storm).
 
     ``strict``: the first failure closes what was opened and raises; otherwise failures are
@@ -94,9 +99,10 @@ async def connect_all(session: aiohttp.ClientSession, members: list[Member], *,
     failed = 0
     try:
         for start in range(0, len(members), batch):
-            chunk = members[start:start + batch]
-            results = await asyncio.gather(*(connect(session, m) for m in chunk),
-                                           return_exceptions=True)
+            chunk = members[start : start + batch]
+            results = await asyncio.gather(
+                *(connect(session, m) for m in chunk), return_exceptions=True
+            )
             errors: list[BaseException] = []
             for result in results:
                 if isinstance(result, BaseException):
@@ -104,8 +110,9 @@ async def connect_all(session: aiohttp.ClientSession, members: list[Member], *,
                 else:
                     sockets.append(result)
             if errors and strict:
-                raise BenchError(f"{len(errors)} of {len(chunk)} WebSockets failed to open; "
-                                 f"first: {errors[0]!r}")
+                raise BenchError(
+                    f"{len(errors)} of {len(chunk)} WebSockets failed to open; first: {errors[0]!r}"
+                )
             if errors and not failed:
                 log(f"WebSocket failed to open: {errors[0]!r}")
             failed += len(errors)
@@ -119,5 +126,7 @@ async def connect_all(session: aiohttp.ClientSession, members: list[Member], *,
 
 def client_session() -> aiohttp.ClientSession:
     """A client session without a connection limit, for many WebSockets at once."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                                 timeout=aiohttp.ClientTimeout(total=None, connect=30))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=None, connect=30),
+    )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
-from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -55,18 +55,24 @@ def redis_prefix(services: ServiceSet) -> Iterator[str]:
 
 
 @pytest.fixture
-def config(services: ServiceSet, database_url: str, redis_prefix: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Config:
-    base = load_config({
-        "AGORA_ENV": "test",
-        "AGORA_DATABASE_URL": database_url,
-        "AGORA_REDIS_URL": services.redis_url,
-        "AGORA_REDIS_PREFIX": redis_prefix,
-        "AGORA_JWT_SECRET": JWT_SECRET,
-        "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("var")),
-        "AGORA_DB_POOL_MIN": "1",
-        "AGORA_DB_POOL_MAX": "10",
-    })
+def config(
+    services: ServiceSet,
+    database_url: str,
+    redis_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Config:
+    base = load_config(
+        {
+            "AGORA_ENV": "test",
+            "AGORA_DATABASE_URL": database_url,
+            "AGORA_REDIS_URL": services.redis_url,
+            "AGORA_REDIS_PREFIX": redis_prefix,
+            "AGORA_JWT_SECRET": JWT_SECRET,
+            "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("var")),
+            "AGORA_DB_POOL_MIN": "1",
+            "AGORA_DB_POOL_MAX": "10",
+        }
+    )
     # Cheap argon2 parameters: the hashing itself is argon2-cffi's business, not ours.
     return replace(base, auth=replace(base.auth, password_time_cost=1, password_memory_kib=8192))
 
@@ -75,8 +81,9 @@ AppFactory = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-async def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]],
-                      config: Config) -> AsyncIterator[AppFactory]:
+async def make_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], config: Config
+) -> AsyncIterator[AppFactory]:
     """Build a node app (optionally with config changes) and a client on a real socket."""
 
     async def make(app: web.Application | None = None, **changes: object) -> TestClient:

@@ -63,20 +63,33 @@ async def test_full_mailbox_and_stopped_actor_fail_fast() -> None:
         actor.tell("late")
 
 
-FAST = ClusterConfig(heartbeat=0.3, node_timeout=1.5, answer_timeout=3.0, presence_debounce=0.5,
-                     conversation_idle=0.5)
+FAST = ClusterConfig(
+    heartbeat=0.3,
+    node_timeout=1.5,
+    answer_timeout=3.0,
+    presence_debounce=0.5,
+    conversation_idle=0.5,
+)
 
 
 async def test_idle_conversation_actors_stop_and_restart_from_postgresql(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(cluster=FAST)
     a, b = await register(client), await register(client)
     await befriend(client, a, b)
-    cid = (await (await client.post("/api/v1/conversations", headers=a.headers,
-                                    json={"member_ids": [b.id]})).json())["id"]
+    cid = (
+        await (
+            await client.post(
+                "/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]}
+            )
+        ).json()
+    )["id"]
     directory = client.server.app[keys.CONVERSATIONS]
     for n in range(3):
-        resp = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
-                                 json={"text": "x", "client_id": f"i{n}"})
+        resp = await client.post(
+            f"/api/v1/conversations/{cid}/messages",
+            headers=a.headers,
+            json={"text": "x", "client_id": f"i{n}"},
+        )
         assert (await resp.json())["seq"] == n + 1
     assert len(directory) == 1
     for _ in range(40):
@@ -84,12 +97,18 @@ async def test_idle_conversation_actors_stop_and_restart_from_postgresql(make_cl
             break
         await asyncio.sleep(0.05)
     assert len(directory) == 0
-    resp = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
-                             json={"text": "after a nap", "client_id": "i3"})
+    resp = await client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        headers=a.headers,
+        json={"text": "after a nap", "client_id": "i3"},
+    )
     assert resp.status == 201 and (await resp.json())["seq"] == 4
     # A resend across the restart still finds the first message (in PostgreSQL now).
-    again = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
-                              json={"text": "x", "client_id": "i0"})
+    again = await client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        headers=a.headers,
+        json={"text": "x", "client_id": "i0"},
+    )
     assert again.status == 200 and (await again.json())["seq"] == 1
 
 
@@ -103,7 +122,11 @@ async def test_heartbeats_drop_a_peer_that_stopped_answering(make_client) -> Non
     closed = False
     for _ in range(60):
         msg = await ws.receive(timeout=3)
-        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.CLOSING,
+        ):
             closed = True
             break
     assert closed

@@ -18,9 +18,15 @@ from tests.support.api import PASSWORD, bearer, expect_error, register, unique
 
 async def test_register_returns_user_and_tokens(client: TestClient) -> None:
     name = unique("Reg")
-    resp = await client.post("/api/v1/auth/register", json={
-        "username": name, "email": f"{name}@example.test", "password": PASSWORD,
-        "display_name": "Reg Ister"})
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={
+            "username": name,
+            "email": f"{name}@example.test",
+            "password": PASSWORD,
+            "display_name": "Reg Ister",
+        },
+    )
     assert resp.status == 201
     body = await resp.json()
     assert set(body) >= {"user", "access_token", "refresh_token", "expires_in"}
@@ -39,13 +45,24 @@ async def test_register_returns_user_and_tokens(client: TestClient) -> None:
 async def test_usernames_and_emails_are_unique_ignoring_case(client: TestClient) -> None:
     name = unique("alice")
     first = await register(client, name)
-    resp = await client.post("/api/v1/auth/register", json={
-        "username": name.upper(), "email": f"other-{name}@example.test", "password": PASSWORD})
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={
+            "username": name.upper(),
+            "email": f"other-{name}@example.test",
+            "password": PASSWORD,
+        },
+    )
     err = await expect_error(resp, 409, "conflict")
     assert "username" in err["fields"]
-    resp = await client.post("/api/v1/auth/register", json={
-        "username": unique("bob"), "email": first.body["user"]["email"].upper(),
-        "password": PASSWORD})
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={
+            "username": unique("bob"),
+            "email": first.body["user"]["email"].upper(),
+            "password": PASSWORD,
+        },
+    )
     err = await expect_error(resp, 409, "conflict")
     assert "email" in err["fields"]
 
@@ -60,8 +77,12 @@ async def test_login_by_username_or_email_any_case(client: TestClient) -> None:
 
 async def test_wrong_credentials_same_answer_whether_user_exists(client: TestClient) -> None:
     user = await register(client)
-    wrong = await client.post("/api/v1/auth/login", json={"login": user.username, "password": "nope-nope"})
-    missing = await client.post("/api/v1/auth/login", json={"login": unique("ghost"), "password": "nope-nope"})
+    wrong = await client.post(
+        "/api/v1/auth/login", json={"login": user.username, "password": "nope-nope"}
+    )
+    missing = await client.post(
+        "/api/v1/auth/login", json={"login": unique("ghost"), "password": "nope-nope"}
+    )
     a = await expect_error(wrong, 401, "unauthorized")
     b = await expect_error(missing, 401, "unauthorized")
     assert a["message"] == b["message"]
@@ -70,9 +91,13 @@ async def test_wrong_credentials_same_answer_whether_user_exists(client: TestCli
 async def test_repeated_login_failures_are_rate_limited(client: TestClient) -> None:
     user = await register(client)
     for _ in range(10):
-        resp = await client.post("/api/v1/auth/login", json={"login": user.username, "password": "bad-password"})
+        resp = await client.post(
+            "/api/v1/auth/login", json={"login": user.username, "password": "bad-password"}
+        )
         assert resp.status == 401
-    resp = await client.post("/api/v1/auth/login", json={"login": user.username, "password": PASSWORD})
+    resp = await client.post(
+        "/api/v1/auth/login", json={"login": user.username, "password": PASSWORD}
+    )
     await expect_error(resp, 429, "rate_limited")
     assert int(resp.headers["Retry-After"]) > 0
 
@@ -89,12 +114,16 @@ async def test_refresh_rotates_and_old_token_stops_working(client: TestClient) -
     again = await client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh})
     await expect_error(again, 401, "unauthorized")
     # ... and that reuse revoked the whole login: the newest refresh and access tokens too.
-    newest = await client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    newest = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}
+    )
     await expect_error(newest, 401, "unauthorized")
     me = await client.get("/api/v1/users/me", headers=bearer(pair["access_token"]))
     await expect_error(me, 401, "unauthorized")
     # Another login of the same user is untouched.
-    other = await client.post("/api/v1/auth/login", json={"login": user.username, "password": PASSWORD})
+    other = await client.post(
+        "/api/v1/auth/login", json={"login": user.username, "password": PASSWORD}
+    )
     assert other.status == 200
     me = await client.get("/api/v1/users/me", headers=bearer((await other.json())["access_token"]))
     assert me.status == 200
@@ -102,8 +131,12 @@ async def test_refresh_rotates_and_old_token_stops_working(client: TestClient) -
 
 async def test_concurrent_refresh_of_one_token_has_one_winner(client: TestClient) -> None:
     user = await register(client)
-    answers = await asyncio.gather(*[
-        client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh}) for _ in range(5)])
+    answers = await asyncio.gather(
+        *[
+            client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh})
+            for _ in range(5)
+        ]
+    )
     statuses = sorted(r.status for r in answers)
     assert statuses.count(200) == 1, statuses
     assert statuses.count(401) == 4
@@ -114,12 +147,21 @@ async def test_logout_revokes_refresh_and_access_tokens(client: TestClient) -> N
     assert (await client.get("/api/v1/users/me", headers=user.headers)).status == 200
     resp = await client.post("/api/v1/auth/logout", json={"refresh_token": user.refresh})
     assert resp.status == 204
-    await expect_error(await client.get("/api/v1/users/me", headers=user.headers), 401, "unauthorized")
-    await expect_error(await client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh}),
-                       401, "unauthorized")
+    await expect_error(
+        await client.get("/api/v1/users/me", headers=user.headers), 401, "unauthorized"
+    )
+    await expect_error(
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": user.refresh}),
+        401,
+        "unauthorized",
+    )
     # Logging out twice, or with an unknown token, is harmless.
-    assert (await client.post("/api/v1/auth/logout", json={"refresh_token": user.refresh})).status == 204
-    assert (await client.post("/api/v1/auth/logout", json={"refresh_token": "nonsense"})).status == 204
+    assert (
+        await client.post("/api/v1/auth/logout", json={"refresh_token": user.refresh})
+    ).status == 204
+    assert (
+        await client.post("/api/v1/auth/logout", json={"refresh_token": "nonsense"})
+    ).status == 204
 
 
 async def test_logout_is_seen_by_another_node(make_client) -> None:  # type: ignore[no-untyped-def]
@@ -150,8 +192,9 @@ async def test_bad_access_tokens_are_refused(client: TestClient) -> None:
         "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(forged_claims)}.",
         "other secret": jwt.encode(claims, "another-secret-" + "y" * 40, algorithm="HS256"),
         "other algorithm": jwt.encode(claims, JWT_SECRET, algorithm="HS512"),
-        "missing sid": jwt.encode({k: v for k, v in claims.items() if k != "sid"}, JWT_SECRET,
-                                  algorithm="HS256"),
+        "missing sid": jwt.encode(
+            {k: v for k, v in claims.items() if k != "sid"}, JWT_SECRET, algorithm="HS256"
+        ),
         "garbage": "not-a-jwt",
     }
     for what, token in bad_tokens.items():

@@ -26,17 +26,34 @@ from tests.conftest import JWT_SECRET
 from tests.support.services import ServiceSet
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = ["--users", "40", "--friends", "6", "--posts", "300", "--reactions", "400",
-        "--comments", "150"]
+SEED = [
+    "--users",
+    "40",
+    "--friends",
+    "6",
+    "--posts",
+    "300",
+    "--reactions",
+    "400",
+    "--comments",
+    "150",
+]
 
 
-def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-          ok: bool = True) -> subprocess.CompletedProcess[str]:
+def bench(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m bench ...`` from the repository root."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT,
-                          env={**clean, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -56,8 +73,12 @@ def assert_latency(summary: dict[str, float | None]) -> None:
 
 
 @pytest.fixture(scope="module")
-def bench_env(services: ServiceSet, database_url: str, redis_prefix: str,
-              tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def bench_env(
+    services: ServiceSet,
+    database_url: str,
+    redis_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
     return {
         "AGORA_DATABASE_URL": database_url,
         "AGORA_REDIS_URL": services.redis_url,
@@ -116,7 +137,8 @@ def test_response_parser_handles_split_responses_and_framing_errors() -> None:
     with pytest.raises(ProtocolError):
         ResponseParser().feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert build_get("h", 1, "/x", {"Authorization": "Bearer t"}).endswith(
-        b"Authorization: Bearer t\r\n\r\n")
+        b"Authorization: Bearer t\r\n\r\n"
+    )
 
 
 def test_recorder_uses_nearest_rank_percentiles() -> None:
@@ -145,8 +167,21 @@ def test_baseline_http_reports_sane_figures() -> None:
 
 
 def test_baseline_ws_delivers_every_message() -> None:
-    out = report(bench("baseline-ws", "--conversations", "3", "--members", "3", "--rate", "60",
-                       "--duration", "1", "--warmup", "0.5"))
+    out = report(
+        bench(
+            "baseline-ws",
+            "--conversations",
+            "3",
+            "--members",
+            "3",
+            "--rate",
+            "60",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+        )
+    )
     assert out["target"] == "baseline-ws" and out["connections"] == 9
     assert out["sends"] > 0 and out["deliveries_per_s"] > 0
     assert out["errors"] == 0 and out["missing_acks"] == 0 and out["missing_deliveries"] == 0
@@ -160,7 +195,9 @@ def test_baseline_ws_delivers_every_message() -> None:
 
 
 def assert_seed_consistent(database_url: str, result: dict[str, Any]) -> None:
-    [row] = query(database_url, f"""
+    [row] = query(
+        database_url,
+        f"""
         SELECT
           (SELECT count(*) FROM accounts.users WHERE id IN {BENCH_USERS}) AS users,
           (SELECT count(*) FROM social.friendships WHERE user_id IN {BENCH_USERS}) AS friendships,
@@ -176,7 +213,8 @@ def assert_seed_consistent(database_url: str, result: dict[str, Any]) -> None:
           (SELECT count(*) FROM content.posts WHERE author_id IN {BENCH_USERS}
               AND (id >> 12) <> floor(extract(epoch FROM created_at) * 1000)::bigint
                                 - 1735689600000) AS ids_not_from_created_at
-    """)
+    """,
+    )
     assert row["users"] == result["users"] == 40
     assert row["posts"] == result["posts"] == 300
     assert sum(result["posts_by_visibility"].values()) == 300
@@ -187,7 +225,9 @@ def assert_seed_consistent(database_url: str, result: dict[str, Any]) -> None:
     assert row["ids_not_from_created_at"] == 0
 
     # Every bench post has exactly one post_stats row, equal to the aggregates of its rows.
-    wrong = query(database_url, f"""
+    wrong = query(
+        database_url,
+        f"""
         SELECT p.id FROM content.posts p
         LEFT JOIN content.post_stats s ON s.post_id = p.id
         WHERE p.author_id IN {BENCH_USERS} AND (s.post_id IS NULL
@@ -199,14 +239,18 @@ def assert_seed_consistent(database_url: str, result: dict[str, Any]) -> None:
                          count(*) FILTER (WHERE type = 'wow'),
                          count(*) FILTER (WHERE type = 'sad'),
                          count(*) FILTER (WHERE type = 'angry')
-                  FROM content.reactions r WHERE r.post_id = p.id))""")
+                  FROM content.reactions r WHERE r.post_id = p.id))""",
+    )
     assert wrong == []
     # Reactions and comments come from the author or their friends, after the post.
-    strangers = query(database_url, f"""
+    strangers = query(
+        database_url,
+        f"""
         SELECT 1 FROM content.reactions r JOIN content.posts p ON p.id = r.post_id
         WHERE p.author_id IN {BENCH_USERS} AND (r.created_at < p.created_at OR NOT EXISTS (
             SELECT 1 FROM social.friendships f WHERE f.user_id = p.author_id
-                                                 AND f.friend_id = r.user_id))""")
+                                                 AND f.friend_id = r.user_id))""",
+    )
     assert strangers == []
 
 
@@ -216,8 +260,9 @@ def test_seed_builds_a_consistent_graph(seeded: dict[str, Any], database_url: st
     assert_seed_consistent(database_url, seeded)
 
 
-def test_seed_refuses_to_run_twice_and_resets_cleanly(seeded: dict[str, Any], database_url: str,
-                                                      bench_env: dict[str, str]) -> None:
+def test_seed_refuses_to_run_twice_and_resets_cleanly(
+    seeded: dict[str, Any], database_url: str, bench_env: dict[str, str]
+) -> None:
     again = bench("seed", *SEED, env=bench_env, ok=False)
     assert again.returncode == 1 and again.stdout == ""
     assert "--reset" in again.stderr
@@ -232,10 +277,25 @@ def test_seed_refuses_to_run_twice_and_resets_cleanly(seeded: dict[str, Any], da
 
 
 @pytest.mark.slow
-def test_feed_drives_a_spawned_node_as_seeded_users(seeded: dict[str, Any],
-                                                    bench_env: dict[str, str]) -> None:
-    out = report(bench("feed", "--users", "3", "--concurrency", "3", "--duration", "1",
-                       "--warmup", "0.5", "--no-baseline", env=bench_env, timeout=120))
+def test_feed_drives_a_spawned_node_as_seeded_users(
+    seeded: dict[str, Any], bench_env: dict[str, str]
+) -> None:
+    out = report(
+        bench(
+            "feed",
+            "--users",
+            "3",
+            "--concurrency",
+            "3",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--no-baseline",
+            env=bench_env,
+            timeout=120,
+        )
+    )
     assert out["users"] == 3 and out["baseline_http"] is None and out["met"] is None
     feed = out["feed"]
     assert feed["requests"] > 0 and feed["errors"] == 0, feed
@@ -244,14 +304,38 @@ def test_feed_drives_a_spawned_node_as_seeded_users(seeded: dict[str, Any],
 
 
 @pytest.mark.slow
-def test_chat_on_two_nodes_reports_every_figure(bench_env: dict[str, str],
-                                                database_url: str) -> None:
-    out = report(bench("chat", "--nodes", "2", "--conversations", "2", "--members", "3",
-                       "--rate", "20", "--duration", "1", "--warmup", "0.5", env=bench_env,
-                       timeout=120))
+def test_chat_on_two_nodes_reports_every_figure(
+    bench_env: dict[str, str], database_url: str
+) -> None:
+    out = report(
+        bench(
+            "chat",
+            "--nodes",
+            "2",
+            "--conversations",
+            "2",
+            "--members",
+            "3",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            env=bench_env,
+            timeout=120,
+        )
+    )
     assert out["target"] == "agora-chat" and out["nodes"] == 2 and out["sends"] > 0
-    for key in ("sends_per_s", "deliveries_per_s", "ack_ms", "delivery_ms", "errors",
-                "missing_acks", "missing_deliveries"):
+    for key in (
+        "sends_per_s",
+        "deliveries_per_s",
+        "ack_ms",
+        "delivery_ms",
+        "errors",
+        "missing_acks",
+        "missing_deliveries",
+    ):
         assert key in out
     assert len(out["server_rss_mib"]) == 2
     # The run's users are gone afterwards.
@@ -260,8 +344,7 @@ def test_chat_on_two_nodes_reports_every_figure(bench_env: dict[str, str],
 
 @pytest.mark.slow
 def test_connections_opens_and_measures(bench_env: dict[str, str]) -> None:
-    out = report(bench("connections", "--count", "30", "--batch", "10", env=bench_env,
-                       timeout=120))
+    out = report(bench("connections", "--count", "30", "--batch", "10", env=bench_env, timeout=120))
     assert out["count"] == 30 and out["users"] == 30
     assert out["rss_before_mib"] > 0 and out["rss_after_mib"] > 0
     assert out["rss_per_connection_kib"] is not None

@@ -67,10 +67,12 @@ async def test_many_conversations_in_one_statement_each_fenced_alone(client: Tes
     store, c1, a, b = await _conversation(client)
     _, c2, x, y = await _conversation(client)
     await store.commit(c2, 0, [Outgoing(x, "pre", "moved on")])  # c2's owner believes 0: stale
-    results = await store.commit_many([
-        (c1, 0, [Outgoing(a, "m1", "one"), Outgoing(b, "m2", "two")]),
-        (c2, 0, [Outgoing(y, "m3", "three")]),
-    ])
+    results = await store.commit_many(
+        [
+            (c1, 0, [Outgoing(a, "m1", "one"), Outgoing(b, "m2", "two")]),
+            (c2, 0, [Outgoing(y, "m3", "three")]),
+        ]
+    )
     first, second = results[c1], results[c2]
     assert isinstance(second, StaleOwner)
     assert not isinstance(first, StaleOwner) and [m.seq for m in first.new] == [1, 2]

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from agora.cluster.nodes import rendezvous
 from agora.cluster.router import conversation_key
-from agora.config import ClusterConfig, Config
+from agora.config import ClusterConfig
 from agora.server import keys
 from tests.conftest import JWT_SECRET
 from tests.support.api import PASSWORD, User, befriend, register
@@ -42,8 +42,11 @@ async def _group(client: TestClient, size: int) -> tuple[list[User], str]:
     users = [await register(client) for _ in range(size)]
     for other in users[1:]:
         await befriend(client, users[0], other)
-    resp = await client.post("/api/v1/conversations", headers=users[0].headers,
-                             json={"member_ids": [u.id for u in users[1:]], "title": "cluster"})
+    resp = await client.post(
+        "/api/v1/conversations",
+        headers=users[0].headers,
+        json={"member_ids": [u.id for u in users[1:]], "title": "cluster"},
+    )
     assert resp.status == 201
     return users, (await resp.json())["id"]
 
@@ -76,8 +79,14 @@ async def test_members_on_both_nodes_and_senders_on_both(make_client, database_u
 
     async def blast(ws: WsClient, tag: str) -> None:
         for n in range(per):
-            await ws.send({"type": "send", "conversation_id": cid, "client_id": f"{tag}{n}",
-                           "text": f"{tag} says {n}"})
+            await ws.send(
+                {
+                    "type": "send",
+                    "conversation_id": cid,
+                    "client_id": f"{tag}{n}",
+                    "text": f"{tag} says {n}",
+                }
+            )
 
     await asyncio.gather(*[blast(ws, tag) for ws, tag in senders])
     total = per * len(senders)
@@ -90,8 +99,12 @@ async def test_members_on_both_nodes_and_senders_on_both(make_client, database_u
         _check_stream(ws, total)
     conn = await asyncpg.connect(database_url)
     try:
-        seqs = [r["seq"] for r in await conn.fetch(
-            "SELECT seq FROM chat.messages WHERE conversation_id = $1 ORDER BY seq", int(cid))]
+        seqs = [
+            r["seq"]
+            for r in await conn.fetch(
+                "SELECT seq FROM chat.messages WHERE conversation_id = $1 ORDER BY seq", int(cid)
+            )
+        ]
     finally:
         await conn.close()
     assert seqs == list(range(1, total + 1))
@@ -105,7 +118,9 @@ async def test_revoked_login_closes_sessions_on_both_nodes(make_client) -> None:
     n1, n2 = await _two_nodes(make_client)
     user = await register(n1)
     on1, on2 = await WsClient.connect(n1, user.access), await WsClient.connect(n2, user.access)
-    assert (await n2.post("/api/v1/auth/logout", json={"refresh_token": user.refresh})).status == 204
+    assert (
+        await n2.post("/api/v1/auth/logout", json={"refresh_token": user.refresh})
+    ).status == 204
     assert await on1.closed(timeout=5) == 4001
     assert await on2.closed(timeout=5) == 4001
 
@@ -129,7 +144,9 @@ class Sender:
     """A client that keeps sending numbered messages and retries until each is acked, moving
     to the surviving node when its own dies (what a real client's outbox does)."""
 
-    def __init__(self, name: str, user: User, cid: str, urls: list[str], http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, name: str, user: User, cid: str, urls: list[str], http: aiohttp.ClientSession
+    ) -> None:
         self.name, self.user, self.cid, self.urls, self.http = name, user, cid, urls, http
         self.acked: dict[str, int] = {}
         self.ws: WsClient | None = None
@@ -149,8 +166,14 @@ class Sender:
             while client_id not in self.acked:
                 assert self.ws is not None
                 try:
-                    await self.ws.send({"type": "send", "conversation_id": self.cid,
-                                        "client_id": client_id, "text": f"{self.name} {n}"})
+                    await self.ws.send(
+                        {
+                            "type": "send",
+                            "conversation_id": self.cid,
+                            "client_id": client_id,
+                            "text": f"{self.name} {n}",
+                        }
+                    )
                     frame = await self._answer(client_id)
                 except (ConnectionError, AssertionError, aiohttp.ClientError, RuntimeError):
                     await self.connect()  # the node died: reconnect, resend the same client_id
@@ -168,10 +191,10 @@ class Sender:
         deadline = asyncio.get_running_loop().time() + 15
         while asyncio.get_running_loop().time() < deadline:
             for frame in ws.frames:
-                if frame.get("client_id") == client_id or frame.get("ref") == client_id:
-                    if frame["type"] in ("ack", "error") and not frame.get("_seen"):
-                        frame["_seen"] = True
-                        return frame
+                mine = client_id in (frame.get("client_id"), frame.get("ref"))
+                if mine and frame["type"] in ("ack", "error") and not frame.get("_seen"):
+                    frame["_seen"] = True
+                    return frame
             if ws.ws.closed:
                 raise ConnectionError("closed")
             await asyncio.sleep(0.02)
@@ -180,12 +203,19 @@ class Sender:
 
 @pytest.mark.slow
 async def test_killing_the_owner_mid_stream_loses_no_acked_message(
-        tmp_path: Path, services: ServiceSet, database_url: str, redis_prefix: str) -> None:
-    env = {"AGORA_DATABASE_URL": database_url, "AGORA_REDIS_URL": services.redis_url,
-           "AGORA_REDIS_PREFIX": redis_prefix + "kill:", "AGORA_JWT_SECRET": JWT_SECRET,
-           "AGORA_WS_RATE_LIMIT": "0", "AGORA_CLUSTER_HEARTBEAT": "0.3",
-           "AGORA_CLUSTER_NODE_TIMEOUT": "2", "AGORA_PRESENCE_DEBOUNCE": "0.5",
-           "AGORA_LOG_LEVEL": "WARNING"}
+    tmp_path: Path, services: ServiceSet, database_url: str, redis_prefix: str
+) -> None:
+    env = {
+        "AGORA_DATABASE_URL": database_url,
+        "AGORA_REDIS_URL": services.redis_url,
+        "AGORA_REDIS_PREFIX": redis_prefix + "kill:",
+        "AGORA_JWT_SECRET": JWT_SECRET,
+        "AGORA_WS_RATE_LIMIT": "0",
+        "AGORA_CLUSTER_HEARTBEAT": "0.3",
+        "AGORA_CLUSTER_NODE_TIMEOUT": "2",
+        "AGORA_PRESENCE_DEBOUNCE": "0.5",
+        "AGORA_LOG_LEVEL": "WARNING",
+    }
     nodes = {name: NodeProcess({**env, "AGORA_NODE_ID": name}, tmp_path) for name in ("n1", "n2")}
     for node in nodes.values():
         node.start()
@@ -195,19 +225,30 @@ async def test_killing_the_owner_mid_stream_loses_no_acked_message(
 
             async def make_user() -> User:
                 from tests.support.api import unique
+
                 name = unique("k")
-                resp = await http.post(f"{base}/api/v1/auth/register", json={
-                    "username": name, "email": f"{name}@example.test", "password": PASSWORD})
+                resp = await http.post(
+                    f"{base}/api/v1/auth/register",
+                    json={"username": name, "email": f"{name}@example.test", "password": PASSWORD},
+                )
                 return User(await resp.json())
 
             users = [await make_user() for _ in range(5)]
             for other in users[1:]:
-                r = await http.post(f"{base}/api/v1/friends/requests", headers=users[0].headers,
-                                    json={"user_id": other.id})
+                r = await http.post(
+                    f"{base}/api/v1/friends/requests",
+                    headers=users[0].headers,
+                    json={"user_id": other.id},
+                )
                 rid = (await r.json())["id"]
-                await http.post(f"{base}/api/v1/friends/requests/{rid}/accept", headers=other.headers)
-            resp = await http.post(f"{base}/api/v1/conversations", headers=users[0].headers,
-                                   json={"member_ids": [u.id for u in users[1:]], "title": "k"})
+                await http.post(
+                    f"{base}/api/v1/friends/requests/{rid}/accept", headers=other.headers
+                )
+            resp = await http.post(
+                f"{base}/api/v1/conversations",
+                headers=users[0].headers,
+                json={"member_ids": [u.id for u in users[1:]], "title": "k"},
+            )
             cid = (await resp.json())["id"]
             owner = rendezvous(["n1", "n2"], conversation_key(int(cid)))
             survivor = "n2" if owner == "n1" else "n1"
@@ -216,12 +257,16 @@ async def test_killing_the_owner_mid_stream_loses_no_acked_message(
             # A listener that lives only on the doomed node, and a friend watching it.
             watcher = await WsClient.connect(nodes[survivor].url, users[0].access, session=http)
             await WsClient.connect(nodes[owner].url, users[4].access, session=http)
-            await watcher.expect("presence", where=lambda f: f["user_id"] == users[4].id
-                                 and f["status"] == "online")
+            await watcher.expect(
+                "presence", where=lambda f: f["user_id"] == users[4].id and f["status"] == "online"
+            )
 
-            senders = [Sender(f"s{i}", users[i], cid,
-                              urls_owner_first if i % 2 else urls_survivor_first, http)
-                       for i in range(4)]
+            senders = [
+                Sender(
+                    f"s{i}", users[i], cid, urls_owner_first if i % 2 else urls_survivor_first, http
+                )
+                for i in range(4)
+            ]
             per = 40
             runs = [asyncio.create_task(s.run(per)) for s in senders]
             while sum(len(s.acked) for s in senders) < 30:
@@ -234,8 +279,9 @@ async def test_killing_the_owner_mid_stream_loses_no_acked_message(
             acked = {cid_: seq for s in senders for cid_, seq in s.acked.items()}
             assert len(acked) == per * len(senders)
             # Its presence is cleared: the friend hears "offline" within the node timeout.
-            offline = await watcher.expect("presence", timeout=10,
-                                           where=lambda f: f["user_id"] == users[4].id)
+            offline = await watcher.expect(
+                "presence", timeout=10, where=lambda f: f["user_id"] == users[4].id
+            )
             assert offline["status"] == "offline"
             # A reconnecting client syncs everything from the survivor.
             await watcher.send({"type": "sync", "conversation_id": cid, "after_seq": 0})
@@ -245,11 +291,11 @@ async def test_killing_the_owner_mid_stream_loses_no_acked_message(
             assert sorted(m["seq"] for m in by_id.values()) == list(range(1, len(acked) + 1))
             await watcher.close()
 
-
         conn = await asyncpg.connect(database_url)
         try:
-            rows = await conn.fetch("SELECT client_id, seq FROM chat.messages WHERE conversation_id = $1",
-                                    int(cid))
+            rows = await conn.fetch(
+                "SELECT client_id, seq FROM chat.messages WHERE conversation_id = $1", int(cid)
+            )
         finally:
             await conn.close()
         stored = {r["client_id"]: r["seq"] for r in rows}
@@ -259,5 +305,3 @@ async def test_killing_the_owner_mid_stream_loses_no_acked_message(
     finally:
         for node in nodes.values():
             node.kill()
-
-

@@ -65,12 +65,19 @@ def test_generated_secret_is_kept_and_warned_about(tmp_path: Path) -> None:
 
 def _agora(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-    return subprocess.run([sys.executable, "-m", "agora", *args], env={**clean, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agora", *args],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("variable,value", [("AGORA_WS_RATE_LIMIT", "-1"),
-                                            ("AGORA_DATABASE_URL", "nonsense")])
+@pytest.mark.parametrize(
+    "variable,value", [("AGORA_WS_RATE_LIMIT", "-1"), ("AGORA_DATABASE_URL", "nonsense")]
+)
 def test_cli_exits_2_with_one_line(variable: str, value: str, tmp_path: Path) -> None:
     proc = _agora(["serve", "--port", "0"], {variable: value}, tmp_path)
     assert proc.returncode == 2

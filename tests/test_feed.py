@@ -6,19 +6,28 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from agora.config import Config
 from agora.server import keys
 from agora.server.app import create_app
-from tests.support.api import (User, befriend, block, collect, create_post, expect_error,
-                               get_json, register)
+from tests.support.api import (
+    User,
+    befriend,
+    block,
+    collect,
+    create_post,
+    expect_error,
+    get_json,
+    register,
+)
 from tests.support.proxy import TCPProxy
 
 
-async def _feed_ids(client: TestClient, user: User, limit: int = 20, rank: str = "recent") -> list[str]:
+async def _feed_ids(
+    client: TestClient, user: User, limit: int = 20, rank: str = "recent"
+) -> list[str]:
     return [p["id"] for p in await collect(client, f"/api/v1/feed?rank={rank}", user, limit=limit)]
 
 
@@ -61,8 +70,10 @@ async def test_cursor_neither_repeats_nor_skips_while_posts_arrive(client: TestC
     assert seen == [p["id"] for p in reversed(older)]
 
 
-async def test_cache_and_postgresql_give_the_same_pages(uncached: TestClient, make_client,  # type: ignore[no-untyped-def]
-                                                        ) -> None:
+async def test_cache_and_postgresql_give_the_same_pages(
+    uncached: TestClient,
+    make_client,  # type: ignore[no-untyped-def]
+) -> None:
     client = uncached
     uncached = await make_client(feed_cache_size=0, feed_page_cache=0)
     me, pals, _ = await _circle(client, friends=4)
@@ -123,10 +134,14 @@ async def test_corrections_on_unfriend_block_delete_and_visibility(client: TestC
     assert set(await _feed_ids(client, me)) == {pc["id"]}
     assert set(await _feed_ids(client, b)) == {pb["id"]}
 
-    resp = await client.patch(f"/api/v1/posts/{pc['id']}", headers=c.headers, json={"visibility": "private"})
+    resp = await client.patch(
+        f"/api/v1/posts/{pc['id']}", headers=c.headers, json={"visibility": "private"}
+    )
     assert resp.status == 200
     assert await _feed_ids(client, me) == []
-    await client.patch(f"/api/v1/posts/{pc['id']}", headers=c.headers, json={"visibility": "friends"})
+    await client.patch(
+        f"/api/v1/posts/{pc['id']}", headers=c.headers, json={"visibility": "friends"}
+    )
     assert await _feed_ids(client, me) == [pc["id"]]
 
     assert (await client.delete(f"/api/v1/posts/{pc['id']}", headers=c.headers)).status == 204
@@ -182,9 +197,12 @@ async def test_feed_survives_losing_redis(make_client, config: Config) -> None: 
     redis_url = urlsplit(config.redis.url or "")
     proxy = await TCPProxy(redis_url.hostname or "127.0.0.1", redis_url.port or 6379).start()
     try:
-        cut_config = config.with_overrides(redis=config.redis.__class__(
-            url=f"redis://127.0.0.1:{proxy.port}/0", prefix=config.redis.prefix),
-            feed_page_cache=0)
+        cut_config = config.with_overrides(
+            redis=config.redis.__class__(
+                url=f"redis://127.0.0.1:{proxy.port}/0", prefix=config.redis.prefix
+            ),
+            feed_page_cache=0,
+        )
         client = await make_client(create_app(cut_config))
         me, pals, _ = await _circle(client, friends=2)
         made = [await create_post(client, pals[i % 2], f"p{i}", "friends") for i in range(6)]
@@ -202,13 +220,19 @@ async def test_top_ranks_engagement_with_time_decay(client: TestClient, database
     quiet_new = await create_post(client, pals[0], "quiet but new", "friends")
     loved = await create_post(client, pals[1], "loved", "public")
     for pal in pals:
-        await client.put(f"/api/v1/posts/{loved['id']}/reactions", headers=pal.headers, json={"type": "love"})
-        await client.post(f"/api/v1/posts/{loved['id']}/comments", headers=pal.headers, json={"text": "!"})
+        await client.put(
+            f"/api/v1/posts/{loved['id']}/reactions", headers=pal.headers, json={"type": "love"}
+        )
+        await client.post(
+            f"/api/v1/posts/{loved['id']}/comments", headers=pal.headers, json={"text": "!"}
+        )
     old = await create_post(client, pals[2], "old", "friends")
     conn = await asyncpg.connect(database_url)
     try:  # an old post beyond the 72 h window, and one a day old
-        await conn.execute("UPDATE content.posts SET created_at = now() - interval '5 days' WHERE id = $1",
-                           int(old["id"]))
+        await conn.execute(
+            "UPDATE content.posts SET created_at = now() - interval '5 days' WHERE id = $1",
+            int(old["id"]),
+        )
     finally:
         await conn.close()
     top = await _feed_ids(client, me, rank="top")
@@ -225,11 +249,13 @@ async def test_top_ranks_engagement_with_time_decay(client: TestClient, database
 async def test_feed_needs_an_account_and_a_valid_cursor(client: TestClient) -> None:
     await expect_error(await client.get("/api/v1/feed"), 401, "unauthorized")
     me = await register(client)
-    await expect_error(await client.get("/api/v1/feed?cursor=bogus", headers=me.headers),
-                       400, "validation_error")
+    await expect_error(
+        await client.get("/api/v1/feed?cursor=bogus", headers=me.headers), 400, "validation_error"
+    )
     page = await get_json(client, "/api/v1/users/me", me)
     assert page["id"] == me.id
     other_list_cursor = (await get_json(client, "/api/v1/friends?limit=1", me))["next_cursor"]
     assert other_list_cursor is None
-    await expect_error(await client.get("/api/v1/feed?rank=best", headers=me.headers),
-                       400, "validation_error")
+    await expect_error(
+        await client.get("/api/v1/feed?rank=best", headers=me.headers), 400, "validation_error"
+    )

@@ -74,14 +74,17 @@ async def test_every_change_reaches_the_cached_page(client: TestClient) -> None:
 
     await client.put(f"/api/v1/posts/{pid}/reactions", headers=me.headers, json={"type": "wow"})
     assert (await _feed(client, me))[0]["my_reaction"] == "wow"
-    resp = await client.put(f"/api/v1/posts/{pid}/reactions", headers=other.headers,
-                            json={"type": "like"})
+    resp = await client.put(
+        f"/api/v1/posts/{pid}/reactions", headers=other.headers, json={"type": "like"}
+    )
     assert resp.status == 200
     assert (await _feed(client, me))[0]["reaction_counts"] == {"wow": 1, "like": 1}
     await client.delete(f"/api/v1/posts/{pid}/reactions", headers=me.headers)
     assert (await _feed(client, me))[0]["my_reaction"] is None
 
-    resp = await client.post(f"/api/v1/posts/{pid}/comments", headers=pal.headers, json={"text": "c"})
+    resp = await client.post(
+        f"/api/v1/posts/{pid}/comments", headers=pal.headers, json={"text": "c"}
+    )
     comment = await resp.json()
     assert (await _feed(client, me))[0]["comment_count"] == 1
     await client.delete(f"/api/v1/comments/{comment['id']}", headers=pal.headers)
@@ -121,7 +124,9 @@ async def test_events_reach_the_other_nodes(make_client) -> None:  # type: ignor
         await asyncio.sleep(0.1)
     me, pal, post = await _two_friends_and_a_post(n1)
     assert [p["text"] for p in await _feed(n2, me)] == ["original"]  # cached on n2
-    await n1.patch(f"/api/v1/posts/{post['id']}", headers=pal.headers, json={"text": "changed on n1"})
+    await n1.patch(
+        f"/api/v1/posts/{post['id']}", headers=pal.headers, json={"text": "changed on n1"}
+    )
     for _ in range(50):
         if (await _feed(n2, me))[0]["text"] == "changed on n1":
             break
@@ -133,4 +138,3 @@ async def test_events_reach_the_other_nodes(make_client) -> None:  # type: ignor
             break
         await asyncio.sleep(0.02)
     assert await _feed(n2, me) == []
-

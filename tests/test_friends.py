@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from tests.support.api import (User, befriend, block, collect, expect_error, get_json, register)
+from tests.support.api import User, befriend, block, collect, expect_error, get_json, register
 
 
 def ids(users: list[dict]) -> set[str]:  # type: ignore[type-arg]
@@ -19,7 +19,11 @@ async def test_request_accept_and_lists(client: TestClient) -> None:
     resp = await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id})
     assert resp.status == 201
     req = await resp.json()
-    assert req["status"] == "pending" and req["from_user"]["id"] == a.id and req["to_user"]["id"] == b.id
+    assert (
+        req["status"] == "pending"
+        and req["from_user"]["id"] == a.id
+        and req["to_user"]["id"] == b.id
+    )
     assert set(req) >= {"id", "from_user", "to_user", "status", "created_at"}
 
     incoming = await get_json(client, "/api/v1/friends/requests?direction=incoming", b)
@@ -40,7 +44,9 @@ async def test_crossed_request_accepts_itself(client: TestClient) -> None:
     a, b = await register(client), await register(client)
     first = await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id})
     assert first.status == 201
-    crossed = await client.post("/api/v1/friends/requests", headers=b.headers, json={"user_id": a.id})
+    crossed = await client.post(
+        "/api/v1/friends/requests", headers=b.headers, json={"user_id": a.id}
+    )
     assert crossed.status == 200
     body = await crossed.json()
     assert body["status"] == "accepted" and body["id"] == (await first.json())["id"]
@@ -52,43 +58,79 @@ async def test_simultaneous_crossed_requests_make_one_friendship(client: TestCli
         a, b = await register(client), await register(client)
         r1, r2 = await asyncio.gather(
             client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id}),
-            client.post("/api/v1/friends/requests", headers=b.headers, json={"user_id": a.id}))
+            client.post("/api/v1/friends/requests", headers=b.headers, json={"user_id": a.id}),
+        )
         assert sorted([r1.status, r2.status]) == [200, 201]
         assert ids((await get_json(client, "/api/v1/friends", a))["items"]) == {b.id}
 
 
 async def test_request_errors(client: TestClient) -> None:
     a, b, c = await register(client), await register(client), await register(client)
-    await expect_error(await client.post("/api/v1/friends/requests", headers=a.headers,
-                                         json={"user_id": a.id}), 422, "validation_error")
-    await expect_error(await client.post("/api/v1/friends/requests", headers=a.headers,
-                                         json={"user_id": "999999999"}), 404, "not_found")
-    await expect_error(await client.post("/api/v1/friends/requests", headers=a.headers,
-                                         json={"user_id": 5}), 422, "validation_error")
+    await expect_error(
+        await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": a.id}),
+        422,
+        "validation_error",
+    )
+    await expect_error(
+        await client.post(
+            "/api/v1/friends/requests", headers=a.headers, json={"user_id": "999999999"}
+        ),
+        404,
+        "not_found",
+    )
+    await expect_error(
+        await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": 5}),
+        422,
+        "validation_error",
+    )
     resp = await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id})
     req_id = (await resp.json())["id"]
-    await expect_error(await client.post("/api/v1/friends/requests", headers=a.headers,
-                                         json={"user_id": b.id}), 409, "conflict")
+    await expect_error(
+        await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id}),
+        409,
+        "conflict",
+    )
     # Only the recipient answers; a stranger cannot even see the request.
-    await expect_error(await client.post(f"/api/v1/friends/requests/{req_id}/accept",
-                                         headers=a.headers), 403, "forbidden")
-    await expect_error(await client.post(f"/api/v1/friends/requests/{req_id}/accept",
-                                         headers=c.headers), 404, "not_found")
-    await expect_error(await client.delete(f"/api/v1/friends/requests/{req_id}",
-                                           headers=b.headers), 403, "forbidden")
-    assert (await client.post(f"/api/v1/friends/requests/{req_id}/accept", headers=b.headers)).status == 200
-    await expect_error(await client.post(f"/api/v1/friends/requests/{req_id}/accept",
-                                         headers=b.headers), 409, "conflict")
-    await expect_error(await client.post("/api/v1/friends/requests", headers=a.headers,
-                                         json={"user_id": b.id}), 409, "conflict")
-    await expect_error(await client.get("/api/v1/friends/requests?direction=sideways",
-                                         headers=a.headers), 400, "validation_error")
+    await expect_error(
+        await client.post(f"/api/v1/friends/requests/{req_id}/accept", headers=a.headers),
+        403,
+        "forbidden",
+    )
+    await expect_error(
+        await client.post(f"/api/v1/friends/requests/{req_id}/accept", headers=c.headers),
+        404,
+        "not_found",
+    )
+    await expect_error(
+        await client.delete(f"/api/v1/friends/requests/{req_id}", headers=b.headers),
+        403,
+        "forbidden",
+    )
+    assert (
+        await client.post(f"/api/v1/friends/requests/{req_id}/accept", headers=b.headers)
+    ).status == 200
+    await expect_error(
+        await client.post(f"/api/v1/friends/requests/{req_id}/accept", headers=b.headers),
+        409,
+        "conflict",
+    )
+    await expect_error(
+        await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id}),
+        409,
+        "conflict",
+    )
+    await expect_error(
+        await client.get("/api/v1/friends/requests?direction=sideways", headers=a.headers),
+        400,
+        "validation_error",
+    )
 
 
 async def test_decline_and_cancel(client: TestClient) -> None:
     a, b = await register(client), await register(client)
-    req = await (await client.post("/api/v1/friends/requests", headers=a.headers,
-                                   json={"user_id": b.id})).json()
+    req = await (
+        await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id})
+    ).json()
     resp = await client.post(f"/api/v1/friends/requests/{req['id']}/decline", headers=b.headers)
     assert resp.status == 200 and (await resp.json())["status"] == "declined"
     assert (await get_json(client, "/api/v1/friends", a))["items"] == []
@@ -96,7 +138,9 @@ async def test_decline_and_cancel(client: TestClient) -> None:
     again = await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id})
     assert again.status == 201
     again_id = (await again.json())["id"]
-    assert (await client.delete(f"/api/v1/friends/requests/{again_id}", headers=a.headers)).status == 204
+    assert (
+        await client.delete(f"/api/v1/friends/requests/{again_id}", headers=a.headers)
+    ).status == 204
     assert (await get_json(client, "/api/v1/friends/requests?direction=incoming", b))["items"] == []
 
 
@@ -106,8 +150,9 @@ async def test_unfriend(client: TestClient) -> None:
     assert (await client.delete(f"/api/v1/friends/{b.id}", headers=a.headers)).status == 204
     assert (await get_json(client, "/api/v1/friends", a))["items"] == []
     assert (await get_json(client, "/api/v1/friends", b))["items"] == []
-    await expect_error(await client.delete(f"/api/v1/friends/{b.id}", headers=a.headers),
-                       404, "not_found")
+    await expect_error(
+        await client.delete(f"/api/v1/friends/{b.id}", headers=a.headers), 404, "not_found"
+    )
 
 
 async def test_block_ends_friendship_and_hides_both_ways(client: TestClient) -> None:
@@ -115,24 +160,39 @@ async def test_block_ends_friendship_and_hides_both_ways(client: TestClient) -> 
     await befriend(client, a, b)
     await befriend(client, b, c)
     # c has a pending request to a; a blocks b; then a blocks c.
-    pending = await client.post("/api/v1/friends/requests", headers=c.headers, json={"user_id": a.id})
+    pending = await client.post(
+        "/api/v1/friends/requests", headers=c.headers, json={"user_id": a.id}
+    )
     assert pending.status == 201
     resp = await client.post("/api/v1/blocks", headers=a.headers, json={"user_id": b.id})
     assert resp.status == 201
     assert (await resp.json())["user"]["id"] == b.id
-    assert (await client.post("/api/v1/blocks", headers=a.headers, json={"user_id": b.id})).status == 200
+    assert (
+        await client.post("/api/v1/blocks", headers=a.headers, json={"user_id": b.id})
+    ).status == 200
     assert (await get_json(client, "/api/v1/friends", a))["items"] == []
     assert (await get_json(client, "/api/v1/friends", b))["items"] != []  # still friends with c
     # Hidden from each other: profiles, friend lists, requests.
-    await expect_error(await client.get(f"/api/v1/users/{a.id}", headers=b.headers), 404, "not_found")
-    await expect_error(await client.get(f"/api/v1/users/{b.id}", headers=a.headers), 404, "not_found")
-    await expect_error(await client.get(f"/api/v1/users/{a.id}/friends", headers=b.headers),
-                       404, "not_found")
+    await expect_error(
+        await client.get(f"/api/v1/users/{a.id}", headers=b.headers), 404, "not_found"
+    )
+    await expect_error(
+        await client.get(f"/api/v1/users/{b.id}", headers=a.headers), 404, "not_found"
+    )
+    await expect_error(
+        await client.get(f"/api/v1/users/{a.id}/friends", headers=b.headers), 404, "not_found"
+    )
     assert b.id not in ids((await get_json(client, f"/api/v1/users/{c.id}/friends", a))["items"])
-    await expect_error(await client.post("/api/v1/friends/requests", headers=b.headers,
-                                         json={"user_id": a.id}), 404, "not_found")
-    await expect_error(await client.post("/api/v1/friends/requests", headers=a.headers,
-                                         json={"user_id": b.id}), 409, "conflict")
+    await expect_error(
+        await client.post("/api/v1/friends/requests", headers=b.headers, json={"user_id": a.id}),
+        404,
+        "not_found",
+    )
+    await expect_error(
+        await client.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id}),
+        409,
+        "conflict",
+    )
     # Blocking cancels pending requests in either direction.
     await block(client, a, c)
     assert (await get_json(client, "/api/v1/friends/requests?direction=incoming", a))["items"] == []
@@ -143,8 +203,9 @@ async def test_block_ends_friendship_and_hides_both_ways(client: TestClient) -> 
     assert (await client.delete(f"/api/v1/blocks/{b.id}", headers=a.headers)).status == 204
     assert (await client.get(f"/api/v1/users/{a.id}", headers=b.headers)).status == 200
     assert (await get_json(client, "/api/v1/friends", a))["items"] == []
-    await expect_error(await client.delete(f"/api/v1/blocks/{b.id}", headers=a.headers),
-                       404, "not_found")
+    await expect_error(
+        await client.delete(f"/api/v1/blocks/{b.id}", headers=a.headers), 404, "not_found"
+    )
 
 
 async def test_friend_list_pagination(client: TestClient) -> None:
@@ -154,10 +215,14 @@ async def test_friend_list_pagination(client: TestClient) -> None:
         await befriend(client, hub, other)
     listed = await collect(client, "/api/v1/friends", hub, limit=3)
     assert [f["user"]["id"] for f in listed] == [o.id for o in reversed(others)]
-    await expect_error(await client.get("/api/v1/friends?cursor=garbage", headers=hub.headers),
-                       400, "validation_error")
-    await expect_error(await client.get("/api/v1/friends?limit=101", headers=hub.headers),
-                       400, "validation_error")
+    await expect_error(
+        await client.get("/api/v1/friends?cursor=garbage", headers=hub.headers),
+        400,
+        "validation_error",
+    )
+    await expect_error(
+        await client.get("/api/v1/friends?limit=101", headers=hub.headers), 400, "validation_error"
+    )
 
 
 async def test_friend_limit(client: TestClient, database_url: str) -> None:
@@ -165,24 +230,37 @@ async def test_friend_limit(client: TestClient, database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         # 5,000 friends, made directly: the limit, not the way there, is under test.
-        await conn.execute("""
+        await conn.execute(
+            """
             WITH made AS (
                 INSERT INTO accounts.users (username, email, password_hash)
                 SELECT 'l' || $2 || '_' || g, 'l' || $2 || '_' || g || '@x.test', 'x'
                 FROM generate_series(1, 5000) g RETURNING id)
             INSERT INTO social.friendships (user_id, friend_id)
             SELECT $1::bigint, id FROM made UNION ALL SELECT id, $1::bigint FROM made
-        """, int(popular.id), popular.id[-9:])
+        """,
+            int(popular.id),
+            popular.id[-9:],
+        )
     finally:
         await conn.close()
-    err = await expect_error(await client.post("/api/v1/friends/requests", headers=popular.headers,
-                                               json={"user_id": newcomer.id}), 409, "conflict")
+    err = await expect_error(
+        await client.post(
+            "/api/v1/friends/requests", headers=popular.headers, json={"user_id": newcomer.id}
+        ),
+        409,
+        "conflict",
+    )
     assert "5000" in err["message"]
-    resp = await client.post("/api/v1/friends/requests", headers=newcomer.headers,
-                             json={"user_id": popular.id})
+    resp = await client.post(
+        "/api/v1/friends/requests", headers=newcomer.headers, json={"user_id": popular.id}
+    )
     assert resp.status == 201
     req_id = (await resp.json())["id"]
-    await expect_error(await client.post(f"/api/v1/friends/requests/{req_id}/accept",
-                                         headers=popular.headers), 409, "conflict")
+    await expect_error(
+        await client.post(f"/api/v1/friends/requests/{req_id}/accept", headers=popular.headers),
+        409,
+        "conflict",
+    )
     page = await get_json(client, "/api/v1/friends?limit=100", popular)
     assert len(page["items"]) == 100 and page["next_cursor"]

@@ -6,13 +6,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from agora.server.app import create_app
-
 from tests.support.api import expect_error
 
 
 async def test_validation_names_every_bad_field(client: TestClient) -> None:
-    resp = await client.post("/api/v1/auth/register", json={
-        "username": "a b", "email": "not-an-email", "password": "short", "display_name": 3})
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={"username": "a b", "email": "not-an-email", "password": "short", "display_name": 3},
+    )
     err = await expect_error(resp, 422, "validation_error")
     assert set(err["fields"]) == {"username", "email", "password", "display_name"}
     assert all(isinstance(m, str) and m for m in err["fields"].values())
@@ -28,29 +29,35 @@ async def test_missing_fields_are_each_named(client: TestClient) -> None:
 
 async def test_non_object_bodies(client: TestClient) -> None:
     for raw in (b"[]", b"12", b'"text"', b"null"):
-        resp = await client.post("/api/v1/auth/login", data=raw,
-                                 headers={"Content-Type": "application/json"})
+        resp = await client.post(
+            "/api/v1/auth/login", data=raw, headers={"Content-Type": "application/json"}
+        )
         err = await expect_error(resp, 422, "validation_error")
         assert "$" in err["fields"]
 
 
 async def test_malformed_json_is_400(client: TestClient) -> None:
     for raw in (b"{", b"{'a': 1}", b"", b"\xff\xfe"):
-        resp = await client.post("/api/v1/auth/login", data=raw,
-                                 headers={"Content-Type": "application/json"})
+        resp = await client.post(
+            "/api/v1/auth/login", data=raw, headers={"Content-Type": "application/json"}
+        )
         await expect_error(resp, 400, "validation_error")
 
 
 async def test_non_json_content_type_is_415(client: TestClient) -> None:
-    resp = await client.post("/api/v1/auth/login", data="login=a&password=b",
-                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    resp = await client.post(
+        "/api/v1/auth/login",
+        data="login=a&password=b",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     await expect_error(resp, 415, "unsupported_media_type")
 
 
 async def test_body_over_one_mebibyte_is_413(client: TestClient) -> None:
     big = b'{"login": "' + b"a" * (1024 * 1024) + b'", "password": "x"}'
-    resp = await client.post("/api/v1/auth/login", data=big,
-                             headers={"Content-Type": "application/json"})
+    resp = await client.post(
+        "/api/v1/auth/login", data=big, headers={"Content-Type": "application/json"}
+    )
     await expect_error(resp, 413, "payload_too_large")
 
 

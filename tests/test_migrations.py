@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -39,7 +39,9 @@ async def test_applies_once_and_records_checksums(empty_db: str) -> None:
         rows = await conn.fetch("SELECT version, checksum FROM agora_meta.migrations ORDER BY 1")
     finally:
         await conn.close()
-    assert [(r["version"], r["checksum"]) for r in rows] == [(m.version, m.checksum) for m in discover()]
+    assert [(r["version"], r["checksum"]) for r in rows] == [
+        (m.version, m.checksum) for m in discover()
+    ]
 
 
 async def test_edited_applied_migration_aborts(empty_db: str) -> None:
@@ -71,8 +73,10 @@ async def test_concurrent_migrators_on_an_empty_database(empty_db: str) -> None:
 
 async def test_two_nodes_starting_at_once_both_come_up(empty_db: str, config: Config) -> None:
     db = config.database.__class__(url=empty_db, pool_min=1, pool_max=2)
-    runners = [web.AppRunner(create_app(config.with_overrides(database=db, node_id=f"n{i}")))
-               for i in range(2)]
+    runners = [
+        web.AppRunner(create_app(config.with_overrides(database=db, node_id=f"n{i}")))
+        for i in range(2)
+    ]
     await asyncio.gather(*[r.setup() for r in runners])
     try:
         conn = await asyncpg.connect(empty_db)

@@ -36,16 +36,19 @@ def _children_running(pattern: str, cwd: Path) -> list[int]:
 
 async def _register_and_login(url: str, username: str) -> None:
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(f"{url}/api/v1/auth/register", json={
-            "username": username, "email": f"{username}@example.test", "password": PASSWORD})
+        resp = await http.post(
+            f"{url}/api/v1/auth/register",
+            json={"username": username, "email": f"{username}@example.test", "password": PASSWORD},
+        )
         assert resp.status == 201, await resp.text()
         await _login(url, username)
 
 
 async def _login(url: str, username: str) -> None:
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(f"{url}/api/v1/auth/login",
-                               json={"login": username, "password": PASSWORD})
+        resp = await http.post(
+            f"{url}/api/v1/auth/login", json={"login": username, "password": PASSWORD}
+        )
         assert resp.status == 200, await resp.text()
         token = (await resp.json())["access_token"]
         me = await http.get(f"{url}/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
@@ -68,9 +71,11 @@ async def test_node_with_nothing_configured(tmp_path: Path) -> None:
         assert node.stop() == 0
     # Both engines stop with the node ...
     for _ in range(50):
-        if not _children_running("redis-server", tmp_path) and not _children_running("postgres -D", tmp_path):
+        if not _children_running("redis-server", tmp_path) and not _children_running(
+            "postgres -D", tmp_path
+        ):
             break
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
     assert not _children_running("redis-server", tmp_path)
     assert not _children_running("postgres -D", tmp_path)
     # ... and a restarted node finds its data.
@@ -94,22 +99,32 @@ async def test_second_node_on_the_same_embedded_data_is_refused(tmp_path: Path) 
         assert first.stop() == 0
 
 
-async def test_sigterm_drains_in_flight_requests(tmp_path: Path, services: ServiceSet,
-                                                 database_url: str, redis_prefix: str) -> None:
-    node = NodeProcess({
-        "AGORA_ENV": "production", "AGORA_JWT_SECRET": JWT_SECRET,
-        "AGORA_DATABASE_URL": database_url, "AGORA_REDIS_URL": services.redis_url,
-        "AGORA_REDIS_PREFIX": redis_prefix,
-    }, tmp_path)
+async def test_sigterm_drains_in_flight_requests(
+    tmp_path: Path, services: ServiceSet, database_url: str, redis_prefix: str
+) -> None:
+    node = NodeProcess(
+        {
+            "AGORA_ENV": "production",
+            "AGORA_JWT_SECRET": JWT_SECRET,
+            "AGORA_DATABASE_URL": database_url,
+            "AGORA_REDIS_URL": services.redis_url,
+            "AGORA_REDIS_PREFIX": redis_prefix,
+        },
+        tmp_path,
+    )
     node.start()
     assert node.proc is not None
-    body = json.dumps({"username": "drained_user", "email": "drained@example.test",
-                       "password": PASSWORD}).encode()
+    body = json.dumps(
+        {"username": "drained_user", "email": "drained@example.test", "password": PASSWORD}
+    ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
     # A request whose body is still arriving when SIGTERM lands.
-    writer.write(b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\n"
-                 b"Content-Type: application/json\r\nX-Request-ID: drain-test-1\r\n"
-                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    writer.write(
+        b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nX-Request-ID: drain-test-1\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:10]
+    )
     await writer.drain()
     await asyncio.sleep(0.3)
     sent_at = time.monotonic()

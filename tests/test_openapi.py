@@ -19,7 +19,9 @@ async def test_openapi_lists_every_endpoint_with_its_types(client: TestClient) -
     for ep in app[keys.ENDPOINTS]:
         assert ep.method.lower() in doc["paths"][ep.path], ep.path
     register = doc["paths"]["/api/v1/auth/register"]["post"]
-    schema_name = register["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    schema_name = register["requestBody"]["content"]["application/json"]["schema"]["$ref"].split(
+        "/"
+    )[-1]
     schema = doc["components"]["schemas"][schema_name]
     assert set(schema["required"]) == {"username", "email", "password"}
     assert schema["properties"]["username"]["maxLength"] == 30

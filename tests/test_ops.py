@@ -28,8 +28,11 @@ async def test_readyz_ok(client: TestClient) -> None:
     assert (await resp.json())["checks"] == {"postgres": "ok", "redis": "ok"}
 
 
-async def test_readyz_503_when_postgres_or_redis_is_cut(make_client, config: Config,  # type: ignore[no-untyped-def]
-                                                        services: ServiceSet) -> None:
+async def test_readyz_503_when_postgres_or_redis_is_cut(
+    make_client,
+    config: Config,  # type: ignore[no-untyped-def]
+    services: ServiceSet,
+) -> None:
     db = urlsplit(config.database.url)
     if db.hostname is None or services.redis_url.startswith("unix"):
         raise AssertionError("this test needs TCP services")  # the machine provides them
@@ -41,7 +44,8 @@ async def test_readyz_503_when_postgres_or_redis_is_cut(make_client, config: Con
         redis_url = f"redis://127.0.0.1:{redis_proxy.port}/0"
         cut = config.with_overrides(
             database=config.database.__class__(url=db_url, pool_min=1, pool_max=2),
-            redis=config.redis.__class__(url=redis_url, prefix=config.redis.prefix))
+            redis=config.redis.__class__(url=redis_url, prefix=config.redis.prefix),
+        )
         client = await make_client(create_app(cut))
         assert (await client.get("/readyz")).status == 200
 
@@ -86,7 +90,8 @@ def _remote_request(remote: str, config: Config, auth: str | None = None):  # ty
     app[keys.METRICS] = Metrics()
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda name, default=None: (
-        (remote, 40000) if name == "peername" else default)
+        (remote, 40000) if name == "peername" else default
+    )
     headers = {"Authorization": auth} if auth else {}
     return make_mocked_request("GET", "/metrics", headers=headers, app=app, transport=transport)
 

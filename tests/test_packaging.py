@@ -19,7 +19,7 @@ def test_dockerfile_copies_what_exists_and_runs_unprivileged() -> None:
         if m:
             for source in m.group(1).split():
                 assert (ROOT / source).exists(), source
-    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert re.search(r"^USER (?!root)\w+", text, re.MULTILINE)
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert "STOPSIGNAL SIGTERM" in text
     # The migrations land where the runner looks for them (next to the package's parent).
@@ -43,5 +43,7 @@ def test_compose_file_is_valid_and_configures_every_service() -> None:
 
 def test_make_and_ci_entry_points() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^run:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert re.search(r"^run:", makefile, re.MULTILINE) and re.search(
+        r"^test:", makefile, re.MULTILINE
+    )
     assert "make test" in (ROOT / ".ci" / "run").read_text()

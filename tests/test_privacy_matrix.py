@@ -30,8 +30,10 @@ IN_FEED = {
 
 @pytest.fixture
 async def world(client: TestClient) -> dict[str, object]:
-    users = {name: await register(client) for name in
-             ("author", "friend", "stranger", "blocked", "blocker")}
+    users = {
+        name: await register(client)
+        for name in ("author", "friend", "stranger", "blocked", "blocker")
+    }
     author = users["author"]
     await befriend(client, author, users["friend"])
     # Both were friends first: the block must take that away.
@@ -50,8 +52,9 @@ def _headers(world: dict[str, object], viewer: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("visibility", VISIBILITIES)
 @pytest.mark.parametrize("viewer", VIEWERS)
-async def test_matrix(client: TestClient, world: dict[str, object], viewer: str,
-                      visibility: str) -> None:
+async def test_matrix(
+    client: TestClient, world: dict[str, object], viewer: str, visibility: str
+) -> None:
     users: dict[str, User] = world["users"]  # type: ignore[assignment]
     post = world["posts"][visibility]  # type: ignore[index]
     pid, author = post["id"], users["author"]
@@ -89,7 +92,9 @@ async def test_matrix(client: TestClient, world: dict[str, object], viewer: str,
     assert resp.status == expected, (viewer, visibility, "comment")
 
     # react
-    resp = await client.put(f"/api/v1/posts/{pid}/reactions", headers=headers, json={"type": "like"})
+    resp = await client.put(
+        f"/api/v1/posts/{pid}/reactions", headers=headers, json={"type": "like"}
+    )
     expected = 401 if viewer == "anonymous" else (200 if sees else hidden_status)
     assert resp.status == expected, (viewer, visibility, "react")
     resp = await client.delete(f"/api/v1/posts/{pid}/reactions", headers=headers)
@@ -107,11 +112,16 @@ async def test_hidden_commenters_are_left_out(client: TestClient, world: dict[st
     stranger = users["stranger"]
     await client.post(f"/api/v1/posts/{pid}/comments", headers=stranger.headers, json={"text": "s"})
     await block(client, stranger, users["friend"])
-    await client.post(f"/api/v1/posts/{pid}/comments", headers=users["friend"].headers,
-                      json={"text": "f"})
-    seen_by_stranger = (await (await client.get(f"/api/v1/posts/{pid}/comments",
-                                                headers=stranger.headers)).json())["items"]
+    await client.post(
+        f"/api/v1/posts/{pid}/comments", headers=users["friend"].headers, json={"text": "f"}
+    )
+    seen_by_stranger = (
+        await (await client.get(f"/api/v1/posts/{pid}/comments", headers=stranger.headers)).json()
+    )["items"]
     assert [c["text"] for c in seen_by_stranger] == ["s"]
-    seen_by_author = (await (await client.get(f"/api/v1/posts/{pid}/comments",
-                                              headers=users["author"].headers)).json())["items"]
+    seen_by_author = (
+        await (
+            await client.get(f"/api/v1/posts/{pid}/comments", headers=users["author"].headers)
+        ).json()
+    )["items"]
     assert [c["text"] for c in seen_by_author] == ["s", "f"]

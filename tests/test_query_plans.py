@@ -6,7 +6,7 @@ PostgreSQL falls back to a sequential scan (at a huge cost) when no index can se
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -14,7 +14,7 @@ import pytest
 
 from agora.storage import accounts, content, social
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 OUR_SCHEMAS = {"accounts", "social", "content"}
 
 QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -61,5 +61,7 @@ async def test_no_sequential_scans(database_url: str, name: str) -> None:
             explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON, VERBOSE) {sql}", *args)
     finally:
         await conn.close()
-    plan = (explained if isinstance(explained, list) else __import__("json").loads(explained))[0]["Plan"]
+    plan = (explained if isinstance(explained, list) else __import__("json").loads(explained))[0][
+        "Plan"
+    ]
     assert _seq_scans(plan) == [], name

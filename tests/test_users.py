@@ -30,13 +30,17 @@ async def test_patch_me_changes_only_given_fields(client: TestClient) -> None:
     assert resp.status == 200
     body = await resp.json()
     assert body["bio"] == "hello" and body["display_name"] == "Before"
-    resp = await client.patch("/api/v1/users/me", headers=user.headers,
-                              json={"display_name": "After", "bio": 7})
+    resp = await client.patch(
+        "/api/v1/users/me", headers=user.headers, json={"display_name": "After", "bio": 7}
+    )
     err = await expect_error(resp, 422, "validation_error")
     assert set(err["fields"]) == {"bio"}
-    resp = await client.patch("/api/v1/users/me", headers=user.headers,
-                              json={"display_name": "x" * 101})
+    resp = await client.patch(
+        "/api/v1/users/me", headers=user.headers, json={"display_name": "x" * 101}
+    )
     await expect_error(resp, 422, "validation_error")
-    resp = await client.patch("/api/v1/users/me", headers=user.headers, json={"avatar_media_id": "42"})
+    resp = await client.patch(
+        "/api/v1/users/me", headers=user.headers, json={"avatar_media_id": "42"}
+    )
     err = await expect_error(resp, 422, "validation_error")
     assert "avatar_media_id" in err["fields"]

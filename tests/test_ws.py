@@ -11,8 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from agora.config import ClusterConfig, Config, WebSocketConfig
 from agora.server import keys
-from tests.support.api import (User, befriend, block, create_post, expect_error, get_json,
-                               register)
+from tests.support.api import User, befriend, block, create_post, expect_error, get_json, register
 from tests.support.ws import WsClient
 
 FAST = ClusterConfig(heartbeat=0.3, node_timeout=1.5, answer_timeout=3.0, presence_debounce=0.6)
@@ -26,16 +25,24 @@ async def node(make_client, config: Config) -> TestClient:  # type: ignore[no-un
 async def _pair(client: TestClient) -> tuple[User, User, str]:
     a, b = await register(client), await register(client)
     await befriend(client, a, b)
-    resp = await client.post("/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]})
+    resp = await client.post(
+        "/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]}
+    )
     assert resp.status == 201, await resp.text()
     return a, b, (await resp.json())["id"]
 
 
 async def test_bad_tokens_get_401_before_the_upgrade(node: TestClient) -> None:
     for path in ("/ws", "/ws?token=", "/ws?token=garbage"):
-        resp = await node.get(path, headers={"Connection": "Upgrade", "Upgrade": "websocket",
-                                             "Sec-WebSocket-Version": "13",
-                                             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        resp = await node.get(
+            path,
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
         await expect_error(resp, 401, "unauthorized")
 
 
@@ -55,15 +62,23 @@ async def test_ready_then_send_ack_and_fan_out(node: TestClient, database_url: s
     # The ack came after the commit: the row is there.
     conn = await asyncpg.connect(database_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM chat.messages WHERE conversation_id = $1",
-                                   int(cid)) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM chat.messages WHERE conversation_id = $1", int(cid)
+            )
+            == 1
+        )
         # Resending the client_id yields the same ack and no second message.
         await a1.send({"type": "send", "conversation_id": cid, "client_id": "c-1", "text": "hello"})
         again = await a1.expect("ack")
         assert again == {**ack, "_seen": True}
         await b1.quiet("message", 0.3)
-        assert await conn.fetchval("SELECT count(*) FROM chat.messages WHERE conversation_id = $1",
-                                   int(cid)) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM chat.messages WHERE conversation_id = $1", int(cid)
+            )
+            == 1
+        )
     finally:
         await conn.close()
 
@@ -75,8 +90,16 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays(node: TestCl
         ("not json", "not valid JSON"),
         (json.dumps({"type": "shout"}), "type"),
         (json.dumps({"type": "send", "conversation_id": cid, "text": "x"}), "client_id"),
-        (json.dumps({"type": "send", "conversation_id": 5, "client_id": "a", "text": "x"}), "conversation_id"),
-        (json.dumps({"type": "send", "conversation_id": cid, "client_id": "big", "text": "x" * 4001}), "4000"),
+        (
+            json.dumps({"type": "send", "conversation_id": 5, "client_id": "a", "text": "x"}),
+            "conversation_id",
+        ),
+        (
+            json.dumps(
+                {"type": "send", "conversation_id": cid, "client_id": "big", "text": "x" * 4001}
+            ),
+            "4000",
+        ),
         (json.dumps({"type": "read", "conversation_id": cid, "seq": -1}), "seq"),
         (json.dumps([1, 2]), ""),
     ]
@@ -122,10 +145,12 @@ async def test_non_members_cannot_send_read_sync_or_see_typing(node: TestClient)
     outsider = await register(node)
     await befriend(node, a, outsider)
     wa, wb, wo = [await WsClient.connect(node, u.access) for u in (a, b, outsider)]
-    for frame in ({"type": "send", "conversation_id": cid, "client_id": "x", "text": "hi"},
-                  {"type": "typing", "conversation_id": cid},
-                  {"type": "read", "conversation_id": cid, "seq": 1},
-                  {"type": "sync", "conversation_id": cid, "after_seq": 0}):
+    for frame in (
+        {"type": "send", "conversation_id": cid, "client_id": "x", "text": "hi"},
+        {"type": "typing", "conversation_id": cid},
+        {"type": "read", "conversation_id": cid, "seq": 1},
+        {"type": "sync", "conversation_id": cid, "after_seq": 0},
+    ):
         await wo.send(frame)
         err = await wo.expect("error")
         assert err["code"] == "not_found", (frame, err)
@@ -134,23 +159,36 @@ async def test_non_members_cannot_send_read_sync_or_see_typing(node: TestClient)
     assert typing == {"type": "typing", "conversation_id": cid, "user_id": a.id, "_seen": True}
     await wo.quiet("typing", 0.3)
     await wa.quiet("typing", 0.1)  # not echoed to the typist
-    await expect_error(await node.get(f"/api/v1/conversations/{cid}/messages",
-                                      headers=outsider.headers), 404, "not_found")
-    await expect_error(await node.post(f"/api/v1/conversations/{cid}/messages",
-                                       headers=outsider.headers,
-                                       json={"text": "hi", "client_id": "r1"}), 404, "not_found")
+    await expect_error(
+        await node.get(f"/api/v1/conversations/{cid}/messages", headers=outsider.headers),
+        404,
+        "not_found",
+    )
+    await expect_error(
+        await node.post(
+            f"/api/v1/conversations/{cid}/messages",
+            headers=outsider.headers,
+            json={"text": "hi", "client_id": "r1"},
+        ),
+        404,
+        "not_found",
+    )
 
 
 async def test_read_receipts_and_unread_counts(node: TestClient) -> None:
     a, b, cid = await _pair(node)
     wa, wb = await WsClient.connect(node, a.access), await WsClient.connect(node, b.access)
     for i in range(3):
-        await wa.send({"type": "send", "conversation_id": cid, "client_id": f"m{i}", "text": str(i)})
+        await wa.send(
+            {"type": "send", "conversation_id": cid, "client_id": f"m{i}", "text": str(i)}
+        )
         await wa.expect("ack")
     listed = await get_json(node, "/api/v1/conversations", b)
     mine = [c for c in listed["items"] if c["id"] == cid][0]
     assert mine["unread_count"] == 3 and mine["last_seq"] == 3
-    sender_view = [c for c in (await get_json(node, "/api/v1/conversations", a))["items"] if c["id"] == cid][0]
+    sender_view = [
+        c for c in (await get_json(node, "/api/v1/conversations", a))["items"] if c["id"] == cid
+    ][0]
     assert sender_view["unread_count"] == 0  # sending reads everything before
     await wb.send({"type": "read", "conversation_id": cid, "seq": 2})
     read = await wa.expect("read")
@@ -160,7 +198,9 @@ async def test_read_receipts_and_unread_counts(node: TestClient) -> None:
     assert (await wa.expect("read"))["seq"] == 3
     await wb.send({"type": "read", "conversation_id": cid, "seq": 1})
     await wa.quiet("read", 0.3)
-    mine = [c for c in (await get_json(node, "/api/v1/conversations", b))["items"] if c["id"] == cid][0]
+    mine = [
+        c for c in (await get_json(node, "/api/v1/conversations", b))["items"] if c["id"] == cid
+    ][0]
     assert mine["unread_count"] == 0
 
 
@@ -168,7 +208,9 @@ async def test_sync_replays_missed_messages_in_order(node: TestClient) -> None:
     a, b, cid = await _pair(node)
     wa = await WsClient.connect(node, a.access)
     for i in range(7):
-        await wa.send({"type": "send", "conversation_id": cid, "client_id": f"s{i}", "text": f"t{i}"})
+        await wa.send(
+            {"type": "send", "conversation_id": cid, "client_id": f"s{i}", "text": f"t{i}"}
+        )
     for _ in range(7):
         await wa.expect("ack")
     wb = await WsClient.connect(node, b.access)
@@ -202,7 +244,10 @@ async def test_presence_transitions_are_announced_once_and_debounced(node: TestC
 async def test_new_posts_reach_online_friends(node: TestClient) -> None:
     a, b, _ = await _pair(node)
     stranger = await register(node)
-    wa, ws_stranger = await WsClient.connect(node, a.access), await WsClient.connect(node, stranger.access)
+    wa, ws_stranger = (
+        await WsClient.connect(node, a.access),
+        await WsClient.connect(node, stranger.access),
+    )
     post = await create_post(node, b, "fresh", "friends")
     frame = await wa.expect("post")
     assert frame["post"]["id"] == post["id"] and frame["post"]["author"]["id"] == b.id
@@ -213,8 +258,11 @@ async def test_new_posts_reach_online_friends(node: TestClient) -> None:
 
 async def test_logout_closes_that_logins_sessions(node: TestClient) -> None:
     a = await register(node)
-    other_login = await (await node.post("/api/v1/auth/login", json={
-        "login": a.username, "password": "correct horse battery"})).json()
+    other_login = await (
+        await node.post(
+            "/api/v1/auth/login", json={"login": a.username, "password": "correct horse battery"}
+        )
+    ).json()
     revoked = await WsClient.connect(node, a.access)
     kept = await WsClient.connect(node, other_login["access_token"])
     assert (await node.post("/api/v1/auth/logout", json={"refresh_token": a.refresh})).status == 204
@@ -231,8 +279,15 @@ async def test_blocks_stop_direct_messages_both_ways(node: TestClient) -> None:
     assert (await wa.expect("error"))["code"] == "forbidden"
     await wb.send({"type": "send", "conversation_id": cid, "client_id": "blocked", "text": "hi"})
     assert (await wb.expect("error"))["code"] == "forbidden"
-    await expect_error(await node.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
-                                       json={"text": "hi", "client_id": "rest"}), 403, "forbidden")
+    await expect_error(
+        await node.post(
+            f"/api/v1/conversations/{cid}/messages",
+            headers=a.headers,
+            json={"text": "hi", "client_id": "rest"},
+        ),
+        403,
+        "forbidden",
+    )
 
 
 async def test_concurrent_senders_get_contiguous_seqs(node: TestClient, database_url: str) -> None:
@@ -242,13 +297,22 @@ async def test_concurrent_senders_get_contiguous_seqs(node: TestClient, database
 
     async def blast(i: int) -> None:
         for n in range(per):
-            await sockets[i].send({"type": "send", "conversation_id": cid,
-                                   "client_id": f"w{i}-{n}", "text": f"{i}/{n}"})
+            await sockets[i].send(
+                {
+                    "type": "send",
+                    "conversation_id": cid,
+                    "client_id": f"w{i}-{n}",
+                    "text": f"{i}/{n}",
+                }
+            )
 
     async def rest(user: User, tag: str) -> None:
         for n in range(10):
-            resp = await node.post(f"/api/v1/conversations/{cid}/messages", headers=user.headers,
-                                   json={"text": "rest", "client_id": f"{tag}-{n}"})
+            resp = await node.post(
+                f"/api/v1/conversations/{cid}/messages",
+                headers=user.headers,
+                json={"text": "rest", "client_id": f"{tag}-{n}"},
+            )
             assert resp.status == 201
 
     await asyncio.gather(*[blast(i) for i in range(4)], rest(a, "ra"), rest(b, "rb"))
@@ -263,23 +327,31 @@ async def test_concurrent_senders_get_contiguous_seqs(node: TestClient, database
         assert seqs == list(range(1, total + 1))
     conn = await asyncpg.connect(database_url)
     try:
-        stored = await conn.fetch("SELECT seq FROM chat.messages WHERE conversation_id = $1 ORDER BY seq",
-                                  int(cid))
+        stored = await conn.fetch(
+            "SELECT seq FROM chat.messages WHERE conversation_id = $1 ORDER BY seq", int(cid)
+        )
         assert [r["seq"] for r in stored] == list(range(1, total + 1))
     finally:
         await conn.close()
 
 
-async def _raw_ws_that_never_reads(port: int, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _raw_ws_that_never_reads(
+    port: int, token: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     import socket
+
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write((f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ).encode()
+    )
     await writer.drain()
     assert b"101" in await reader.readline()
     return reader, writer
@@ -294,8 +366,9 @@ async def test_a_slow_reader_is_closed_without_delaying_the_others(make_client) 
     total, chunk = 1600, 32  # ~6 MB: more than any socket buffers between us and the slow one
     for start in range(0, total, chunk):
         for i in range(start, start + chunk):
-            await sender.send({"type": "send", "conversation_id": cid, "client_id": f"f{i}",
-                               "text": "x" * 3900})
+            await sender.send(
+                {"type": "send", "conversation_id": cid, "client_id": f"f{i}", "text": "x" * 3900}
+            )
         while len(fast.of("message")) < start + chunk:
             await fast.expect("message", timeout=10)
     assert [m["message"]["seq"] for m in fast.of("message")] == list(range(1, total + 1))

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from agora.errors import AppError, ErrorCode
 
@@ -32,14 +33,15 @@ class ActorStopped(AppError):
 
 class MailboxFull(AppError):
     def __init__(self, name: str) -> None:
-        super().__init__(ErrorCode.RATE_LIMITED, f"{name} is busy; retry shortly",
-                         headers={"Retry-After": "1"})
+        super().__init__(
+            ErrorCode.RATE_LIMITED, f"{name} is busy; retry shortly", headers={"Retry-After": "1"}
+        )
 
 
 _STOP = object()
 
 
-def future_reply(future: "asyncio.Future[Any]") -> Reply:
+def future_reply(future: asyncio.Future[Any]) -> Reply:
     def reply(result: Any) -> None:
         if future.done():
             return
@@ -47,11 +49,12 @@ def future_reply(future: "asyncio.Future[Any]") -> Reply:
             future.set_exception(result)
         else:
             future.set_result(result)
+
     return reply
 
 
 class Actor(Generic[M]):
-    __slots__ = ("name", "_mailbox", "_task", "_stopped", "on_exit", "__dict__")
+    __slots__ = ("__dict__", "_mailbox", "_stopped", "_task", "name", "on_exit")
     kind = "actor"
     idle_timeout: float | None = None  # stop after this long without mail
 
@@ -60,7 +63,7 @@ class Actor(Generic[M]):
         self._mailbox: asyncio.Queue[Any] = asyncio.Queue(mailbox_size)
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self.on_exit: Callable[["Actor[M]"], None] | None = None
+        self.on_exit: Callable[[Actor[M]], None] | None = None
 
     # -- the outside view ---------------------------------------------------------------------
 
@@ -79,7 +82,7 @@ class Actor(Generic[M]):
         except asyncio.QueueFull:
             raise MailboxFull(self.name) from None
 
-    def ask(self, message: M) -> "asyncio.Future[Any]":
+    def ask(self, message: M) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.tell(message, future_reply(future))
         return future
@@ -166,7 +169,9 @@ class Actor(Generic[M]):
                 try:
                     await self.receive_many(items)
                 except _Crash as crash:
-                    log.error("%s crashed: %r", self.name, crash.__cause__, exc_info=crash.__cause__)
+                    log.error(
+                        "%s crashed: %r", self.name, crash.__cause__, exc_info=crash.__cause__
+                    )
                     if not await self.on_failure(crash.__cause__ or crash):
                         break
                 except Exception as exc:

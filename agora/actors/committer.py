@@ -39,7 +39,10 @@ class Committer(Actor[CommitRequest]):
         rows = [0]
         for request, reply in items:
             for i, batch in enumerate(rounds):
-                if request.conversation_id not in batch and rows[i] + len(request.batch) <= MAX_ROWS:
+                if (
+                    request.conversation_id not in batch
+                    and rows[i] + len(request.batch) <= MAX_ROWS
+                ):
                     batch[request.conversation_id] = (request, reply)
                     rows[i] += len(request.batch)
                     break
@@ -53,7 +56,8 @@ class Committer(Actor[CommitRequest]):
     async def _commit(self, batch: dict[int, tuple[CommitRequest, Reply | None]]) -> None:
         try:
             results = await self.store.commit_many(
-                [(r.conversation_id, r.last_seq, r.batch) for r, _ in batch.values()])
+                [(r.conversation_id, r.last_seq, r.batch) for r, _ in batch.values()]
+            )
         except Exception:
             log.exception("committing %d conversation batch(es) failed", len(batch))
             for _, reply in batch.values():

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Callable, Protocol, Union
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgspec
 
 from agora.actors.base import Actor, ActorStopped, MailboxFull, Reply
-from agora.actors.committer import Committer, CommitRequest
+from agora.actors.committer import CommitRequest, Committer
 from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, forbidden, not_found
 from agora.protocol.chat import MessageOut
@@ -54,7 +55,7 @@ class MembersChangedOp(msgspec.Struct, tag="members", array_like=True):
     """Membership changed in PostgreSQL: reload it before the next command."""
 
 
-ConversationOp = Union[SendOp, TypingOp, ReadOp, MembersChangedOp]
+ConversationOp = SendOp | TypingOp | ReadOp | MembersChangedOp
 
 
 class Sent(msgspec.Struct, array_like=True):
@@ -70,9 +71,15 @@ sent_decoder = msgspec.msgpack.Decoder(Sent)
 
 
 def message_out(row: MessageRow) -> MessageOut:
-    return MessageOut(id=str(row.id), conversation_id=str(row.conversation_id), seq=row.seq,
-                      sender_id=str(row.sender_id), text=row.text, client_id=row.client_id,
-                      created_at=row.created_at)
+    return MessageOut(
+        id=str(row.id),
+        conversation_id=str(row.conversation_id),
+        seq=row.seq,
+        sender_id=str(row.sender_id),
+        text=row.text,
+        client_id=row.client_id,
+        created_at=row.created_at,
+    )
 
 
 class Deliverer(Protocol):
@@ -85,9 +92,16 @@ class Deliverer(Protocol):
 class ConversationActor(Actor[ConversationOp]):
     kind = "conversation"
 
-    def __init__(self, conversation_id: int, store: ChatStore, committer: Committer,
-                 out: Deliverer, clock: Clock, idle_timeout: float = 60.0,
-                 mailbox_size: int = 2000) -> None:
+    def __init__(
+        self,
+        conversation_id: int,
+        store: ChatStore,
+        committer: Committer,
+        out: Deliverer,
+        clock: Clock,
+        idle_timeout: float = 60.0,
+        mailbox_size: int = 2000,
+    ) -> None:
         super().__init__(f"conversation-{conversation_id}", mailbox_size)
         self.id = conversation_id
         self.store = store
@@ -166,9 +180,11 @@ class ConversationActor(Actor[ConversationOp]):
             if (op.sender_id, op.client_id) not in once:
                 once.add((op.sender_id, op.client_id))
                 batch.append(Outgoing(op.sender_id, op.client_id, op.text))
-        for attempt in range(COMMIT_ATTEMPTS):
+        for _ in range(COMMIT_ATTEMPTS):
             try:
-                committed = await self.committer.ask(CommitRequest(self.id, self.state.last_seq, batch))
+                committed = await self.committer.ask(
+                    CommitRequest(self.id, self.state.last_seq, batch)
+                )
                 new, earlier_rows = committed.new, committed.earlier
                 break
             except StaleOwner:
@@ -199,7 +215,9 @@ class ConversationActor(Actor[ConversationOp]):
             if reply:
                 reply(Sent(message, created))
         if new:
-            frames = [encode(MessageFrame(message=outs[(r.sender_id, r.client_id)][0])) for r in new]
+            frames = [
+                encode(MessageFrame(message=outs[(r.sender_id, r.client_id)][0])) for r in new
+            ]
             await self.out.deliver(sorted(self.state.members), frames)
 
     def _remember(self, key: tuple[int, str], message: MessageOut) -> None:
@@ -233,8 +251,9 @@ class ConversationActor(Actor[ConversationOp]):
 class ConversationDirectory:
     """Finds (and starts) the local actor of a conversation this node owns."""
 
-    def __init__(self, factory: Callable[[int], ConversationActor],
-                 metrics_gauge: Any | None = None) -> None:
+    def __init__(
+        self, factory: Callable[[int], ConversationActor], metrics_gauge: Any | None = None
+    ) -> None:
         self._factory = factory
         self._actors: dict[int, ConversationActor] = {}
         self._gauge = metrics_gauge
@@ -283,5 +302,3 @@ class ConversationDirectory:
 
     async def stop_all(self) -> None:
         await self.stop_where(lambda _cid: True)
-
-

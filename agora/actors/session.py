@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -25,8 +26,15 @@ CLOSE_GRACE = 1.0  # seconds a close frame may take before the connection is dro
 class SessionActor(Actor[bytes]):
     kind = "session"
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None,
-                 user_id: int, login_id: int, number: int, outbound_limit: int) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        user_id: int,
+        login_id: int,
+        number: int,
+        outbound_limit: int,
+    ) -> None:
         super().__init__(f"session-{number}", outbound_limit)
         self.ws = ws
         self.transport = transport
@@ -71,14 +79,14 @@ class SessionActor(Actor[bytes]):
         deadline = loop.time() + CLOSE_GRACE
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), CLOSE_GRACE)
-        except (Exception, asyncio.TimeoutError):
+        except (TimeoutError, Exception):
             pass
         transport = self.transport
         if not isinstance(transport, asyncio.WriteTransport):
             return
         # A client that stopped reading never takes the close frame: its bytes sit in our
         # buffer and the connection would stay open for ever. Drop it; the reader loop ends.
-        while transport.get_write_buffer_size() > 0 and loop.time() < deadline:
+        while transport.get_write_buffer_size() > 0 and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if transport.get_write_buffer_size() > 0:
             transport.abort()
@@ -144,5 +152,3 @@ class SessionRegistry:
 
     def all(self) -> list[SessionActor]:
         return [s for group in self.by_user.values() for s in group]
-
-

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Callable, Union
+from collections.abc import Callable
 
 import msgspec
 import redis.asyncio as aioredis
 
-from agora.storage.redis import BLOCK_MS, Keys
+from agora.storage.redis import Keys, read_stream, stream_tail
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Evict(msgspec.Struct, tag="evict", array_like=True):
     ids: list[int]
 
 
-Envelope = Union[Deliver, Command, Answer, Membership, Evict]
+Envelope = Deliver | Command | Answer | Membership | Evict
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[Envelope])
 Handler = Callable[[Envelope], None]
@@ -84,8 +84,7 @@ class Inbox:
 
     async def start(self) -> None:
         """Fix the read position first: whatever is posted to us after this is read."""
-        entries = await self.redis.xrevrange(self.keys.inbox(self.node_id), count=1)
-        position = entries[0][0] if entries else b"0-0"
+        position = await stream_tail(self.redis, self.keys.inbox(self.node_id))
         self._reader = asyncio.create_task(self._read(position), name="inbox-reader")
         self._flusher = asyncio.create_task(self._flush_loop(), name="inbox-flusher")
 
@@ -93,8 +92,9 @@ class Inbox:
         for task in (self._reader, self._flusher):
             if task:
                 task.cancel()
-        await asyncio.gather(*(t for t in (self._reader, self._flusher) if t),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in (self._reader, self._flusher) if t), return_exceptions=True
+        )
         if self._pending:
             try:
                 await self._flush()
@@ -131,8 +131,12 @@ class Inbox:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for node_id, envelopes in by_node.items():
-                        pipe.xadd(self.keys.inbox(node_id), {b"e": _encoder.encode(envelopes)},
-                                  maxlen=STREAM_MAXLEN, approximate=True)
+                        pipe.xadd(
+                            self.keys.inbox(node_id),
+                            {b"e": _encoder.encode(envelopes)},
+                            maxlen=STREAM_MAXLEN,
+                            approximate=True,
+                        )
                     await pipe.execute()
             except BaseException:
                 self._pending[:0] = batch  # keep the order for the retry
@@ -142,26 +146,25 @@ class Inbox:
         stream = self.keys.inbox(self.node_id)
         while True:
             try:
-                reply = await self.redis.xread({stream: position}, block=BLOCK_MS, count=1000)
+                entries = await read_stream(self.redis, stream, position, 1000)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("inbox read failed; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
-            for _name, entries in reply or []:
-                for entry_id, fields in entries:
-                    position = entry_id
+            for entry_id, fields in entries:
+                position = entry_id
+                try:
+                    envelopes = _decoder.decode(fields[b"e"])
+                except (msgspec.DecodeError, KeyError):
+                    log.warning("undecodable inbox entry %r", entry_id)
+                    continue
+                for envelope in envelopes:
                     try:
-                        envelopes = _decoder.decode(fields[b"e"])
-                    except (msgspec.DecodeError, KeyError):
-                        log.warning("undecodable inbox entry %r", entry_id)
-                        continue
-                    for envelope in envelopes:
-                        try:
-                            self.handler(envelope)
-                        except Exception:
-                            log.exception("inbox handler failed")
+                        self.handler(envelope)
+                    except Exception:
+                        log.exception("inbox handler failed")
 
     async def drop(self, node_id: str) -> None:
         """Delete a dead node's inbox."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 
@@ -25,7 +25,9 @@ DeadListener = Callable[[str], Awaitable[None]]
 
 
 def _weight(node_id: str, key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{node_id}|{key}".encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(
+        hashlib.blake2b(f"{node_id}|{key}".encode(), digest_size=8).digest(), "big"
+    )
 
 
 def rendezvous(nodes: Iterable[str], key: str) -> str:
@@ -34,8 +36,15 @@ def rendezvous(nodes: Iterable[str], key: str) -> str:
 
 
 class NodeRegistry:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, node_id: str, clock: Clock,
-                 heartbeat: float = 2.0, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        node_id: str,
+        clock: Clock,
+        heartbeat: float = 2.0,
+        timeout: float = 10.0,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.node_id = node_id

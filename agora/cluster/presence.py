@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Literal
 
 import redis.asyncio as aioredis
 
@@ -21,7 +22,8 @@ from agora.storage.redis import Keys
 
 log = logging.getLogger(__name__)
 
-Announce = Callable[[int, str], Awaitable[None]]
+Status = Literal["online", "offline"]
+Announce = Callable[[int, Status], Awaitable[None]]
 
 # KEYS: where, node users, online; ARGV: node, user, ttl -> 1 when the user just came online
 _CAME_ONLINE = """
@@ -45,8 +47,15 @@ return 0
 
 
 class Presence:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, registry: NodeRegistry,
-                 announce: Announce, debounce: float = 5.0, ttl: int = 120) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        registry: NodeRegistry,
+        announce: Announce,
+        debounce: float = 5.0,
+        ttl: int = 120,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.registry = registry
@@ -71,8 +80,9 @@ class Presence:
         for task in [self._refresher, *self._tasks]:
             if task:
                 task.cancel()
-        await asyncio.gather(*(t for t in [self._refresher, *self._tasks] if t),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in [self._refresher, *self._tasks] if t), return_exceptions=True
+        )
 
     async def connected(self, user_id: int) -> None:
         count = self.local.get(user_id, 0) + 1
@@ -82,7 +92,8 @@ class Presence:
         k = self.keys
         became = await self._came_online(
             keys=[k.where(user_id), k.node_users(self.node_id), k.online(user_id)],
-            args=[self.node_id, user_id, self.ttl])
+            args=[self.node_id, user_id, self.ttl],
+        )
         if int(became):
             await self.announce(user_id, "online")
 
@@ -116,8 +127,10 @@ class Presence:
     async def _check_offline(self, user_id: int) -> None:
         if user_id in self.local:
             return
-        went = await self._went_offline(keys=[self.keys.where(user_id), self.keys.online(user_id)],
-                                        args=sorted(self.registry.live))
+        went = await self._went_offline(
+            keys=[self.keys.where(user_id), self.keys.online(user_id)],
+            args=sorted(self.registry.live),
+        )
         if int(went):
             await self.announce(user_id, "offline")
 
@@ -148,7 +161,9 @@ class Presence:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_lookup(self, users: list[int], future: asyncio.Future[dict[int, set[str]]]) -> None:
+    async def _run_lookup(
+        self, users: list[int], future: asyncio.Future[dict[int, set[str]]]
+    ) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for uid in users:
@@ -162,7 +177,7 @@ class Presence:
             return
         dead = self.registry.dead
         out: dict[int, set[str]] = {}
-        for uid, nodes in zip(users, replies):
+        for uid, nodes in zip(users, replies, strict=True):
             here = {n.decode() for n in nodes} - dead
             if here:
                 out[uid] = here

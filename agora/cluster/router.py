@@ -15,16 +15,31 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
 from agora.actors.base import Reply, future_reply
-from agora.actors.conversation import (ConversationDirectory, ConversationOp, Sent, op_decoder,
-                                       op_encoder, sent_decoder)
+from agora.actors.conversation import (
+    ConversationDirectory,
+    ConversationOp,
+    Sent,
+    op_decoder,
+    op_encoder,
+    sent_decoder,
+)
 from agora.actors.session import SessionRegistry
-from agora.cluster.inbox import (Answer, Command, Deliver, Envelope, Evict, Inbox, Membership,
-                                 group_by_node)
+from agora.cluster.inbox import (
+    Answer,
+    Command,
+    Deliver,
+    Envelope,
+    Evict,
+    Inbox,
+    Membership,
+    group_by_node,
+)
 from agora.cluster.nodes import NodeRegistry
 from agora.cluster.presence import Presence
 from agora.errors import AppError, ErrorCode
@@ -39,9 +54,15 @@ def conversation_key(conversation_id: int) -> str:
 
 
 class Router:
-    def __init__(self, registry: NodeRegistry, presence: Presence, sessions: SessionRegistry,
-                 conversations: ConversationDirectory, answer_timeout: float = 5.0,
-                 on_evict: Callable[[str, list[int]], None] | None = None) -> None:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        presence: Presence,
+        sessions: SessionRegistry,
+        conversations: ConversationDirectory,
+        answer_timeout: float = 5.0,
+        on_evict: Callable[[str, list[int]], None] | None = None,
+    ) -> None:
         self.registry = registry
         self.node_id = registry.node_id
         self.presence = presence
@@ -87,8 +108,9 @@ class Router:
     def owner_of(self, conversation_id: int) -> str:
         return self.registry.owner(conversation_key(conversation_id))
 
-    def submit(self, conversation_id: int, op: ConversationOp, reply: Reply | None,
-               hops: int = 0) -> None:
+    def submit(
+        self, conversation_id: int, op: ConversationOp, reply: Reply | None, hops: int = 0
+    ) -> None:
         owner = self.owner_of(conversation_id)
         if owner == self.node_id or self.inbox is None or hops > 1:
             self.conversations.submit(conversation_id, op, reply)
@@ -110,8 +132,12 @@ class Router:
         waiting = self._waiting.pop(rid, None)
         if waiting is not None:
             waiting[1].cancel()
-            waiting[0](AppError(ErrorCode.UNAVAILABLE,
-                                "the conversation's node did not answer; retry with the same client_id"))
+            waiting[0](
+                AppError(
+                    ErrorCode.UNAVAILABLE,
+                    "the conversation's node did not answer; retry with the same client_id",
+                )
+            )
 
     def pending(self) -> int:
         return len(self._waiting)
@@ -147,11 +173,15 @@ class Router:
 
         def answer(result: Any) -> None:
             if isinstance(result, AppError):
-                inbox.post(command.reply_to, Answer(command.rid, False, code=result.code.value,
-                                                    message=result.message))
+                inbox.post(
+                    command.reply_to,
+                    Answer(command.rid, False, code=result.code.value, message=result.message),
+                )
             elif isinstance(result, BaseException):
-                inbox.post(command.reply_to, Answer(command.rid, False, code="internal_error",
-                                                    message="internal error"))
+                inbox.post(
+                    command.reply_to,
+                    Answer(command.rid, False, code="internal_error", message="internal error"),
+                )
             else:
                 body = _encoder.encode(result) if isinstance(result, Sent) else b""
                 inbox.post(command.reply_to, Answer(command.rid, True, body=body))

@@ -19,8 +19,13 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 @aiohttp_jinja2.template("docs.html")
 async def docs_page(request: web.Request) -> dict[str, str]:
-    return {"title": "Agora API", "version": __version__, "spec_url": "/api/openapi.json",
-            "static": "/api/static", "node_id": request.app[keys.CONFIG].node_id}
+    return {
+        "title": "Agora API",
+        "version": __version__,
+        "spec_url": "/api/openapi.json",
+        "static": "/api/static",
+        "node_id": request.app[keys.CONFIG].node_id,
+    }
 
 
 def add_routes(app: web.Application, static_dir: str) -> None:

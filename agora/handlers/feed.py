@@ -17,7 +17,8 @@ async def feed(call: Call[None, FeedQuery]) -> Page[PostOut] | web.Response:
     """The caller's news feed: their own and their friends' posts they may see.
 
     Newest first with a stable cursor (no repeats or gaps while new posts arrive), or
-    `rank=top`: the last 72 hours ordered by (1 + reactions + 2 x comments) / (age_hours + 2)^1.5."""
+    `rank=top`: the last 72 hours ordered by
+    (1 + reactions + 2 x comments) / (age_hours + 2)^1.5."""
     q = call.query
     service = call.app[keys.FEED]
     if q.rank == "top":

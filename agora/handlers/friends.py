@@ -12,15 +12,22 @@ from agora.server.routing import Call, Reply, Routes
 routes = Routes("friends")
 
 
-@routes.post("/friends/requests", body=UserRef, response=FriendRequestOut, status=201,
-             also=((200, FriendRequestOut, "The other user had already asked: now accepted"),))
+@routes.post(
+    "/friends/requests",
+    body=UserRef,
+    response=FriendRequestOut,
+    status=201,
+    also=((200, FriendRequestOut, "The other user had already asked: now accepted"),),
+)
 async def send_request(call: Call[UserRef, Any]) -> Reply:
     """Ask a user to be friends.
 
     When that user has already asked the caller, this accepts their request instead (200,
     status `accepted`). Blocked or unknown users answer 404; already friends or already asked,
     409; 5,000 friends at most."""
-    status, out = await call.app[keys.SOCIAL].send_request(call.viewer.user_id, int(call.body.user_id))
+    status, out = await call.app[keys.SOCIAL].send_request(
+        call.viewer.user_id, int(call.body.user_id)
+    )
     return Reply(status, out)
 
 
@@ -28,20 +35,25 @@ async def send_request(call: Call[UserRef, Any]) -> Reply:
 async def list_requests(call: Call[None, FriendRequestQuery]) -> Page[FriendRequestOut]:
     """Pending friend requests to (`incoming`) or from (`outgoing`) the caller, newest first."""
     q = call.query
-    return await call.app[keys.SOCIAL].list_requests(call.viewer.user_id, q.direction == "incoming",
-                                                    q.cursor, q.limit)
+    return await call.app[keys.SOCIAL].list_requests(
+        call.viewer.user_id, q.direction == "incoming", q.cursor, q.limit
+    )
 
 
 @routes.post("/friends/requests/{id}/accept", response=FriendRequestOut)
 async def accept_request(call: Call[None, Any]) -> FriendRequestOut:
     """Accept a pending request sent to the caller."""
-    return await call.app[keys.SOCIAL].accept(call.viewer.user_id, call.path_id("id", "friend request"))
+    return await call.app[keys.SOCIAL].accept(
+        call.viewer.user_id, call.path_id("id", "friend request")
+    )
 
 
 @routes.post("/friends/requests/{id}/decline", response=FriendRequestOut)
 async def decline_request(call: Call[None, Any]) -> FriendRequestOut:
     """Decline a pending request sent to the caller."""
-    return await call.app[keys.SOCIAL].decline(call.viewer.user_id, call.path_id("id", "friend request"))
+    return await call.app[keys.SOCIAL].decline(
+        call.viewer.user_id, call.path_id("id", "friend request")
+    )
 
 
 @routes.delete("/friends/requests/{id}", status=204)
@@ -62,8 +74,11 @@ async def user_friends(call: Call[None, PageQuery]) -> Page[FriendOut]:
     """A user's friends, without anyone hidden from the caller by a block."""
     viewer = call.maybe_viewer
     return await call.app[keys.SOCIAL].list_friends(
-        viewer.user_id if viewer else None, call.path_id("id", "user"), call.query.cursor,
-        call.query.limit)
+        viewer.user_id if viewer else None,
+        call.path_id("id", "user"),
+        call.query.cursor,
+        call.query.limit,
+    )
 
 
 @routes.delete("/friends/{user_id}", status=204)
@@ -75,8 +90,13 @@ async def unfriend(call: Call[None, Any]) -> None:
 blocks = Routes("blocks")
 
 
-@blocks.post("/blocks", body=UserRef, response=BlockOut, status=201,
-             also=((200, BlockOut, "Already blocked"),))
+@blocks.post(
+    "/blocks",
+    body=UserRef,
+    response=BlockOut,
+    status=201,
+    also=((200, BlockOut, "Already blocked"),),
+)
 async def block(call: Call[UserRef, Any]) -> Reply:
     """Block a user: ends the friendship, cancels pending requests, and hides both users from
     each other everywhere (profiles, posts, comments, feed, friend lists, messages)."""
@@ -87,8 +107,9 @@ async def block(call: Call[UserRef, Any]) -> Reply:
 @blocks.get("/blocks", query=PageQuery, response=Page[BlockOut])
 async def list_blocks(call: Call[None, PageQuery]) -> Page[BlockOut]:
     """Users the caller blocked, most recent first."""
-    return await call.app[keys.SOCIAL].list_blocks(call.viewer.user_id, call.query.cursor,
-                                                  call.query.limit)
+    return await call.app[keys.SOCIAL].list_blocks(
+        call.viewer.user_id, call.query.cursor, call.query.limit
+    )
 
 
 @blocks.delete("/blocks/{user_id}", status=204)

@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from agora.protocol.common import Page, PageQuery
-from agora.protocol.content import (CommentOut, CreateCommentIn, CreatePostIn, PostOut, ReactIn,
-                                    UpdatePostIn)
+from agora.protocol.content import (
+    CommentOut,
+    CreateCommentIn,
+    CreatePostIn,
+    PostOut,
+    ReactIn,
+    UpdatePostIn,
+)
 from agora.server import keys
 from agora.server.routing import Call, Routes
 
@@ -33,8 +39,9 @@ async def get_post(call: Call[None, Any]) -> PostOut:
 @routes.patch("/posts/{id}", body=UpdatePostIn, response=PostOut)
 async def update_post(call: Call[UpdatePostIn, Any]) -> PostOut:
     """Edit text or visibility (author only); `updated_at` moves."""
-    return await call.app[keys.POSTS].update(call.viewer.user_id, call.path_id("id", "post"),
-                                             call.body)
+    return await call.app[keys.POSTS].update(
+        call.viewer.user_id, call.path_id("id", "post"), call.body
+    )
 
 
 @routes.delete("/posts/{id}", status=204)
@@ -46,15 +53,17 @@ async def delete_post(call: Call[None, Any]) -> None:
 @routes.get("/users/{id}/posts", query=PageQuery, response=Page[PostOut], auth="optional")
 async def user_posts(call: Call[None, PageQuery]) -> Page[PostOut]:
     """A user's posts the caller may see, newest first."""
-    return await call.app[keys.POSTS].by_user(_viewer_id(call), call.path_id("id", "user"),
-                                              call.query.cursor, call.query.limit)
+    return await call.app[keys.POSTS].by_user(
+        _viewer_id(call), call.path_id("id", "user"), call.query.cursor, call.query.limit
+    )
 
 
 @routes.put("/posts/{id}/reactions", body=ReactIn, response=PostOut)
 async def react(call: Call[ReactIn, Any]) -> PostOut:
     """Set the caller's reaction (one per user per post; a new type replaces the old)."""
-    return await call.app[keys.POSTS].react(call.viewer.user_id, call.path_id("id", "post"),
-                                            call.body.type)
+    return await call.app[keys.POSTS].react(
+        call.viewer.user_id, call.path_id("id", "post"), call.body.type
+    )
 
 
 @routes.delete("/posts/{id}/reactions", status=204)
@@ -66,15 +75,17 @@ async def unreact(call: Call[None, Any]) -> None:
 @routes.post("/posts/{id}/comments", body=CreateCommentIn, response=CommentOut, status=201)
 async def add_comment(call: Call[CreateCommentIn, Any]) -> CommentOut:
     """Comment on a post, or reply to one of its comments with `parent_id`."""
-    return await call.app[keys.POSTS].add_comment(call.viewer.user_id, call.path_id("id", "post"),
-                                                  call.body)
+    return await call.app[keys.POSTS].add_comment(
+        call.viewer.user_id, call.path_id("id", "post"), call.body
+    )
 
 
 @routes.get("/posts/{id}/comments", query=PageQuery, response=Page[CommentOut], auth="optional")
 async def list_comments(call: Call[None, PageQuery]) -> Page[CommentOut]:
     """A post's comments, oldest first."""
-    return await call.app[keys.POSTS].list_comments(_viewer_id(call), call.path_id("id", "post"),
-                                                    call.query.cursor, call.query.limit)
+    return await call.app[keys.POSTS].list_comments(
+        _viewer_id(call), call.path_id("id", "post"), call.query.cursor, call.query.limit
+    )
 
 
 @routes.delete("/comments/{id}", status=204)

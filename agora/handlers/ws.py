@@ -17,14 +17,28 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from agora.actors.base import Reply
-from agora.actors.conversation import ReadOp, Sent, SendOp, TypingOp
+from agora.actors.conversation import ReadOp, SendOp, Sent, TypingOp
 from agora.actors.session import SessionActor
 from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, unauthorized
 from agora.protocol.codec import humanize
-from agora.protocol.frames import (Ack, CloseCode, ErrorFrame, MessageFrame, Ping, Pong, Read,
-                                   Ready, Send, Sync, Synced, Typing, client_decoder, encode,
-                                   frame_ref)
+from agora.protocol.frames import (
+    Ack,
+    CloseCode,
+    ErrorFrame,
+    MessageFrame,
+    Ping,
+    Pong,
+    Read,
+    Ready,
+    Send,
+    Sync,
+    Synced,
+    Typing,
+    client_decoder,
+    encode,
+    frame_ref,
+)
 from agora.server import keys
 from agora.server.logs import request_id_var
 from agora.server.middleware import name_response
@@ -38,7 +52,7 @@ SYNC_PAGE = 500
 class TokenBucket:
     """``rate`` frames per second sustained, bursts up to ``burst``; rate 0 = unlimited."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp", "clock")
+    __slots__ = ("burst", "clock", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int, clock: Clock) -> None:
         self.rate, self.burst, self.clock = rate, float(burst), clock
@@ -57,8 +71,9 @@ class TokenBucket:
         return True
 
 
-def _error(code: ErrorCode | str, message: str, ref: str | None = None,
-           retry: bool = False) -> bytes:
+def _error(
+    code: ErrorCode | str, message: str, ref: str | None = None, retry: bool = False
+) -> bytes:
     return encode(ErrorFrame(code=str(code), message=message, ref=ref, retry=retry))
 
 
@@ -85,8 +100,9 @@ class Connection:
                 data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
                 self.handle(data)
             elif msg.type is WSMsgType.BINARY:
-                self.session.push(_error(ErrorCode.VALIDATION_ERROR,
-                                         "send JSON in text frames, not binary"))
+                self.session.push(
+                    _error(ErrorCode.VALIDATION_ERROR, "send JSON in text frames, not binary")
+                )
             elif msg.type is WSMsgType.ERROR:
                 self.metrics.ws_closed.labels("protocol_error").inc()
                 break
@@ -98,8 +114,9 @@ class Connection:
             frame = client_decoder.decode(raw)
         except msgspec.ValidationError as exc:
             self.metrics.ws_frames_in.labels("invalid").inc()
-            self.session.push(_error(ErrorCode.VALIDATION_ERROR, humanize(str(exc)) + _where(exc),
-                                     frame_ref(raw)))
+            self.session.push(
+                _error(ErrorCode.VALIDATION_ERROR, humanize(str(exc)) + _where(exc), frame_ref(raw))
+            )
             return
         except msgspec.DecodeError:
             self.metrics.ws_frames_in.labels("invalid").inc()
@@ -109,7 +126,9 @@ class Connection:
         match frame:
             case Send(conversation_id=cid, client_id=client_id, text=text):
                 self.metrics.ws_frames_in.labels("send").inc()
-                self.router.submit(int(cid), SendOp(user, client_id, text), self._on_sent(client_id))
+                self.router.submit(
+                    int(cid), SendOp(user, client_id, text), self._on_sent(client_id)
+                )
             case Typing(conversation_id=cid):
                 self.metrics.ws_frames_in.labels("typing").inc()
                 self.router.submit(int(cid), TypingOp(user), self._on_done(cid))
@@ -119,8 +138,13 @@ class Connection:
             case Sync(conversation_id=cid, after_seq=after):
                 self.metrics.ws_frames_in.labels("sync").inc()
                 if self._sync is not None and not self._sync.done():
-                    self.session.push(_error(ErrorCode.RATE_LIMITED,
-                                             "a sync is already running; wait for `synced`", cid))
+                    self.session.push(
+                        _error(
+                            ErrorCode.RATE_LIMITED,
+                            "a sync is already running; wait for `synced`",
+                            cid,
+                        )
+                    )
                     return
                 self._sync = asyncio.create_task(self._run_sync(int(cid), after))
             case Ping():
@@ -133,10 +157,19 @@ class Connection:
         def reply(result: Any) -> None:
             if isinstance(result, Sent):
                 m = result.message
-                session.push(encode(Ack(client_id=client_id, message_id=m.id, seq=m.seq,
-                                        conversation_id=m.conversation_id)))
+                session.push(
+                    encode(
+                        Ack(
+                            client_id=client_id,
+                            message_id=m.id,
+                            seq=m.seq,
+                            conversation_id=m.conversation_id,
+                        )
+                    )
+                )
             else:
                 session.push(_failure(result, client_id))
+
         return reply
 
     def _on_done(self, ref: str) -> Reply:
@@ -145,12 +178,14 @@ class Connection:
         def reply(result: Any) -> None:
             if isinstance(result, BaseException):
                 session.push(_failure(result, ref))
+
         return reply
 
     async def _run_sync(self, conversation_id: int, after_seq: int) -> None:
         try:
-            last = await self.chat.sync(self.session.user_id, conversation_id, after_seq,
-                                        SYNC_PAGE, self._push_messages)
+            last = await self.chat.sync(
+                self.session.user_id, conversation_id, after_seq, SYNC_PAGE, self._push_messages
+            )
             self.session.push(encode(Synced(conversation_id=str(conversation_id), last_seq=last)))
         except AppError as err:
             self.session.push(_failure(err, str(conversation_id)))
@@ -158,14 +193,14 @@ class Connection:
             raise
         except Exception:
             log.exception("sync failed")
-            self.session.push(_error(ErrorCode.INTERNAL_ERROR, "sync failed; retry",
-                                     str(conversation_id), retry=True))
+            self.session.push(
+                _error(
+                    ErrorCode.INTERNAL_ERROR, "sync failed; retry", str(conversation_id), retry=True
+                )
+            )
 
     def _push_messages(self, messages: list[Any]) -> bool:
-        for message in messages:
-            if not self.session.push(encode(MessageFrame(message=message))):
-                return False
-        return True
+        return all(self.session.push(encode(MessageFrame(message=m))) for m in messages)
 
 
 def _where(exc: msgspec.ValidationError) -> str:
@@ -193,13 +228,23 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     viewer = app[keys.ACCOUNTS].authenticate(token)  # 401 before the upgrade
 
     config = app[keys.CONFIG].ws
-    ws = web.WebSocketResponse(compress=False, max_msg_size=config.max_frame_bytes,
-                               heartbeat=config.heartbeat, decode_text=False)
+    ws = web.WebSocketResponse(
+        compress=False,
+        max_msg_size=config.max_frame_bytes,
+        heartbeat=config.heartbeat,
+        decode_text=False,
+    )
     name_response(request, ws)
     await ws.prepare(request)
     sessions, presence, metrics = app[keys.SESSIONS], app[keys.PRESENCE], app[keys.METRICS]
-    session = SessionActor(ws, request.transport, viewer.user_id, viewer.session_id,
-                           sessions.next_number(), config.outbound_queue)
+    session = SessionActor(
+        ws,
+        request.transport,
+        viewer.user_id,
+        viewer.session_id,
+        sessions.next_number(),
+        config.outbound_queue,
+    )
     session.start()
     sessions.add(session)
     metrics.ws_sessions.inc()
@@ -211,8 +256,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await presence.connected(viewer.user_id)
         except Exception:
             log.warning("presence update failed for user %d", viewer.user_id, exc_info=True)
-        session.push(encode(Ready(session_id=session.name, user_id=str(viewer.user_id),
-                                  node_id=app[keys.CONFIG].node_id, heartbeat=config.heartbeat)))
+        session.push(
+            encode(
+                Ready(
+                    session_id=session.name,
+                    user_id=str(viewer.user_id),
+                    node_id=app[keys.CONFIG].node_id,
+                    heartbeat=config.heartbeat,
+                )
+            )
+        )
         await Connection(app, session).run(ws)
     finally:
         sessions.remove(session)
@@ -224,8 +277,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _finish(session: SessionActor, ws: web.WebSocketResponse, presence: Any,
-                  user_id: int) -> None:
+async def _finish(
+    session: SessionActor, ws: web.WebSocketResponse, presence: Any, user_id: int
+) -> None:
     await session.stop()
     if not ws.closed:
         await ws.close()

@@ -9,15 +9,25 @@ import msgspec
 
 Username = Annotated[
     str,
-    msgspec.Meta(min_length=3, max_length=30, pattern=r"^[A-Za-z0-9_]+$",
-                 description="3-30 letters, digits or underscores (unique ignoring case)"),
+    msgspec.Meta(
+        min_length=3,
+        max_length=30,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="3-30 letters, digits or underscores (unique ignoring case)",
+    ),
 ]
 Email = Annotated[
     str,
-    msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
-                 description="an email address (unique ignoring case)"),
+    msgspec.Meta(
+        min_length=3,
+        max_length=254,
+        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        description="an email address (unique ignoring case)",
+    ),
 ]
-Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024, description="at least 8 characters")]
+Password = Annotated[
+    str, msgspec.Meta(min_length=8, max_length=1024, description="at least 8 characters")
+]
 DisplayName = Annotated[str, msgspec.Meta(max_length=100)]
 Bio = Annotated[str, msgspec.Meta(max_length=2000)]
 Role = Literal["user", "moderator", "admin"]
@@ -31,7 +41,9 @@ class RegisterIn(msgspec.Struct):
 
 
 class LoginIn(msgspec.Struct):
-    login: Annotated[str, msgspec.Meta(min_length=1, max_length=254, description="username or email")]
+    login: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=254, description="username or email")
+    ]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
@@ -68,4 +80,6 @@ class UpdateMeIn(msgspec.Struct):
 
     display_name: DisplayName | msgspec.UnsetType = msgspec.UNSET
     bio: Bio | msgspec.UnsetType = msgspec.UNSET
-    avatar_media_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$")] | None | msgspec.UnsetType = msgspec.UNSET
+    avatar_media_id: (
+        Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$")] | msgspec.UnsetType | None
+    ) = msgspec.UNSET

@@ -11,11 +11,19 @@ from agora.protocol.accounts import UserOut
 from agora.protocol.common import Cursor, Id, Limit
 
 MAX_TEXT = 4000
-MessageText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT,
-                                          description="1-4,000 characters")]
-ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
-                                       description="1-64 letters, digits or `._:-`, chosen by the "
-                                                   "client; resending it returns the first message")]
+MessageText = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_TEXT, description="1-4,000 characters")
+]
+ClientId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="1-64 letters, digits or `._:-`, chosen by the "
+        "client; resending it returns the first message",
+    ),
+]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
@@ -42,8 +50,10 @@ class ConversationOut(msgspec.Struct):
 
 
 class CreateConversationIn(msgspec.Struct):
-    member_ids: Annotated[list[Id], msgspec.Meta(min_length=1, max_length=250,
-                                                 description="the other members (friends only)")]
+    member_ids: Annotated[
+        list[Id],
+        msgspec.Meta(min_length=1, max_length=250, description="the other members (friends only)"),
+    ]
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 

@@ -8,7 +8,8 @@ every bad field with its own message (the contract asks for all of them, not onl
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -30,8 +31,15 @@ def _decoder(tp: type[T]) -> msgspec.json.Decoder[T]:
     return dec
 
 
-_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-               "array": "a list", "object": "an object", "null": "null"}
+_TYPE_NAMES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+}
 _LENGTH = re.compile(r"^Expected `(str|array|object)` of length (>=|<=) (\d+)$")
 _BOUND = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (-?[\d.]+)$")
 _WRONG_TYPE = re.compile(r"^Expected `([^`]+)`, got `([^`]+)`$")
@@ -115,9 +123,12 @@ def convert_query(tp: type[T], params: Mapping[str, str]) -> T:
     try:
         return msgspec.convert(data, tp, strict=False)
     except msgspec.ValidationError:
-        errors = _field_errors(tp, data, strict=False) or _whole_struct_error(tp, data, strict=False)
-        raise AppError(ErrorCode.VALIDATION_ERROR, "the query string is not valid", status=400,
-                       fields=errors) from None
+        errors = _field_errors(tp, data, strict=False) or _whole_struct_error(
+            tp, data, strict=False
+        )
+        raise AppError(
+            ErrorCode.VALIDATION_ERROR, "the query string is not valid", status=400, fields=errors
+        ) from None
 
 
 def encode(value: Any) -> bytes:

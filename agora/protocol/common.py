@@ -8,9 +8,13 @@ import msgspec
 
 T = TypeVar("T")
 
-Id = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$", description="An object id (a string of digits).")]
+Id = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9]{1,19}$", description="An object id (a string of digits).")
+]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100, description="Page size, 1-100 (default 20).")]
-Cursor = Annotated[str, msgspec.Meta(max_length=512, description="Opaque cursor from `next_cursor`.")]
+Cursor = Annotated[
+    str, msgspec.Meta(max_length=512, description="Opaque cursor from `next_cursor`.")
+]
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):

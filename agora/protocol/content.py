@@ -14,10 +14,12 @@ Visibility = Literal["public", "friends", "private"]
 ReactionType = Literal["like", "love", "haha", "wow", "sad", "angry"]
 REACTION_TYPES: tuple[str, ...] = ("like", "love", "haha", "wow", "sad", "angry")
 
-PostText = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000,
-                                       description="1-10,000 characters")]
-CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=5_000,
-                                          description="1-5,000 characters")]
+PostText = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=10_000, description="1-10,000 characters")
+]
+CommentText = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=5_000, description="1-5,000 characters")
+]
 
 
 class MediaOut(msgspec.Struct):

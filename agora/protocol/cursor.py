@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -20,8 +20,12 @@ _decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def _bad() -> AppError:
-    return AppError(ErrorCode.VALIDATION_ERROR, "the cursor is not valid for this list",
-                    status=400, fields={"cursor": "invalid cursor; pass back a next_cursor value"})
+    return AppError(
+        ErrorCode.VALIDATION_ERROR,
+        "the cursor is not valid for this list",
+        status=400,
+        fields={"cursor": "invalid cursor; pass back a next_cursor value"},
+    )
 
 
 def encode_cursor(kind: str, **values: Any) -> str:
@@ -50,7 +54,7 @@ def decode_cursor(cursor: str | None, kind: str, **types: type) -> dict[str, Any
     return out
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 

@@ -6,7 +6,7 @@ field's type never changes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,7 +41,7 @@ class Ping(msgspec.Struct, tag="ping", tag_field="type"):
     pass
 
 
-ClientFrame = Union[Send, Typing, Read, Sync, Ping]
+ClientFrame = Send | Typing | Read | Sync | Ping
 
 # -- server -> client ------------------------------------------------------------------------
 
@@ -104,8 +104,19 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", omit_defaults=Tr
     retry: bool = False
 
 
-ServerFrame = Union[Ready, Ack, MessageFrame, TypingFrame, ReadFrame, PresenceFrame,
-                    NotificationFrame, PostFrame, Synced, Pong, ErrorFrame]
+ServerFrame = (
+    Ready
+    | Ack
+    | MessageFrame
+    | TypingFrame
+    | ReadFrame
+    | PresenceFrame
+    | NotificationFrame
+    | PostFrame
+    | Synced
+    | Pong
+    | ErrorFrame
+)
 
 client_decoder = msgspec.json.Decoder(ClientFrame)
 server_encoder = msgspec.json.Encoder()

@@ -7,36 +7,36 @@ order; aiohttp closes them in reverse on shutdown.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from agora.clock import Clock
-from agora.config import Config
 from agora.actors.committer import Committer
 from agora.actors.conversation import ConversationActor, ConversationDirectory
 from agora.actors.session import SessionRegistry
+from agora.clock import Clock
 from agora.cluster.inbox import Inbox
 from agora.cluster.nodes import NodeRegistry
 from agora.cluster.presence import Presence
 from agora.cluster.router import Router, conversation_key
+from agora.config import Config
 from agora.handlers import auth, conversations, docs, feed, friends, posts, users, ws
+from agora.protocol.frames import CloseCode
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
 from agora.server.metrics import Metrics
 from agora.server.middleware import InFlight, envelope_middleware
 from agora.server.routing import mount
-from agora.protocol.frames import CloseCode
 from agora.services.accounts import AccountService
 from agora.services.chat import ChatService
 from agora.services.feed import FeedService
 from agora.services.feed_pages import FeedPages
 from agora.services.invalidation import Invalidator
-from agora.services.posts import PostService
 from agora.services.passwords import Passwords
+from agora.services.posts import PostService
 from agora.services.ratelimit import RateLimiter
 from agora.services.realtime import Realtime
 from agora.services.revocations import Revocations
@@ -46,8 +46,8 @@ from agora.storage import redis as redis_store
 from agora.storage.accounts import AccountStore
 from agora.storage.chat import ChatStore
 from agora.storage.content import CommentStore, PostStore
-from agora.storage.feed_cache import FeedCache
 from agora.storage.db import Database
+from agora.storage.feed_cache import FeedCache
 from agora.storage.migrations import migrate
 from agora.storage.social import SocialStore
 
@@ -55,8 +55,15 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 API_PREFIX = "/api/v1"
-REST_TABLES = [auth.routes, users.routes, friends.routes, friends.blocks, posts.routes,
-               feed.routes, conversations.routes]
+REST_TABLES = [
+    auth.routes,
+    users.routes,
+    friends.routes,
+    friends.blocks,
+    posts.routes,
+    feed.routes,
+    conversations.routes,
+]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -65,9 +72,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     applied = await migrate(config.database.url)
     if applied:
         log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
-    db = await Database.connect(config.database.url, min_size=config.database.pool_min,
-                                max_size=config.database.pool_max,
-                                observe=app[keys.METRICS].observe_db)
+    db = await Database.connect(
+        config.database.url,
+        min_size=config.database.pool_min,
+        max_size=config.database.pool_max,
+        observe=app[keys.METRICS].observe_db,
+    )
     app[keys.DB] = db
     yield
     await db.close()
@@ -104,10 +114,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     revocations = Revocations(redis, rkeys, store, clock, config.auth.access_ttl)
     await revocations.start()
     app[keys.ACCOUNTS] = AccountService(
-        store=store, passwords=passwords,
+        store=store,
+        passwords=passwords,
         tokens=TokenIssuer(config.auth.jwt_secret, config.auth.access_ttl, clock),
-        revocations=revocations, limiter=RateLimiter(redis, rkeys), clock=clock,
-        refresh_ttl=config.auth.refresh_ttl)
+        revocations=revocations,
+        limiter=RateLimiter(redis, rkeys),
+        clock=clock,
+        refresh_ttl=config.auth.refresh_ttl,
+    )
 
     social_store, post_store = SocialStore(db), PostStore(db)
     feed_cache = FeedCache(redis, rkeys, size=config.feed_cache_size)
@@ -115,11 +129,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[keys.INVALIDATOR] = invalidator
     app[keys.ACCOUNTS].invalidator = invalidator
     app[keys.SOCIAL] = SocialService(db, social_store, store, feed_cache, invalidator)
-    app[keys.FEED] = FeedService(post_store, social_store, feed_cache, invalidator.pages,
-                                 invalidator, clock)
+    app[keys.FEED] = FeedService(
+        post_store, social_store, feed_cache, invalidator.pages, invalidator, clock
+    )
     app[keys.REALTIME] = Realtime(social_store)
-    app[keys.POSTS] = PostService(post_store, CommentStore(db), store, app[keys.FEED],
-                                  on_created=app[keys.REALTIME].post_created)
+    app[keys.POSTS] = PostService(
+        post_store,
+        CommentStore(db),
+        store,
+        app[keys.FEED],
+        on_created=app[keys.REALTIME].post_created,
+    )
     yield
     await revocations.stop()
     passwords.close()
@@ -139,12 +159,15 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     committer = Committer(chat_store)
     committer.start()
     conversations = ConversationDirectory(
-        lambda cid: ConversationActor(cid, chat_store, committer, router_box[0], clock,
-                                      cc.conversation_idle),
-        app[keys.METRICS].actors.labels("conversation"))
+        lambda cid: ConversationActor(
+            cid, chat_store, committer, router_box[0], clock, cc.conversation_idle
+        ),
+        app[keys.METRICS].actors.labels("conversation"),
+    )
     invalidator = app[keys.INVALIDATOR]
-    router = Router(nodes, presence, sessions, conversations, cc.answer_timeout,
-                    on_evict=invalidator.apply)
+    router = Router(
+        nodes, presence, sessions, conversations, cc.answer_timeout, on_evict=invalidator.apply
+    )
     invalidator.cluster = router
     router_box.append(router)
     realtime.router = router
@@ -162,7 +185,8 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     router.announce(joined=True)
     await presence.start()
     unsubscribe = app[keys.ACCOUNTS].revocations.subscribe(
-        lambda sid: sessions.close_login(sid, CloseCode.REVOKED, "revoked"))
+        lambda sid: sessions.close_login(sid, CloseCode.REVOKED, "revoked")
+    )
 
     app[keys.NODES], app[keys.SESSIONS], app[keys.PRESENCE] = nodes, sessions, presence
     app[keys.CONVERSATIONS], app[keys.ROUTER] = conversations, router
@@ -181,8 +205,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """Build a node. ``config`` must be resolved: database and Redis URLs and JWT secret set."""
-    app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[envelope_middleware])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[envelope_middleware])
     app[keys.CONFIG] = config
     app[keys.CLOCK] = clock or Clock()
     app[keys.METRICS] = Metrics()
@@ -192,7 +215,10 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)
     ws.add_routes(app)
-    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
-                         autoescape=jinja2.select_autoescape(["html"]))
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
     docs.add_routes(app, str(HERE / "static"))
     return app

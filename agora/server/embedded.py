@@ -65,14 +65,13 @@ class EmbeddedPostgres:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         logging.getLogger("pgserver").setLevel(logging.WARNING)
         try:
-            server = pgserver.get_server(self.dir, cleanup_mode="stop")
+            server = pgserver.get_server(self.dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         except Exception as exc:
             log_file = self.dir / "log"
             tail = log_file.read_text()[-2000:] if log_file.exists() else ""
             raise EmbeddedError(f"embedded PostgreSQL did not start: {exc}\n{tail}") from exc
         self._server = server
-        exists = server.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
         if "(1 row)" not in exists:
             server.psql(f"CREATE DATABASE {DATABASE_NAME};")
         return str(server.get_uri(DATABASE_NAME))
@@ -104,23 +103,42 @@ class EmbeddedRedis:
         self._stop_leftover()
         args = [
             str(self.binary()),
-            "--port", "0",  # no TCP at all: Unix socket only
-            "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-            "--dir", str(self.dir),
-            "--pidfile", str(self.pidfile),
-            "--logfile", str(self.dir / "redis.log"),
-            "--daemonize", "no",
-            "--appendonly", "yes", "--appendfsync", "everysec",
-            "--save", "300 1",
+            "--port",
+            "0",  # no TCP at all: Unix socket only
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--pidfile",
+            str(self.pidfile),
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "300 1",
         ]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                                      cwd=self.dir)
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            cwd=self.dir,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise EmbeddedError(f"embedded Redis exited with {self._proc.returncode}; "
-                                    f"see {self.dir / 'redis.log'}")
+                raise EmbeddedError(
+                    f"embedded Redis exited with {self._proc.returncode}; "
+                    f"see {self.dir / 'redis.log'}"
+                )
             if self._answers():
                 return f"unix://{self.socket}"
             time.sleep(0.05)
@@ -179,14 +197,15 @@ class Embedded:
     def lock(self, data_dir: Path) -> None:
         """One node per data dir: two nodes cannot share embedded services."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(data_dir / "node.lock", "w")
+        handle = open(data_dir / "node.lock", "w")  # noqa: SIM115 (held for the node's life)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             raise EmbeddedError(
                 f"another Agora node is using the embedded services in {data_dir}; for several "
-                "nodes set AGORA_DATABASE_URL and AGORA_REDIS_URL (or AGORA_DATA_DIR)") from None
+                "nodes set AGORA_DATABASE_URL and AGORA_REDIS_URL (or AGORA_DATA_DIR)"
+            ) from None
         self._lock = handle
 
     def stop(self) -> None:

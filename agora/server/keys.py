@@ -16,38 +16,40 @@ if TYPE_CHECKING:
     from agora.cluster.nodes import NodeRegistry
     from agora.cluster.presence import Presence
     from agora.cluster.router import Router
-    from agora.services.chat import ChatService
-    from agora.services.realtime import Realtime
     from agora.server.amqp import Amqp
     from agora.server.metrics import Metrics
     from agora.server.middleware import InFlight
     from agora.server.routing import Endpoint
     from agora.services.accounts import AccountService
+    from agora.services.chat import ChatService
     from agora.services.feed import FeedService
     from agora.services.invalidation import Invalidator
     from agora.services.posts import PostService
+    from agora.services.realtime import Realtime
     from agora.services.social import SocialService
     from agora.storage.db import Database
     from agora.storage.redis import Keys
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
-METRICS = web.AppKey("metrics", "Metrics")
-IN_FLIGHT = web.AppKey("in_flight", "InFlight")
-ENDPOINTS = web.AppKey("endpoints", "list[Endpoint]")
-DB = web.AppKey("db", "Database")
 REDIS = web.AppKey("redis", aioredis.Redis)
-REDIS_KEYS = web.AppKey("redis_keys", "Keys")
-AMQP = web.AppKey("amqp", "Amqp | None")
-ACCOUNTS = web.AppKey("accounts", "AccountService")
-SOCIAL = web.AppKey("social", "SocialService")
-FEED = web.AppKey("feed", "FeedService")
-INVALIDATOR = web.AppKey("invalidator", "Invalidator")
-POSTS = web.AppKey("posts", "PostService")
-CHAT = web.AppKey("chat", "ChatService")
-SESSIONS = web.AppKey("sessions", "SessionRegistry")
-CONVERSATIONS = web.AppKey("conversations", "ConversationDirectory")
-NODES = web.AppKey("nodes", "NodeRegistry")
-PRESENCE = web.AppKey("presence", "Presence")
-ROUTER = web.AppKey("router", "Router")
-REALTIME = web.AppKey("realtime", "Realtime")
+# The rest are typed by annotation: their classes import this module, so they cannot be
+# imported here at run time.
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
+ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
+DB: web.AppKey[Database] = web.AppKey("db")
+REDIS_KEYS: web.AppKey[Keys] = web.AppKey("redis_keys")
+AMQP: web.AppKey[Amqp | None] = web.AppKey("amqp")
+ACCOUNTS: web.AppKey[AccountService] = web.AppKey("accounts")
+SOCIAL: web.AppKey[SocialService] = web.AppKey("social")
+FEED: web.AppKey[FeedService] = web.AppKey("feed")
+INVALIDATOR: web.AppKey[Invalidator] = web.AppKey("invalidator")
+POSTS: web.AppKey[PostService] = web.AppKey("posts")
+CHAT: web.AppKey[ChatService] = web.AppKey("chat")
+SESSIONS: web.AppKey[SessionRegistry] = web.AppKey("sessions")
+CONVERSATIONS: web.AppKey[ConversationDirectory] = web.AppKey("conversations")
+NODES: web.AppKey[NodeRegistry] = web.AppKey("nodes")
+PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
+ROUTER: web.AppKey[Router] = web.AppKey("router")
+REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")

@@ -47,7 +47,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key not in entry:
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+                entry[key] = (
+                    value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+                )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self._encoder.encode(entry).decode()

@@ -19,28 +19,44 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
-            "agora_http_requests_total", "HTTP requests answered", ["method", "route", "status"],
-            registry=r)
+            "agora_http_requests_total",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=r,
+        )
         self.http_latency = Histogram(
-            "agora_http_request_duration_seconds", "HTTP request handling time",
-            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+            "agora_http_request_duration_seconds",
+            "HTTP request handling time",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.http_in_flight = Gauge(
-            "agora_http_requests_in_flight", "HTTP requests being handled", registry=r)
+            "agora_http_requests_in_flight", "HTTP requests being handled", registry=r
+        )
         self.db_seconds = Histogram(
-            "agora_db_statement_duration_seconds", "PostgreSQL statements and transactions by name",
-            ["name"], buckets=LATENCY_BUCKETS, registry=r)
+            "agora_db_statement_duration_seconds",
+            "PostgreSQL statements and transactions by name",
+            ["name"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ws_sessions = Gauge(
-            "agora_ws_sessions", "Open WebSocket sessions on this node", registry=r)
+            "agora_ws_sessions", "Open WebSocket sessions on this node", registry=r
+        )
         self.ws_frames_in = Counter(
-            "agora_ws_frames_in_total", "Frames received from clients", ["type"], registry=r)
+            "agora_ws_frames_in_total", "Frames received from clients", ["type"], registry=r
+        )
         self.ws_frames_out = Counter(
-            "agora_ws_frames_out_total", "Frames sent to clients", registry=r)
+            "agora_ws_frames_out_total", "Frames sent to clients", registry=r
+        )
         self.ws_closed = Counter(
-            "agora_ws_closed_total", "Sessions closed by the server", ["reason"], registry=r)
-        self.actors = Gauge(
-            "agora_actors", "Live actors on this node", ["kind"], registry=r)
+            "agora_ws_closed_total", "Sessions closed by the server", ["reason"], registry=r
+        )
+        self.actors = Gauge("agora_actors", "Live actors on this node", ["kind"], registry=r)
         self.actor_restarts = Counter(
-            "agora_actor_restarts_total", "Actors restarted after a crash", ["kind"], registry=r)
+            "agora_actor_restarts_total", "Actors restarted after a crash", ["kind"], registry=r
+        )
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count and time a request (label children cached: ``labels()`` is slow per call)."""
@@ -49,7 +65,8 @@ class Metrics:
         if children is None:
             children = self._http_children[key] = (
                 self.http_requests.labels(method, route, str(status)),
-                self.http_latency.labels(method, route))
+                self.http_latency.labels(method, route),
+            )
         children[0].inc()
         children[1].observe(seconds)
 

@@ -7,12 +7,12 @@ as the contract's JSON envelope, never HTML or a stack trace, and carries the re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
-import time
-import itertools
 import secrets
-from typing import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -69,8 +69,12 @@ class InFlight:
 
 def error_response(err: AppError) -> web.Response:
     detail = ErrorDetail(code=err.code.value, message=err.message, fields=err.fields)
-    return web.Response(body=encode(ErrorBody(error=detail)), status=err.status,
-                        content_type="application/json", headers=err.headers)
+    return web.Response(
+        body=encode(ErrorBody(error=detail)),
+        status=err.status,
+        content_type="application/json",
+        headers=err.headers,
+    )
 
 
 def _from_http_exception(exc: web.HTTPException) -> AppError:
@@ -80,7 +84,9 @@ def _from_http_exception(exc: web.HTTPException) -> AppError:
         message = exc.reason
     if exc.status == 413:
         limit = exc.text.split()[-1] if exc.text else ""
-        message = f"the request body is too large (limit {limit} bytes)" if limit.isdigit() else message
+        message = (
+            f"the request body is too large (limit {limit} bytes)" if limit.isdigit() else message
+        )
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
     return AppError(code, message or exc.reason, status=exc.status, headers=headers)
 
@@ -126,8 +132,9 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             response = error_response(_from_http_exception(exc))
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
-            response = error_response(AppError(
-                ErrorCode.INTERNAL_ERROR, f"internal error (request id {request_id})"))
+            response = error_response(
+                AppError(ErrorCode.INTERNAL_ERROR, f"internal error (request id {request_id})")
+            )
         status = response.status
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
@@ -139,8 +146,14 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             metrics.http_in_flight.dec()
         metrics.observe_http(request.method, route, status, elapsed)
         if log.isEnabledFor(logging.INFO):
-            log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
-                     extra={"status": status, "route": route})
+            log.info(
+                "%s %s %d %.1fms",
+                request.method,
+                request.path,
+                status,
+                elapsed * 1000,
+                extra={"status": status, "route": route},
+            )
         request_id_var.reset(token)
 
 

@@ -49,7 +49,7 @@ def build(endpoints: list[Endpoint], server_url: str | None = None) -> dict[str,
             if tp is not None and tp not in types:
                 types.append(tp)
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
-    ref_of = dict(zip(map(id, types), refs))
+    ref_of = dict(zip(map(id, types), refs, strict=True))
     error_ref = ref_of[id(ErrorBody)]
 
     paths: dict[str, dict[str, Any]] = {}
@@ -61,19 +61,33 @@ def build(endpoints: list[Endpoint], server_url: str | None = None) -> dict[str,
             "parameters": [],
             "responses": {},
         }
-        doc = (ep.handler.__doc__ or "").strip()
-        if "\n" in doc:
-            op["description"] = "\n".join(line.strip() for line in doc.splitlines()[1:]).strip()
+        docstring = (ep.handler.__doc__ or "").strip()
+        if "\n" in docstring:
+            op["description"] = "\n".join(
+                line.strip() for line in docstring.splitlines()[1:]
+            ).strip()
         for name in ep.path_params:
-            op["parameters"].append({"name": name, "in": "path", "required": True,
-                                     "schema": {"type": "string", "pattern": "^[0-9]+$"}})
+            op["parameters"].append(
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            )
         if ep.query is not None:
             qschema = components[ep.query.__name__]
             required = set(qschema.get("required", []))
             for name, prop in qschema.get("properties", {}).items():
-                op["parameters"].append({"name": name, "in": "query", "required": name in required,
-                                         "schema": prop, **({"description": prop["description"]}
-                                                            if "description" in prop else {})})
+                op["parameters"].append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in required,
+                        "schema": prop,
+                        **({"description": prop["description"]} if "description" in prop else {}),
+                    }
+                )
         if ep.body is not None:
             op["requestBody"] = {"required": True, "content": _content(ref_of[id(ep.body)])}
         answers = [(ep.status, ep.response, "Success"), *ep.also]
@@ -81,11 +95,14 @@ def build(endpoints: list[Endpoint], server_url: str | None = None) -> dict[str,
             if tp is None:
                 op["responses"][str(status)] = {"description": description or "No content"}
             else:
-                op["responses"][str(status)] = {"description": description,
-                                                "content": _content(ref_of[id(tp)])}
+                op["responses"][str(status)] = {
+                    "description": description,
+                    "content": _content(ref_of[id(tp)]),
+                }
         for status in _error_statuses(ep):
-            op["responses"].setdefault(str(status), {"description": _ERRORS[status],
-                                                     "content": _content(error_ref)})
+            op["responses"].setdefault(
+                str(status), {"description": _ERRORS[status], "content": _content(error_ref)}
+            )
         if ep.auth == "required":
             op["security"] = [{"bearer": []}]
         elif ep.auth == "optional":
@@ -101,14 +118,16 @@ def build(endpoints: list[Endpoint], server_url: str | None = None) -> dict[str,
             "version": __version__,
             "description": (
                 "REST surface of an Agora node. Errors always answer "
-                "`{\"error\": {\"code\", \"message\", \"fields\"?}}`. Lists take `limit` (1-100, "
-                "default 20) and an opaque `cursor`, and answer `{items, next_cursor}`."),
+                '`{"error": {"code", "message", "fields"?}}`. Lists take `limit` (1-100, '
+                "default 20) and an opaque `cursor`, and answer `{items, next_cursor}`."
+            ),
         },
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
         },
     }
     if server_url:

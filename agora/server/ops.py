@@ -30,12 +30,15 @@ async def readyz(request: web.Request) -> web.Response:
     if amqp is not None:
         checks["rabbitmq"] = asyncio.ensure_future(amqp.ensure())
     await asyncio.gather(*checks.values(), return_exceptions=True)
-    results = {name: ("ok" if (not f.exception() and f.result()) else "unavailable")
-               for name, f in checks.items()}
+    results = {
+        name: ("ok" if (not f.exception() and f.result()) else "unavailable")
+        for name, f in checks.items()
+    }
     ready = all(v == "ok" for v in results.values())
     body = {"status": "ready" if ready else "unavailable", "checks": results}
-    return web.Response(body=encode(body), status=200 if ready else 503,
-                        content_type="application/json")
+    return web.Response(
+        body=encode(body), status=200 if ready else 503, content_type="application/json"
+    )
 
 
 def _is_loopback(remote: str | None) -> bool:

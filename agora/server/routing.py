@@ -11,8 +11,9 @@ a response struct, a :class:`Reply` (another status), or ``None`` (204).
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from aiohttp import web
 
@@ -43,7 +44,7 @@ class Reply:
 class Call(Generic[B, Q]):
     """What a handler gets: the request, the validated body and query, and the caller."""
 
-    __slots__ = ("request", "body", "query", "_viewer")
+    __slots__ = ("_viewer", "body", "query", "request")
 
     def __init__(self, request: web.Request, body: B, query: Q, viewer: Viewer | None) -> None:
         self.request = request
@@ -108,18 +109,38 @@ class Routes:
     tag: str
     endpoints: list[Endpoint] = field(default_factory=list)
 
-    def route(self, method: str, path: str, *, body: type | None = None,
-              query: type | None = None, response: type | None = None, status: int = 200,
-              auth: AuthMode = "required", summary: str | None = None,
-              also: tuple[tuple[int, type | None, str], ...] = ()) -> Callable[[Handler], Handler]:
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: type | None = None,
+        query: type | None = None,
+        response: type | None = None,
+        status: int = 200,
+        auth: AuthMode = "required",
+        summary: str | None = None,
+        also: tuple[tuple[int, type | None, str], ...] = (),
+    ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             doc = (handler.__doc__ or "").strip()
-            self.endpoints.append(Endpoint(
-                method=method, path=path, handler=handler,
-                summary=summary or (doc.splitlines()[0] if doc else handler.__name__),
-                tag=self.tag, body=body, query=query, response=response, status=status,
-                auth=auth, also=also))
+            self.endpoints.append(
+                Endpoint(
+                    method=method,
+                    path=path,
+                    handler=handler,
+                    summary=summary or (doc.splitlines()[0] if doc else handler.__name__),
+                    tag=self.tag,
+                    body=body,
+                    query=query,
+                    response=response,
+                    status=status,
+                    auth=auth,
+                    also=also,
+                )
+            )
             return handler
+
         return register
 
     def get(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
@@ -164,12 +185,16 @@ def authenticate(request: web.Request, mode: AuthMode) -> Viewer | None:
 async def read_json_body(request: web.Request) -> bytes:
     ctype = request.content_type
     if request.body_exists and ctype != JSON and not ctype.endswith("+json"):
-        raise AppError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                       f"send the body as {JSON}, not {ctype or 'no content type'}")
+        raise AppError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"send the body as {JSON}, not {ctype or 'no content type'}",
+        )
     return await request.read()
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(body=encode(body), status=status, content_type=JSON, headers=headers)
 
 

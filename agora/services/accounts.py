@@ -36,15 +36,29 @@ class Viewer:
 
 
 def me_out(user: UserRecord) -> MeOut:
-    return MeOut(id=str(user.id), username=user.username, display_name=user.display_name,
-                 bio=user.bio, avatar_url=None, created_at=user.created_at, email=user.email,
-                 role=user.role)  # type: ignore[arg-type]
+    return MeOut(
+        id=str(user.id),
+        username=user.username,
+        display_name=user.display_name,
+        bio=user.bio,
+        avatar_url=None,
+        created_at=user.created_at,
+        email=user.email,
+        role=user.role,
+    )
 
 
 class AccountService:
-    def __init__(self, store: AccountStore, passwords: Passwords, tokens: TokenIssuer,
-                 revocations: Revocations, limiter: RateLimiter, clock: Clock,
-                 refresh_ttl: int) -> None:
+    def __init__(
+        self,
+        store: AccountStore,
+        passwords: Passwords,
+        tokens: TokenIssuer,
+        revocations: Revocations,
+        limiter: RateLimiter,
+        clock: Clock,
+        refresh_ttl: int,
+    ) -> None:
         self.store = store
         self.passwords = passwords
         self.tokens = tokens
@@ -68,10 +82,17 @@ class AccountService:
 
     # -- sign-up, sign-in, tokens -------------------------------------------------------------
 
-    async def create_user(self, username: str, email: str, password: str,
-                          display_name: str | None = None, role: str = "user") -> UserRecord:
-        return await create_user(self.store, self.passwords, username, email, password,
-                                 display_name, role)
+    async def create_user(
+        self,
+        username: str,
+        email: str,
+        password: str,
+        display_name: str | None = None,
+        role: str = "user",
+    ) -> UserRecord:
+        return await create_user(
+            self.store, self.passwords, username, email, password, display_name, role
+        )
 
     async def register(self, body: RegisterIn, user_agent: str = "") -> AuthOut:
         user = await self.create_user(body.username, body.email, body.password, body.display_name)
@@ -95,8 +116,9 @@ class AccountService:
 
     async def refresh(self, refresh_token: str) -> AuthOut:
         new_token, new_hash = new_refresh_token()
-        result = await self.store.rotate_refresh(hash_refresh_token(refresh_token), new_hash,
-                                                 self._refresh_expiry())
+        result = await self.store.rotate_refresh(
+            hash_refresh_token(refresh_token), new_hash, self._refresh_expiry()
+        )
         if result.outcome is Refresh.REUSED:
             assert result.session_id is not None
             log.warning("refresh token reused; revoked login session %s", result.session_id)
@@ -126,14 +148,18 @@ class AccountService:
 
     async def _open_session(self, user: UserRecord, user_agent: str) -> AuthOut:
         token, token_hash = new_refresh_token()
-        session_id = await self.store.open_session(user.id, token_hash, self._refresh_expiry(),
-                                                   user_agent)
+        session_id = await self.store.open_session(
+            user.id, token_hash, self._refresh_expiry(), user_agent
+        )
         return self._auth_out(user, session_id, token)
 
     def _auth_out(self, user: UserRecord, session_id: int, refresh_token: str) -> AuthOut:
-        return AuthOut(user=me_out(user),
-                       access_token=self.tokens.issue_access(user.id, session_id),
-                       refresh_token=refresh_token, expires_in=self.tokens.access_ttl)
+        return AuthOut(
+            user=me_out(user),
+            access_token=self.tokens.issue_access(user.id, session_id),
+            refresh_token=refresh_token,
+            expires_in=self.tokens.access_ttl,
+        )
 
     def _refresh_expiry(self) -> datetime:
         return self.clock.now() + timedelta(seconds=self.refresh_ttl)
@@ -154,8 +180,11 @@ class AccountService:
         return user_out(user)
 
     async def update_me(self, viewer: Viewer, body: UpdateMeIn) -> MeOut:
-        changes = {f: getattr(body, f) for f in body.__struct_fields__
-                   if getattr(body, f) is not msgspec.UNSET}
+        changes = {
+            f: getattr(body, f)
+            for f in body.__struct_fields__
+            if getattr(body, f) is not msgspec.UNSET
+        }
         if "avatar_media_id" in changes and changes["avatar_media_id"] is not None:
             # Media uploads arrive with the media issue; until then no id can name an image.
             raise invalid({"avatar_media_id": "no such media"})
@@ -170,19 +199,29 @@ class AccountService:
         return await set_role(self.store, username, role)
 
 
-async def create_user(store: AccountStore, passwords: Passwords, username: str, email: str,
-                      password: str, display_name: str | None = None,
-                      role: str = "user") -> UserRecord:
+async def create_user(
+    store: AccountStore,
+    passwords: Passwords,
+    username: str,
+    email: str,
+    password: str,
+    display_name: str | None = None,
+    role: str = "user",
+) -> UserRecord:
     """Create an account (also used by ``agora admin create-user``, which has no Redis)."""
     if role not in ROLES:
         raise invalid({"role": f"must be one of {', '.join(ROLES)}"})
     password_hash = await passwords.hash(password)
     try:
-        return await store.create_user(username, email, password_hash, display_name or username,
-                                       role)
+        return await store.create_user(
+            username, email, password_hash, display_name or username, role
+        )
     except DuplicateUser as dup:
-        raise AppError(ErrorCode.CONFLICT, f"this {dup.field} is already taken",
-                       fields={dup.field: "already taken"}) from None
+        raise AppError(
+            ErrorCode.CONFLICT,
+            f"this {dup.field} is already taken",
+            fields={dup.field: "already taken"},
+        ) from None
 
 
 async def set_role(store: AccountStore, username: str, role: str) -> UserRecord:

@@ -6,22 +6,28 @@ same path as WebSocket ``send``; reads go straight to PostgreSQL.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
-from agora.actors.conversation import MembersChangedOp, Sent, SendOp, message_out
+from agora.actors.conversation import MembersChangedOp, SendOp, Sent, message_out
 from agora.cluster.router import Router
 from agora.errors import AppError, ErrorCode, conflict, forbidden, invalid, not_found
-from agora.protocol.chat import (ConversationOut, CreateConversationIn, HistoryQuery, MessageOut,
-                                 SendMessageIn)
+from agora.protocol.chat import (
+    ConversationOut,
+    CreateConversationIn,
+    HistoryQuery,
+    MessageOut,
+    SendMessageIn,
+)
 from agora.protocol.common import Page
 from agora.protocol.cursor import decode_cursor, encode_cursor, from_micros, to_micros
 from agora.services.presenters import user_out
+from agora.storage.accounts import PublicUser
 from agora.storage.chat import ChatStore, ConversationRow
 from agora.storage.db import MAX_ID
 from agora.storage.social import SocialStore
 
-FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_MEMBERS = 250
 
 
@@ -55,14 +61,19 @@ class ChatService:
         members = await self.store.members_of([row.id])
         return _conversation_out(row, members[row.id])
 
-    async def list(self, me: int, cursor: str | None, limit: int) -> Page[ConversationOut]:
+    async def list_mine(self, me: int, cursor: str | None, limit: int) -> Page[ConversationOut]:
         c = decode_cursor(cursor, "conversations", at=int, id=int)
         key = (from_micros(c["at"]), c["id"]) if c else (FAR_FUTURE, MAX_ID + 1)
         rows = await self.store.list_for(me, key, limit + 1)
         shown = rows[:limit]
         members = await self.store.members_of([r.id for r in shown])
-        nxt = (encode_cursor("conversations", at=to_micros(shown[-1].last_activity_at),
-                             id=shown[-1].id) if len(rows) > limit else None)
+        nxt = (
+            encode_cursor(
+                "conversations", at=to_micros(shown[-1].last_activity_at), id=shown[-1].id
+            )
+            if len(rows) > limit
+            else None
+        )
         return Page(items=[_conversation_out(r, members[r.id]) for r in shown], next_cursor=nxt)
 
     async def history(self, me: int, conversation_id: int, q: HistoryQuery) -> Page[MessageOut]:
@@ -72,8 +83,12 @@ class ChatService:
         if c is not None:
             ascending, edge = c["dir"] == "after", c["seq"]
         elif q.after_seq is not None and q.before_seq is not None:
-            raise AppError(ErrorCode.VALIDATION_ERROR, "give after_seq or before_seq, not both",
-                           status=400, fields={"after_seq": "not with before_seq"})
+            raise AppError(
+                ErrorCode.VALIDATION_ERROR,
+                "give after_seq or before_seq, not both",
+                status=400,
+                fields={"after_seq": "not with before_seq"},
+            )
         elif q.after_seq is not None:
             ascending, edge = True, q.after_seq
         else:
@@ -82,17 +97,24 @@ class ChatService:
             rows = await self.store.messages_after(conversation_id, edge, q.limit + 1)
         else:
             rows = await self.store.messages_before(conversation_id, edge, q.limit + 1)
-        shown = rows[:q.limit]
-        nxt = (encode_cursor("messages", dir="after" if ascending else "before", seq=shown[-1].seq)
-               if len(rows) > q.limit else None)
+        shown = rows[: q.limit]
+        nxt = (
+            encode_cursor("messages", dir="after" if ascending else "before", seq=shown[-1].seq)
+            if len(rows) > q.limit
+            else None
+        )
         return Page(items=[message_out(r) for r in shown], next_cursor=nxt)
 
-    async def send(self, me: int, conversation_id: int, body: SendMessageIn) -> tuple[int, MessageOut]:
+    async def send(
+        self, me: int, conversation_id: int, body: SendMessageIn
+    ) -> tuple[int, MessageOut]:
         result = await self.router.ask(conversation_id, SendOp(me, body.client_id, body.text))
         assert isinstance(result, Sent)
         return (201 if result.created else 200), result.message
 
-    async def add_members(self, me: int, conversation_id: int, user_ids: list[int]) -> ConversationOut:
+    async def add_members(
+        self, me: int, conversation_id: int, user_ids: list[int]
+    ) -> ConversationOut:
         row = await self._member_row(me, conversation_id)
         if row.kind == "direct":
             raise conflict("a direct conversation keeps its two members; start a group instead")
@@ -118,8 +140,14 @@ class ChatService:
             raise not_found("member")
         await self.router.ask(conversation_id, MembersChangedOp())
 
-    async def sync(self, me: int, conversation_id: int, after_seq: int, page: int,
-                   push: Callable[[list[MessageOut]], bool]) -> int:
+    async def sync(
+        self,
+        me: int,
+        conversation_id: int,
+        after_seq: int,
+        page: int,
+        push: Callable[[list[MessageOut]], bool],
+    ) -> int:
         """Push every message after ``after_seq`` in order; return the last seq known."""
         row = await self._member_row(me, conversation_id)
         position = after_seq
@@ -133,9 +161,15 @@ class ChatService:
         return max(position, row.last_seq)
 
 
-def _conversation_out(row: ConversationRow, members: list) -> ConversationOut:  # type: ignore[type-arg]
-    return ConversationOut(id=str(row.id), kind=row.kind, title=row.title,  # type: ignore[arg-type]
-                           members=[user_out(m) for m in members], last_seq=row.last_seq,
-                           created_at=row.created_at, last_activity_at=row.last_activity_at,
-                           unread_count=max(0, row.last_seq - row.last_read_seq),
-                           last_read_seq=row.last_read_seq)
+def _conversation_out(row: ConversationRow, members: list[PublicUser]) -> ConversationOut:
+    return ConversationOut(
+        id=str(row.id),
+        kind=row.kind,
+        title=row.title,
+        members=[user_out(m) for m in members],
+        last_seq=row.last_seq,
+        created_at=row.created_at,
+        last_activity_at=row.last_activity_at,
+        unread_count=max(0, row.last_seq - row.last_read_seq),
+        last_read_seq=row.last_read_seq,
+    )

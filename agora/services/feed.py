@@ -17,13 +17,14 @@ computed "as of" the moment of the first page, which the cursor carries along wi
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from datetime import timedelta
 
 from agora.clock import Clock
+from agora.protocol.codec import encode
 from agora.protocol.common import Page
 from agora.protocol.content import PostOut
 from agora.protocol.cursor import decode_cursor, encode_cursor, from_micros, to_micros
-from agora.protocol.codec import encode
 from agora.services.feed_pages import FeedPages
 from agora.services.invalidation import Invalidator
 from agora.services.pages import make_page
@@ -42,8 +43,15 @@ TOP_PER_AUTHOR = 200
 
 
 class FeedService:
-    def __init__(self, posts: PostStore, social: SocialStore, cache: FeedCache,
-                 pages: FeedPages, invalidator: Invalidator, clock: Clock) -> None:
+    def __init__(
+        self,
+        posts: PostStore,
+        social: SocialStore,
+        cache: FeedCache,
+        pages: FeedPages,
+        invalidator: Invalidator,
+        clock: Clock,
+    ) -> None:
         self.posts = posts
         self.social = social
         self.cache = cache
@@ -84,7 +92,9 @@ class FeedService:
             rows += await self.posts.feed_page(viewer, before, want - len(rows))
         return rows
 
-    async def _from_cache(self, viewer: int, before: int, want: int) -> tuple[list[PostRow], int, bool]:
+    async def _from_cache(
+        self, viewer: int, before: int, want: int
+    ) -> tuple[list[PostRow], int, bool]:
         """Visible posts from the cached window: ``(rows, lowest id examined, nothing older)``."""
         rows: list[PostRow] = []
         batch = want + OVERFETCH
@@ -121,16 +131,27 @@ class FeedService:
         self.pages.put(key, body, viewer, [p.id for p in shown], {p.author.id for p in shown}, mark)
         return body
 
-    async def _top(self, viewer: int, cursor: str | None,
-                   limit: int) -> tuple[Page[PostOut], list[PostRow]]:
+    async def _top(
+        self, viewer: int, cursor: str | None, limit: int
+    ) -> tuple[Page[PostOut], list[PostRow]]:
         c = decode_cursor(cursor, "top", asof=int, score=float, id=int)
         as_of = from_micros(c["asof"]) if c else self.clock.now()
         after = (c["score"], c["id"]) if c else (float("inf"), MAX_ID + 1)
-        rows = await self.posts.top_feed(viewer, as_of, as_of - TOP_WINDOW, after,
-                                         window_per_author=TOP_PER_AUTHOR, limit=limit + 1)
+        rows = await self.posts.top_feed(
+            viewer,
+            as_of,
+            as_of - TOP_WINDOW,
+            after,
+            window_per_author=TOP_PER_AUTHOR,
+            limit=limit + 1,
+        )
         asof = to_micros(as_of)
-        page = make_page(rows, limit, lambda r: post_out(r[0]),
-                         lambda r: encode_cursor("top", asof=asof, score=r[1], id=r[0].id))
+        page = make_page(
+            rows,
+            limit,
+            lambda r: post_out(r[0]),
+            lambda r: encode_cursor("top", asof=asof, score=r[1], id=r[0].id),
+        )
         return page, [r for r, _ in rows[:limit]]
 
     # -- keeping the caches right -------------------------------------------------------------
@@ -169,7 +190,7 @@ class FeedService:
         else:
             await self._guard(self.cache.add(friends, post_id))
 
-    async def _guard(self, operation) -> None:  # type: ignore[no-untyped-def]
+    async def _guard(self, operation: Awaitable[None]) -> None:
         try:
             await operation
         except Exception:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Hashable, Iterable
 
 from agora.clock import Clock
 
@@ -33,8 +33,14 @@ class _Entry:
 
 
 class FeedPages:
-    def __init__(self, clock: Clock, max_entries: int = 20_000, ttl: float = 10.0,
-                 max_bytes: int = 64 * 1024 * 1024, log_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        max_entries: int = 20_000,
+        ttl: float = 10.0,
+        max_bytes: int = 64 * 1024 * 1024,
+        log_size: int = 10_000,
+    ) -> None:
         self.clock = clock
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -66,8 +72,15 @@ class FeedPages:
         """Call before reading what a page is built from; pass the result to ``put``."""
         return self.last_event
 
-    def put(self, key: Key, body: bytes, viewer: int, posts: Iterable[int],
-            authors: Iterable[int], since: int) -> bool:
+    def put(
+        self,
+        key: Key,
+        body: bytes,
+        viewer: int,
+        posts: Iterable[int],
+        authors: Iterable[int],
+        since: int,
+    ) -> bool:
         if not self.enabled:
             return False
         posts, authors = tuple(posts), tuple(authors)
@@ -85,8 +98,9 @@ class FeedPages:
             self._remove(next(iter(self._entries)))
         return True
 
-    def _changed_since(self, since: int, viewer: int, posts: tuple[int, ...],
-                       authors: tuple[int, ...]) -> bool:
+    def _changed_since(
+        self, since: int, viewer: int, posts: tuple[int, ...], authors: tuple[int, ...]
+    ) -> bool:
         if since == self.last_event:
             return False
         if not self._log or self._log[0][0] > since + 1:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 from agora.services.feed_pages import AUTHOR, POST, VIEWER, FeedPages
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from agora.protocol.common import Page
 
@@ -10,9 +11,12 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-def make_page(rows: Sequence[R], limit: int, render: Callable[[R], T],
-              cursor_of: Callable[[R], str]) -> Page[T]:
+def make_page(
+    rows: Sequence[R], limit: int, render: Callable[[R], T], cursor_of: Callable[[R], str]
+) -> Page[T]:
     more = len(rows) > limit
     shown = rows[:limit]
-    return Page(items=[render(r) for r in shown],
-                next_cursor=cursor_of(shown[-1]) if more and shown else None)
+    return Page(
+        items=[render(r) for r in shown],
+        next_cursor=cursor_of(shown[-1]) if more and shown else None,
+    )

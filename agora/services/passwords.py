@@ -11,15 +11,17 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 class Passwords:
     def __init__(self, time_cost: int = 3, memory_kib: int = 64 * 1024, workers: int = 2) -> None:
-        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1,
-                                      type=Type.ID)
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=1, type=Type.ID
+        )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
         # Verified against when the user does not exist, so both paths cost the same time.
         self._dummy = self._hasher.hash("agora-timing-equaliser")
 
     async def hash(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._hasher.hash,
-                                                                password)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._hasher.hash, password
+        )
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         target = password_hash or self._dummy

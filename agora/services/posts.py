@@ -6,7 +6,7 @@ answered exactly like one that does not exist (404), on every path.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -25,9 +25,14 @@ MODERATING_ROLES = ("moderator", "admin")
 
 
 class PostService:
-    def __init__(self, posts: PostStore, comments: CommentStore, accounts: AccountStore,
-                 feed: FeedService,
-                 on_created: Callable[[int, PostOut], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        posts: PostStore,
+        comments: CommentStore,
+        accounts: AccountStore,
+        feed: FeedService,
+        on_created: Callable[[int, PostOut], Awaitable[None]] | None = None,
+    ) -> None:
         self.posts = posts
         self.comments = comments
         self.accounts = accounts
@@ -83,12 +88,15 @@ class PostService:
         if await self.posts.delete(post_id):
             await self.feed.post_removed(access.author_id, post_id, access.visibility)
 
-    async def by_user(self, viewer: int | None, user_id: int, cursor: str | None,
-                      limit: int) -> Page[PostOut]:
+    async def by_user(
+        self, viewer: int | None, user_id: int, cursor: str | None, limit: int
+    ) -> Page[PostOut]:
         if viewer != user_id and await self.accounts.get_visible_user(viewer, user_id) is None:
             raise not_found("user")
         c = decode_cursor(cursor, "user-posts", before=int)
-        rows = await self.posts.by_author(viewer, user_id, c["before"] if c else MAX_ID + 1, limit + 1)
+        rows = await self.posts.by_author(
+            viewer, user_id, c["before"] if c else MAX_ID + 1, limit + 1
+        )
         return make_page(rows, limit, post_out, lambda p: encode_cursor("user-posts", before=p.id))
 
     # -- reactions -------------------------------------------------------------------------------
@@ -121,8 +129,9 @@ class PostService:
         assert comment is not None
         return comment_out(comment)
 
-    async def list_comments(self, viewer: int | None, post_id: int, cursor: str | None,
-                            limit: int) -> Page[CommentOut]:
+    async def list_comments(
+        self, viewer: int | None, post_id: int, cursor: str | None, limit: int
+    ) -> Page[CommentOut]:
         access = await self.posts.access(viewer, post_id)
         if access is None or not access.visible:
             raise not_found("post")
@@ -135,12 +144,13 @@ class PostService:
         access = await self.comments.access(viewer, comment_id)
         if access is None:
             raise not_found("comment")
-        if viewer not in (access.author_id, access.post_author_id):
-            if not await self._is_moderator(viewer):
-                if not (access.post_visible and access.comment_visible):
-                    raise not_found("comment")
-                raise forbidden("only the comment's author, the post's author or a moderator "
-                                "can delete a comment")
+        allowed = viewer in (access.author_id, access.post_author_id)
+        if not allowed and not await self._is_moderator(viewer):
+            if not (access.post_visible and access.comment_visible):
+                raise not_found("comment")
+            raise forbidden(
+                "only the comment's author, the post's author or a moderator can delete a comment"
+            )
         post_id = await self.comments.post_of(comment_id)
         if await self.comments.delete(comment_id) and post_id is not None:
             await self.feed.post_changed(post_id)

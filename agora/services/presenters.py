@@ -28,15 +28,24 @@ class UserLike(Protocol):
 
 
 def user_out(user: UserLike) -> UserOut:
-    return UserOut(id=str(user.id), username=user.username, display_name=user.display_name,
-                   bio=user.bio, avatar_url=None, created_at=user.created_at)
+    return UserOut(
+        id=str(user.id),
+        username=user.username,
+        display_name=user.display_name,
+        bio=user.bio,
+        avatar_url=None,
+        created_at=user.created_at,
+    )
 
 
-def friend_request_out(req: FriendRequest, status: str | None = None) -> FriendRequestOut:
-    return FriendRequestOut(id=str(req.id), from_user=user_out(req.from_user),
-                            to_user=user_out(req.to_user),
-                            status=status or req.status,  # type: ignore[arg-type]
-                            created_at=req.created_at)
+def friend_request_out(req: FriendRequest) -> FriendRequestOut:
+    return FriendRequestOut(
+        id=str(req.id),
+        from_user=user_out(req.from_user),
+        to_user=user_out(req.to_user),
+        status=req.status,
+        created_at=req.created_at,
+    )
 
 
 def friend_out(friend: Friend) -> FriendOut:
@@ -48,15 +57,26 @@ def block_out(block: Block) -> BlockOut:
 
 
 def post_out(post: PostRow) -> PostOut:
-    return PostOut(id=str(post.id), author=user_out(post.author), text=post.text,
-                   visibility=post.visibility,  # type: ignore[arg-type]
-                   media=[], created_at=post.created_at, updated_at=post.updated_at,
-                   comment_count=post.comment_count, reaction_counts=post.reaction_counts,
-                   my_reaction=post.my_reaction)  # type: ignore[arg-type]
+    return PostOut(
+        id=str(post.id),
+        author=user_out(post.author),
+        text=post.text,
+        visibility=post.visibility,
+        media=[],
+        created_at=post.created_at,
+        updated_at=post.updated_at,
+        comment_count=post.comment_count,
+        reaction_counts=post.reaction_counts,
+        my_reaction=post.my_reaction,
+    )
 
 
 def comment_out(comment: CommentRow) -> CommentOut:
-    return CommentOut(id=str(comment.id), post_id=str(comment.post_id),
-                      author=user_out(comment.author), text=comment.text,
-                      parent_id=str(comment.parent_id) if comment.parent_id else None,
-                      created_at=comment.created_at)
+    return CommentOut(
+        id=str(comment.id),
+        post_id=str(comment.post_id),
+        author=user_out(comment.author),
+        text=comment.text,
+        parent_id=str(comment.parent_id) if comment.parent_id else None,
+        created_at=comment.created_at,
+    )

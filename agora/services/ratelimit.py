@@ -24,16 +24,21 @@ class RateLimiter:
         """Count one event; past ``limit`` within ``window`` seconds, raise 429."""
         count, ttl = await self._hit(keys=[self._keys.rate(bucket)], args=[window])
         if int(count) > limit:
-            raise rate_limited(int(ttl) if int(ttl) > 0 else window,
-                               "too many attempts; try again later")
+            raise rate_limited(
+                int(ttl) if int(ttl) > 0 else window, "too many attempts; try again later"
+            )
 
     async def check(self, bucket: str, limit: int) -> None:
         """Raise 429 if ``bucket`` is already over ``limit``, without counting."""
         key = self._keys.rate(bucket)
         async with self._redis.pipeline(transaction=False) as pipe:
-            count, ttl = await pipe.get(key).ttl(key).execute()
+            pipe.get(key)
+            pipe.ttl(key)
+            count, ttl = await pipe.execute()
         if count is not None and int(count) >= limit:
-            raise rate_limited(int(ttl) if int(ttl) > 0 else 60, "too many attempts; try again later")
+            raise rate_limited(
+                int(ttl) if int(ttl) > 0 else 60, "too many attempts; try again later"
+            )
 
     async def reset(self, bucket: str) -> None:
         await self._redis.delete(self._keys.rate(bucket))

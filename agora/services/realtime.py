@@ -8,7 +8,7 @@ than a Redis lookup.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from agora.cluster.router import Router
 from agora.protocol.content import PostOut
@@ -31,10 +31,9 @@ class Realtime:
         except Exception:
             log.warning("realtime delivery failed", exc_info=True)
 
-    async def presence_changed(self, user_id: int, status: str) -> None:
+    async def presence_changed(self, user_id: int, status: Literal["online", "offline"]) -> None:
         friends = await self.social.friend_ids(user_id)
-        await self._deliver(friends, encode(PresenceFrame(user_id=str(user_id),
-                                                          status=status)))  # type: ignore[arg-type]
+        await self._deliver(friends, encode(PresenceFrame(user_id=str(user_id), status=status)))
 
     async def post_created(self, author_id: int, post: PostOut) -> None:
         """A new post goes to the online friends who may see it (all friends, unless private:

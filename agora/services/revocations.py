@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 import redis.asyncio as aioredis
 
 from agora.clock import Clock
 from agora.storage.accounts import AccountStore
-from agora.storage.redis import BLOCK_MS, Keys
+from agora.storage.redis import Keys, read_stream, stream_tail
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,14 @@ STREAM_MAXLEN = 100_000
 
 
 class Revocations:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, store: AccountStore, clock: Clock,
-                 keep_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        store: AccountStore,
+        clock: Clock,
+        keep_seconds: int,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._store = store
@@ -52,13 +58,19 @@ class Revocations:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sid in session_ids:
-                    pipe.xadd(self._keys.revocations, {b"sid": str(sid).encode()},
-                              maxlen=STREAM_MAXLEN, approximate=True)
+                    pipe.xadd(
+                        self._keys.revocations,
+                        {b"sid": str(sid).encode()},
+                        maxlen=STREAM_MAXLEN,
+                        approximate=True,
+                    )
                 await pipe.execute()
         except (OSError, aioredis.RedisError):
             # Other nodes catch up from PostgreSQL when their stream reader reconnects.
-            log.warning("could not broadcast %d revocation(s); other nodes will reload them",
-                        len(session_ids))
+            log.warning(
+                "could not broadcast %d revocation(s); other nodes will reload them",
+                len(session_ids),
+            )
 
     def _mark(self, sid: int) -> None:
         fresh = sid not in self._revoked
@@ -81,8 +93,7 @@ class Revocations:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _stream_tail(self) -> bytes:
-        entries = await self._redis.xrevrange(self._keys.revocations, count=1)
-        return entries[0][0] if entries else b"0-0"
+        return await stream_tail(self._redis, self._keys.revocations)
 
     async def _reload(self) -> None:
         since = self._clock.now() - timedelta(seconds=self._keep)
@@ -97,14 +108,13 @@ class Revocations:
     async def _follow(self, last_id: bytes) -> None:
         while True:
             try:
-                reply = await self._redis.xread({self._keys.revocations: last_id}, block=BLOCK_MS,
-                                                count=500)
-                for _stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        last_id = entry_id
-                        raw = fields.get(b"sid")
-                        if raw is not None and raw.isdigit():
-                            self._mark(int(raw))
+                for entry_id, fields in await read_stream(
+                    self._redis, self._keys.revocations, last_id, 500
+                ):
+                    last_id = entry_id
+                    raw = fields.get(b"sid")
+                    if raw is not None and raw.isdigit():
+                        self._mark(int(raw))
                 self._prune()
             except asyncio.CancelledError:
                 raise

@@ -7,24 +7,24 @@ After a friendship starts or ends, both users' cached feeds are dropped and rebu
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from agora.errors import AppError, ErrorCode, conflict, forbidden, invalid, not_found
 from agora.protocol.common import Page
 from agora.protocol.cursor import decode_cursor, encode_cursor, from_micros, to_micros
 from agora.protocol.social import BlockOut, FriendOut, FriendRequestOut
+from agora.services.invalidation import Invalidator
 from agora.services.pages import make_page
 from agora.services.presenters import block_out, friend_out, friend_request_out, user_out
 from agora.storage.accounts import AccountStore
 from agora.storage.db import MAX_ID, Database, Tx
-from agora.services.invalidation import Invalidator
 from agora.storage.feed_cache import FeedCache
 from agora.storage.social import SocialStore
 
 log = logging.getLogger(__name__)
 
 MAX_FRIENDS = 5000
-FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _friend_limit_error() -> AppError:
@@ -32,8 +32,14 @@ def _friend_limit_error() -> AppError:
 
 
 class SocialService:
-    def __init__(self, db: Database, store: SocialStore, accounts: AccountStore,
-                 feed_cache: FeedCache, invalidator: Invalidator) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: SocialStore,
+        accounts: AccountStore,
+        feed_cache: FeedCache,
+        invalidator: Invalidator,
+    ) -> None:
         self.db = db
         self.store = store
         self.accounts = accounts
@@ -126,14 +132,17 @@ class SocialService:
         assert req is not None
         return friend_request_out(req)
 
-    async def list_requests(self, me: int, incoming: bool, cursor: str | None,
-                            limit: int) -> Page[FriendRequestOut]:
+    async def list_requests(
+        self, me: int, incoming: bool, cursor: str | None, limit: int
+    ) -> Page[FriendRequestOut]:
         kind = "freq-in" if incoming else "freq-out"
         before = decode_cursor(cursor, kind, before=int)
-        rows = await self.store.list_requests(me, incoming, before["before"] if before else MAX_ID + 1,
-                                              limit + 1)
-        return make_page(rows, limit, friend_request_out,
-                         lambda r: encode_cursor(kind, before=r.id))
+        rows = await self.store.list_requests(
+            me, incoming, before["before"] if before else MAX_ID + 1, limit + 1
+        )
+        return make_page(
+            rows, limit, friend_request_out, lambda r: encode_cursor(kind, before=r.id)
+        )
 
     async def unfriend(self, me: int, other: int) -> None:
         async with self.db.transaction("unfriend") as tx:
@@ -142,15 +151,20 @@ class SocialService:
                 raise not_found("friend")
         await self._friendship_changed(me, other)
 
-    async def list_friends(self, viewer: int | None, user_id: int, cursor: str | None,
-                           limit: int) -> Page[FriendOut]:
+    async def list_friends(
+        self, viewer: int | None, user_id: int, cursor: str | None, limit: int
+    ) -> Page[FriendOut]:
         if viewer != user_id and await self.accounts.get_visible_user(viewer, user_id) is None:
             raise not_found("user")
         before = decode_cursor(cursor, "friends", at=int, id=int)
         key = (from_micros(before["at"]), before["id"]) if before else (FAR_FUTURE, MAX_ID + 1)
         rows = await self.store.list_friends(user_id, viewer, key, limit + 1)
-        return make_page(rows, limit, friend_out,
-                         lambda f: encode_cursor("friends", at=to_micros(f.since), id=f.user.id))
+        return make_page(
+            rows,
+            limit,
+            friend_out,
+            lambda f: encode_cursor("friends", at=to_micros(f.since), id=f.user.id),
+        )
 
     async def block(self, me: int, other: int) -> tuple[int, BlockOut]:
         if me == other:
@@ -179,8 +193,12 @@ class SocialService:
         before = decode_cursor(cursor, "blocks", at=int, id=int)
         key = (from_micros(before["at"]), before["id"]) if before else (FAR_FUTURE, MAX_ID + 1)
         rows = await self.store.list_blocks(me, key, limit + 1)
-        return make_page(rows, limit, block_out,
-                         lambda b: encode_cursor("blocks", at=to_micros(b.created_at), id=b.user.id))
+        return make_page(
+            rows,
+            limit,
+            block_out,
+            lambda b: encode_cursor("blocks", at=to_micros(b.created_at), id=b.user.id),
+        )
 
     async def _friendship_changed(self, a: int, b: int) -> None:
         self.invalidator.viewers([a, b])

@@ -74,11 +74,16 @@ class TokenIssuer:
     def _decode(self, token: str) -> Claims:
         try:
             payload = jwt.decode(
-                token, self._secret, algorithms=[ALGORITHM], issuer=ISSUER,
-                options={"require": _REQUIRED + ["iss"]}, leeway=LEEWAY,
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                issuer=ISSUER,
+                options={"require": [*_REQUIRED, "iss"]},
+                leeway=LEEWAY,
             )
-            return Claims(int(payload["sub"]), int(payload["sid"]), str(payload["jti"]),
-                          int(payload["exp"]))
+            return Claims(
+                int(payload["sub"]), int(payload["sid"]), str(payload["jti"]), int(payload["exp"])
+            )
         except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
             raise InvalidToken(str(exc)) from None
 

@@ -1,1 +1,4 @@
-"""PostgreSQL (the record) and Redis access. Only this package holds SQL; one store per aggregate."""
+"""PostgreSQL (the record) and Redis access.
+
+Only this package holds SQL; one store per aggregate.
+"""

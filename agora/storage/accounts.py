@@ -10,11 +10,14 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from agora.protocol.accounts import Role
 from agora.storage.db import Database, Record
 from agora.storage.visibility import users_hidden
 
-USER_COLUMNS = ("id, username, email, password_hash, display_name, bio, avatar_media_id, role, "
-                "status, created_at")
+USER_COLUMNS = (
+    "id, username, email, password_hash, display_name, bio, avatar_media_id, role, "
+    "status, created_at"
+)
 
 INSERT_USER = f"""
 INSERT INTO accounts.users (username, email, password_hash, display_name, role)
@@ -38,8 +41,13 @@ WHERE id = $1
 RETURNING {USER_COLUMNS}
 """
 UPDATE_PASSWORD_HASH = "UPDATE accounts.users SET password_hash = $2 WHERE id = $1"
-SET_ROLE = f"UPDATE accounts.users SET role = $2, updated_at = now() WHERE lower(username) = lower($1) RETURNING {USER_COLUMNS}"
-SET_STATUS = f"UPDATE accounts.users SET status = $2, updated_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}"
+SET_ROLE = f"""
+UPDATE accounts.users SET role = $2, updated_at = now() WHERE lower(username) = lower($1)
+RETURNING {USER_COLUMNS}
+"""
+SET_STATUS = f"""
+UPDATE accounts.users SET status = $2, updated_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}
+"""
 
 INSERT_SESSION = """
 INSERT INTO accounts.login_sessions (user_id, user_agent) VALUES ($1, $2) RETURNING id
@@ -83,12 +91,12 @@ SELECT id FROM accounts.login_sessions WHERE revoked_at IS NOT NULL AND revoked_
 """
 
 
-
-
 def public_user_columns(alias: str = "u", prefix: str = "u_") -> str:
     """The public face of a user, for joins from other domains' queries."""
-    return ", ".join(f"{alias}.{c} AS {prefix}{c}" for c in
-                     ("id", "username", "display_name", "bio", "avatar_media_id", "created_at"))
+    return ", ".join(
+        f"{alias}.{c} AS {prefix}{c}"
+        for c in ("id", "username", "display_name", "bio", "avatar_media_id", "created_at")
+    )
 
 
 PUBLIC_USER_COLUMNS = public_user_columns()
@@ -103,12 +111,24 @@ class PublicUser(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
 
     @classmethod
-    def of(cls, row: Record, prefix: str = "u_") -> "PublicUser":
+    def of(cls, row: Record, prefix: str = "u_") -> PublicUser:
         if prefix == "u_":
-            return cls(row["u_id"], row["u_username"], row["u_display_name"], row["u_bio"],
-                       row["u_avatar_media_id"], row["u_created_at"])
-        return cls(row[f"{prefix}id"], row[f"{prefix}username"], row[f"{prefix}display_name"],
-                   row[f"{prefix}bio"], row[f"{prefix}avatar_media_id"], row[f"{prefix}created_at"])
+            return cls(
+                row["u_id"],
+                row["u_username"],
+                row["u_display_name"],
+                row["u_bio"],
+                row["u_avatar_media_id"],
+                row["u_created_at"],
+            )
+        return cls(
+            row[f"{prefix}id"],
+            row[f"{prefix}username"],
+            row[f"{prefix}display_name"],
+            row[f"{prefix}bio"],
+            row[f"{prefix}avatar_media_id"],
+            row[f"{prefix}created_at"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +140,12 @@ class UserRecord:
     display_name: str
     bio: str
     avatar_media_id: int | None
-    role: str
+    role: Role
     status: str
     created_at: datetime
 
     @classmethod
-    def of(cls, row: Record) -> "UserRecord":
+    def of(cls, row: Record) -> UserRecord:
         return cls(*row.values())
 
 
@@ -155,11 +175,13 @@ class AccountStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create_user(self, username: str, email: str, password_hash: str,
-                          display_name: str, role: str = "user") -> UserRecord:
+    async def create_user(
+        self, username: str, email: str, password_hash: str, display_name: str, role: str = "user"
+    ) -> UserRecord:
         try:
-            row = await self.db.fetchrow("create_user", INSERT_USER, username, email,
-                                         password_hash, display_name, role)
+            row = await self.db.fetchrow(
+                "create_user", INSERT_USER, username, email, password_hash, display_name, role
+            )
         except asyncpg.UniqueViolationError as exc:
             field = "email" if "email" in (exc.constraint_name or "") else "username"
             raise DuplicateUser(field) from None
@@ -185,10 +207,16 @@ class AccountStore:
 
     async def update_profile(self, user_id: int, changes: dict[str, Any]) -> UserRecord | None:
         row = await self.db.fetchrow(
-            "update_profile", UPDATE_PROFILE, user_id,
-            "display_name" in changes, changes.get("display_name"),
-            "bio" in changes, changes.get("bio"),
-            "avatar_media_id" in changes, changes.get("avatar_media_id"))
+            "update_profile",
+            UPDATE_PROFILE,
+            user_id,
+            "display_name" in changes,
+            changes.get("display_name"),
+            "bio" in changes,
+            changes.get("bio"),
+            "avatar_media_id" in changes,
+            changes.get("avatar_media_id"),
+        )
         return UserRecord.of(row) if row else None
 
     async def update_password_hash(self, user_id: int, password_hash: str) -> None:
@@ -202,16 +230,19 @@ class AccountStore:
         row = await self.db.fetchrow("set_status", SET_STATUS, user_id, status)
         return UserRecord.of(row) if row else None
 
-    async def open_session(self, user_id: int, token_hash: bytes, expires_at: datetime,
-                           user_agent: str) -> int:
+    async def open_session(
+        self, user_id: int, token_hash: bytes, expires_at: datetime, user_agent: str
+    ) -> int:
         async with self.db.transaction("open_login_session") as tx:
-            session_id: int = await tx.fetchval("insert_session", INSERT_SESSION, user_id,
-                                                user_agent[:300])
+            session_id: int = await tx.fetchval(
+                "insert_session", INSERT_SESSION, user_id, user_agent[:300]
+            )
             await tx.execute("insert_refresh", INSERT_REFRESH, token_hash, session_id, expires_at)
         return session_id
 
-    async def rotate_refresh(self, token_hash: bytes, new_hash: bytes,
-                             expires_at: datetime) -> RefreshResult:
+    async def rotate_refresh(
+        self, token_hash: bytes, new_hash: bytes, expires_at: datetime
+    ) -> RefreshResult:
         async with self.db.transaction("rotate_refresh") as tx:
             row = await tx.fetchrow("lock_refresh", LOCK_REFRESH, token_hash)
             if row is None:
@@ -220,7 +251,9 @@ class AccountStore:
             if row["revoked_at"] is not None:
                 return RefreshResult(Refresh.REVOKED, session_id, user_id)
             if row["used_at"] is not None:
-                await tx.execute("revoke_session", REVOKE_SESSION, session_id, "refresh_token_reuse")
+                await tx.execute(
+                    "revoke_session", REVOKE_SESSION, session_id, "refresh_token_reuse"
+                )
                 return RefreshResult(Refresh.REUSED, session_id, user_id)
             if row["expired"]:
                 return RefreshResult(Refresh.EXPIRED, session_id, user_id)

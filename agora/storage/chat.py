@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 
@@ -18,8 +19,9 @@ from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record
 from agora.storage.visibility import users_hidden
 
-_CONVERSATION_COLUMNS = ("c.id, c.kind, c.title, c.created_by, c.last_seq, c.created_at, "
-                         "c.last_activity_at")
+_CONVERSATION_COLUMNS = (
+    "c.id, c.kind, c.title, c.created_by, c.last_seq, c.created_at, c.last_activity_at"
+)
 INSERT_CONVERSATION = """
 INSERT INTO chat.conversations (kind, title, created_by, direct_key) VALUES ($1, $2, $3, $4)
 ON CONFLICT (direct_key) DO NOTHING
@@ -51,7 +53,8 @@ WHERE m.conversation_id = ANY($1::bigint[])
 ORDER BY m.conversation_id, m.joined_at, m.user_id
 """
 STATE = """
-SELECT c.kind, c.last_seq, array_agg(m.user_id ORDER BY m.user_id) FILTER (WHERE m.user_id IS NOT NULL) AS members
+SELECT c.kind, c.last_seq,
+       array_agg(m.user_id ORDER BY m.user_id) FILTER (WHERE m.user_id IS NOT NULL) AS members
 FROM chat.conversations c LEFT JOIN chat.members m ON m.conversation_id = c.id
 WHERE c.id = $1
 GROUP BY c.id
@@ -59,7 +62,8 @@ GROUP BY c.id
 IS_MEMBER = "SELECT EXISTS (SELECT 1 FROM chat.members WHERE conversation_id = $1 AND user_id = $2)"
 DIRECT_HIDDEN = f"""
 SELECT {users_hidden("a.user_id", "b.user_id")}
-FROM chat.members a JOIN chat.members b ON b.conversation_id = a.conversation_id AND b.user_id > a.user_id
+FROM chat.members a
+JOIN chat.members b ON b.conversation_id = a.conversation_id AND b.user_id > a.user_id
 WHERE a.conversation_id = $1
 """
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, client_id, text, created_at"
@@ -76,7 +80,8 @@ WITH batch AS (
 ), earlier AS (
     SELECT m.{_MESSAGE_COLUMNS.replace(", ", ", m.")}
     FROM chat.messages m
-    JOIN batch b ON m.conversation_id = b.conv AND m.sender_id = b.sender AND m.client_id = b.client_id
+    JOIN batch b
+      ON m.conversation_id = b.conv AND m.sender_id = b.sender AND m.client_id = b.client_id
 ), fresh AS (
     SELECT b.*, row_number() OVER (PARTITION BY b.conv ORDER BY b.ord) AS n FROM batch b
     WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.conversation_id = b.conv
@@ -96,7 +101,8 @@ WITH batch AS (
     UPDATE chat.members m SET last_read_seq = r.seq
     FROM (SELECT conversation_id, sender_id, max(seq) AS seq FROM inserted
           GROUP BY conversation_id, sender_id) r
-    WHERE m.conversation_id = r.conversation_id AND m.user_id = r.sender_id AND m.last_read_seq < r.seq
+    WHERE m.conversation_id = r.conversation_id AND m.user_id = r.sender_id
+      AND m.last_read_seq < r.seq
 )
 SELECT true AS fresh, i.* FROM inserted i
 UNION ALL
@@ -135,7 +141,7 @@ class MessageRow:
     created_at: datetime
 
     @classmethod
-    def of(cls, row: Record, skip: int = 0) -> "MessageRow":
+    def of(cls, row: Record, skip: int = 0) -> MessageRow:
         return cls(*list(row.values())[skip:])
 
 
@@ -148,7 +154,7 @@ class Committed:
 @dataclass(frozen=True, slots=True)
 class ConversationRow:
     id: int
-    kind: str
+    kind: Literal["direct", "group"]
     title: str | None
     created_by: int
     last_seq: int
@@ -157,7 +163,7 @@ class ConversationRow:
     last_read_seq: int
 
     @classmethod
-    def of(cls, row: Record) -> "ConversationRow":
+    def of(cls, row: Record) -> ConversationRow:
         return cls(*row.values())
 
 
@@ -187,13 +193,15 @@ class ChatStore:
 
     # -- conversations -----------------------------------------------------------------------
 
-    async def create(self, kind: str, title: str | None, creator: int,
-                     members: list[int]) -> tuple[int, bool]:
+    async def create(
+        self, kind: str, title: str | None, creator: int, members: list[int]
+    ) -> tuple[int, bool]:
         """Create a conversation with its members; for a direct one that exists, return it."""
         key = direct_key(creator, members[0]) if kind == "direct" else None
         async with self.db.transaction("create_conversation") as tx:
-            conv_id = await tx.fetchval("insert_conversation", INSERT_CONVERSATION, kind, title,
-                                        creator, key)
+            conv_id = await tx.fetchval(
+                "insert_conversation", INSERT_CONVERSATION, kind, title, creator, key
+            )
             if conv_id is None:
                 existing: int = await tx.fetchval("direct_by_key", DIRECT_BY_KEY, key)
                 return existing, False
@@ -201,14 +209,17 @@ class ChatStore:
         return conv_id, True
 
     async def for_member(self, user_id: int, conversation_id: int) -> ConversationRow | None:
-        row = await self.db.fetchrow("conversation_for_member", CONVERSATION_FOR_MEMBER, user_id,
-                                     conversation_id)
+        row = await self.db.fetchrow(
+            "conversation_for_member", CONVERSATION_FOR_MEMBER, user_id, conversation_id
+        )
         return ConversationRow.of(row) if row else None
 
-    async def list_for(self, user_id: int, before: tuple[datetime, int],
-                       limit: int) -> list[ConversationRow]:
-        rows = await self.db.fetch("list_conversations", LIST_CONVERSATIONS, user_id, before[0],
-                                   before[1], limit)
+    async def list_for(
+        self, user_id: int, before: tuple[datetime, int], limit: int
+    ) -> list[ConversationRow]:
+        rows = await self.db.fetch(
+            "list_conversations", LIST_CONVERSATIONS, user_id, before[0], before[1], limit
+        )
         return [ConversationRow.of(r) for r in rows]
 
     async def members_of(self, conversation_ids: list[int]) -> dict[int, list[PublicUser]]:
@@ -224,8 +235,10 @@ class ChatStore:
         await self.db.execute("add_members", INSERT_MEMBERS, conversation_id, user_ids)
 
     async def remove_member(self, conversation_id: int, user_id: int) -> bool:
-        return await self.db.execute("remove_member", DELETE_MEMBER, conversation_id,
-                                     user_id) != "DELETE 0"
+        return (
+            await self.db.execute("remove_member", DELETE_MEMBER, conversation_id, user_id)
+            != "DELETE 0"
+        )
 
     # -- the owner actor's view -------------------------------------------------------------
 
@@ -239,16 +252,16 @@ class ChatStore:
         """For a direct conversation: has one of the two blocked the other (or been suspended)?"""
         return bool(await self.db.fetchval("direct_hidden", DIRECT_HIDDEN, conversation_id))
 
-    async def commit(self, conversation_id: int, last_seq: int,
-                     batch: list[Outgoing]) -> "Committed":
+    async def commit(self, conversation_id: int, last_seq: int, batch: list[Outgoing]) -> Committed:
         """Store one conversation's batch (see :meth:`commit_many`); raises :class:`StaleOwner`."""
         result = (await self.commit_many([(conversation_id, last_seq, batch)]))[conversation_id]
         if isinstance(result, StaleOwner):
             raise result
         return result
 
-    async def commit_many(self, batches: list[tuple[int, int, list[Outgoing]]]
-                          ) -> dict[int, "Committed | StaleOwner"]:
+    async def commit_many(
+        self, batches: list[tuple[int, int, list[Outgoing]]]
+    ) -> dict[int, Committed | StaleOwner]:
         """Store several conversations' batches in one statement.
 
         Each entry is ``(conversation_id, last_seq its owner believes, batch)`` with every
@@ -268,8 +281,16 @@ class ChatStore:
                 ords.append(i)
         try:
             rows = await self.db.fetch(
-                "commit_messages", COMMIT, convs, senders, client_ids, texts, ords,
-                [conv for conv, _, _ in batches], [last for _, last, _ in batches])
+                "commit_messages",
+                COMMIT,
+                convs,
+                senders,
+                client_ids,
+                texts,
+                ords,
+                [conv for conv, _, _ in batches],
+                [last for _, last, _ in batches],
+            )
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             return {conv: StaleOwner(conv) for conv, _, _ in batches}
         results: dict[int, Committed | StaleOwner] = {}
@@ -299,17 +320,23 @@ class ChatStore:
     async def mark_read(self, conversation_id: int, user_id: int, seq: int) -> int | None:
         """Move the member's receipt forward (never back, never past the end); the new value,
         or None when nothing changed."""
-        value: int | None = await self.db.fetchval("mark_read", MARK_READ, conversation_id,
-                                                   user_id, seq)
+        value: int | None = await self.db.fetchval(
+            "mark_read", MARK_READ, conversation_id, user_id, seq
+        )
         return value
 
-    async def messages_after(self, conversation_id: int, after_seq: int,
-                             limit: int) -> list[MessageRow]:
-        rows = await self.db.fetch("messages_after", MESSAGES_AFTER, conversation_id, after_seq, limit)
+    async def messages_after(
+        self, conversation_id: int, after_seq: int, limit: int
+    ) -> list[MessageRow]:
+        rows = await self.db.fetch(
+            "messages_after", MESSAGES_AFTER, conversation_id, after_seq, limit
+        )
         return [MessageRow.of(r) for r in rows]
 
-    async def messages_before(self, conversation_id: int, before_seq: int,
-                              limit: int) -> list[MessageRow]:
-        rows = await self.db.fetch("messages_before", MESSAGES_BEFORE, conversation_id, before_seq,
-                                   limit)
+    async def messages_before(
+        self, conversation_id: int, before_seq: int, limit: int
+    ) -> list[MessageRow]:
+        rows = await self.db.fetch(
+            "messages_before", MESSAGES_BEFORE, conversation_id, before_seq, limit
+        )
         return [MessageRow.of(r) for r in rows]

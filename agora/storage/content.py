@@ -12,12 +12,14 @@ from datetime import datetime, timedelta
 import asyncpg
 import msgspec
 
+from agora.protocol.content import ReactionType, Visibility
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record, Tx, id_floor
 from agora.storage.visibility import can_see, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
 _COUNT_COLUMNS = tuple((t, f"{t}_count") for t in REACTION_TYPES)
+
 
 # One page of posts is one statement: the posts, their author, counters and the viewer's
 # reaction. $1 is always the viewer (NULL when anonymous).
@@ -36,14 +38,20 @@ LEFT JOIN content.reactions r ON r.post_id = p.id AND r.user_id = $1
 _POST_SELECT = _post_select()
 VISIBLE = can_see("$1::bigint", "p.author_id", "p.visibility")
 GET_POST = _POST_SELECT + f"WHERE p.id = $2 AND {VISIBLE}"
-POSTS_BY_IDS = _POST_SELECT + f"""
+POSTS_BY_IDS = (
+    _POST_SELECT
+    + f"""
 WHERE p.id = ANY($2::bigint[]) AND {VISIBLE}
 ORDER BY p.id DESC
 """
-USER_POSTS = _POST_SELECT + f"""
+)
+USER_POSTS = (
+    _POST_SELECT
+    + f"""
 WHERE p.author_id = $2 AND p.id < $3 AND {VISIBLE}
 ORDER BY p.id DESC LIMIT $4
 """
+)
 POST_ACCESS = f"""
 SELECT p.author_id, p.visibility, {VISIBLE} AS visible
 FROM content.posts p WHERE p.id = $2
@@ -81,15 +89,20 @@ CROSS JOIN LATERAL (
 ) fp
 ORDER BY fp.id DESC LIMIT $3
 """
-FEED_PAGE = _POST_SELECT + f"""
+FEED_PAGE = (
+    _POST_SELECT
+    + f"""
 WHERE p.id IN ({FEED_IDS}) AND {VISIBLE}
 ORDER BY p.id DESC
 """
+)
 # rank=top: a window of recent posts scored by engagement with time decay (formula in the
 # README). Scores are computed "as of" a fixed moment ($2) carried in the cursor, so pages agree;
 # $3/$4 bound the window by id (index) and $9 by creation time. Ranking reads only posts and
 # their counters; the page alone is then hydrated and re-checked with the visibility rule.
-TOP_FEED = _post_select(", ranked.score") + f"""
+TOP_FEED = (
+    _post_select(", ranked.score")
+    + f"""
 JOIN (
     SELECT c.id, sc.score
     FROM (
@@ -115,6 +128,7 @@ JOIN (
 WHERE {VISIBLE}
 ORDER BY ranked.score DESC, p.id DESC
 """
+)
 
 CHECK_VISIBLE = f"SELECT {VISIBLE} FROM content.posts p WHERE p.id = $2"
 UPSERT_REACTION = """
@@ -135,16 +149,20 @@ RETURNING id
 GET_COMMENT = _COMMENT_SELECT + "WHERE c.id = $1"
 COMMENT_POST = "SELECT post_id FROM content.comments WHERE id = $1"
 # Oldest first; comments by users hidden from the viewer are left out.
-LIST_COMMENTS = _COMMENT_SELECT + f"""
+LIST_COMMENTS = (
+    _COMMENT_SELECT
+    + f"""
 WHERE c.post_id = $2 AND c.id > $3 AND u.status = 'active'
   AND ($1::bigint IS NULL OR $1::bigint = c.author_id
        OR NOT {users_hidden("$1::bigint", "c.author_id")})
 ORDER BY c.id LIMIT $4
 """
+)
 COMMENT_ACCESS = f"""
 SELECT c.author_id, p.author_id AS post_author_id,
        {VISIBLE} AS post_visible,
-       ($1::bigint = c.author_id OR NOT {users_hidden("$1::bigint", "c.author_id")}) AS comment_visible
+       ($1::bigint = c.author_id OR NOT {users_hidden("$1::bigint", "c.author_id")})
+           AS comment_visible
 FROM content.comments c JOIN content.posts p ON p.id = c.post_id
 WHERE c.id = $2
 """
@@ -155,20 +173,29 @@ class PostRow(msgspec.Struct, frozen=True, gc=False):
     id: int
     author: PublicUser
     text: str
-    visibility: str
+    visibility: Visibility
     media_ids: list[int]
     created_at: datetime
     updated_at: datetime
     comment_count: int
     reaction_counts: dict[str, int]
-    my_reaction: str | None
+    my_reaction: ReactionType | None
 
     @classmethod
-    def of(cls, row: Record) -> "PostRow":
+    def of(cls, row: Record) -> PostRow:
         counts = {t: n for t, column in _COUNT_COLUMNS if (n := row[column])}
-        return cls(row["id"], PublicUser.of(row), row["text"], row["visibility"],
-                   row["media_ids"], row["created_at"], row["updated_at"],
-                   row["comment_count"], counts, row["my_reaction"])
+        return cls(
+            row["id"],
+            PublicUser.of(row),
+            row["text"],
+            row["visibility"],
+            row["media_ids"],
+            row["created_at"],
+            row["updated_at"],
+            row["comment_count"],
+            counts,
+            row["my_reaction"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +215,15 @@ class CommentRow:
     author: PublicUser
 
     @classmethod
-    def of(cls, row: Record) -> "CommentRow":
-        return cls(row["id"], row["post_id"], row["parent_id"], row["text"], row["created_at"],
-                   PublicUser.of(row))
+    def of(cls, row: Record) -> CommentRow:
+        return cls(
+            row["id"],
+            row["post_id"],
+            row["parent_id"],
+            row["text"],
+            row["created_at"],
+            PublicUser.of(row),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +239,9 @@ class PostStore:
         self.db = db
 
     async def create(self, author_id: int, text: str, visibility: str, media_ids: list[int]) -> int:
-        post_id: int = await self.db.fetchval("create_post", INSERT_POST, author_id, text,
-                                              visibility, media_ids)
+        post_id: int = await self.db.fetchval(
+            "create_post", INSERT_POST, author_id, text, visibility, media_ids
+        )
         return post_id
 
     async def get(self, viewer_id: int | None, post_id: int) -> PostRow | None:
@@ -221,8 +255,9 @@ class PostStore:
         rows = await self.db.fetch("posts_by_ids", POSTS_BY_IDS, viewer_id, post_ids)
         return [PostRow.of(r) for r in rows]
 
-    async def by_author(self, viewer_id: int | None, author_id: int, before_id: int,
-                        limit: int) -> list[PostRow]:
+    async def by_author(
+        self, viewer_id: int | None, author_id: int, before_id: int, limit: int
+    ) -> list[PostRow]:
         rows = await self.db.fetch("user_posts", USER_POSTS, viewer_id, author_id, before_id, limit)
         return [PostRow.of(r) for r in rows]
 
@@ -231,8 +266,15 @@ class PostStore:
         return PostAccess(row["author_id"], row["visibility"], row["visible"]) if row else None
 
     async def update(self, post_id: int, text: str | None, visibility: str | None) -> None:
-        await self.db.execute("update_post", UPDATE_POST, post_id, text is not None, text,
-                              visibility is not None, visibility)
+        await self.db.execute(
+            "update_post",
+            UPDATE_POST,
+            post_id,
+            text is not None,
+            text,
+            visibility is not None,
+            visibility,
+        )
 
     async def delete(self, post_id: int) -> bool:
         return await self.db.execute("delete_post", DELETE_POST, post_id) != "DELETE 0"
@@ -247,17 +289,33 @@ class PostStore:
         rows = await self.db.fetch("feed_page", FEED_PAGE, viewer_id, before_id, limit)
         return [PostRow.of(r) for r in rows]
 
-    async def top_feed(self, viewer_id: int, as_of: datetime, since: datetime,
-                       after: tuple[float, int], window_per_author: int,
-                       limit: int) -> list[tuple[PostRow, float]]:
+    async def top_feed(
+        self,
+        viewer_id: int,
+        as_of: datetime,
+        since: datetime,
+        after: tuple[float, int],
+        window_per_author: int,
+        limit: int,
+    ) -> list[tuple[PostRow, float]]:
         """Posts created in [since, as_of] ranked by score as of ``as_of``, below ``after``."""
         max_id = id_floor(as_of + timedelta(milliseconds=1)) - 1
-        rows = await self.db.fetch("top_feed", TOP_FEED, viewer_id, as_of, max_id,
-                                   id_floor(since), after[0], after[1], window_per_author, limit,
-                                   since)
+        rows = await self.db.fetch(
+            "top_feed",
+            TOP_FEED,
+            viewer_id,
+            as_of,
+            max_id,
+            id_floor(since),
+            after[0],
+            after[1],
+            window_per_author,
+            limit,
+            since,
+        )
         return [(PostRow.of(r), r["score"]) for r in rows]
 
-    # -- reactions ----------------------------------------------------------------------------------
+    # -- reactions --------------------------------------------------------------------------
 
     async def visible(self, tx: Tx | Database, viewer_id: int, post_id: int) -> bool:
         return bool(await tx.fetchval("check_post_visible", CHECK_VISIBLE, viewer_id, post_id))
@@ -289,10 +347,13 @@ class CommentStore:
         post_id: int | None = await self.db.fetchval("comment_post", COMMENT_POST, comment_id)
         return post_id
 
-    async def create(self, post_id: int, author_id: int, parent_id: int | None, text: str) -> int | None:
+    async def create(
+        self, post_id: int, author_id: int, parent_id: int | None, text: str
+    ) -> int | None:
         try:
-            comment_id: int = await self.db.fetchval("create_comment", INSERT_COMMENT, post_id,
-                                                     author_id, parent_id, text)
+            comment_id: int = await self.db.fetchval(
+                "create_comment", INSERT_COMMENT, post_id, author_id, parent_id, text
+            )
         except asyncpg.ForeignKeyViolationError:  # the post (or parent) was deleted meanwhile
             return None
         return comment_id
@@ -301,17 +362,21 @@ class CommentStore:
         row = await self.db.fetchrow("get_comment", GET_COMMENT, comment_id)
         return CommentRow.of(row) if row else None
 
-    async def list(self, viewer_id: int | None, post_id: int, after_id: int,
-                   limit: int) -> list[CommentRow]:
-        rows = await self.db.fetch("list_comments", LIST_COMMENTS, viewer_id, post_id, after_id, limit)
+    async def list(
+        self, viewer_id: int | None, post_id: int, after_id: int, limit: int
+    ) -> list[CommentRow]:
+        rows = await self.db.fetch(
+            "list_comments", LIST_COMMENTS, viewer_id, post_id, after_id, limit
+        )
         return [CommentRow.of(r) for r in rows]
 
     async def access(self, viewer_id: int, comment_id: int) -> CommentAccess | None:
         row = await self.db.fetchrow("comment_access", COMMENT_ACCESS, viewer_id, comment_id)
         if row is None:
             return None
-        return CommentAccess(row["author_id"], row["post_author_id"], row["post_visible"],
-                             row["comment_visible"])
+        return CommentAccess(
+            row["author_id"], row["post_author_id"], row["post_visible"], row["comment_visible"]
+        )
 
     async def delete(self, comment_id: int) -> bool:
         return await self.db.execute("delete_comment", DELETE_COMMENT, comment_id) != "DELETE 0"

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
-
-Record = asyncpg.Record
+from asyncpg import Record as Record  # re-exported for the stores
 
 # Mirrors agora.next_id() in migrations/0001: ms since 2025-01-01 above 12 bits of sequence.
 ID_EPOCH_MS = 1_735_689_600_000
@@ -28,13 +28,18 @@ def id_floor(at: datetime) -> int:
     """The smallest id a row created at ``at`` can have (ids are time-ordered)."""
     ms = int(at.timestamp() * 1000) - ID_EPOCH_MS
     return max(0, ms) << ID_SEQUENCE_BITS
+
+
 Observer = Callable[[str, float], None]
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
-            typename, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode,
+            typename,
+            schema="pg_catalog",
+            encoder=_encode_json,
+            decoder=msgspec.json.decode,
         )
 
 
@@ -55,7 +60,7 @@ class _Runner:
 
     _conn_or_pool: Any
     _observe: Observer
-    _db: "Database"
+    _db: Database
 
     async def fetch(self, name: str, sql: str, *args: Any) -> list[Record]:
         start = time.perf_counter()
@@ -67,7 +72,7 @@ class _Runner:
     async def fetchrow(self, name: str, sql: str, *args: Any) -> Record | None:
         start = time.perf_counter()
         try:
-            return await self._conn_or_pool.fetchrow(sql, *args)  # type: ignore[no-any-return]
+            return await self._conn_or_pool.fetchrow(sql, *args)
         finally:
             self._done(name, start)
 
@@ -100,7 +105,7 @@ class _Runner:
 class Tx(_Runner):
     """One open transaction on one connection."""
 
-    def __init__(self, db: "Database", conn: asyncpg.Connection, name: str) -> None:
+    def __init__(self, db: Database, conn: asyncpg.Connection, name: str) -> None:
         self._db = db
         self._conn_or_pool = conn
         self._observe = db.observe
@@ -124,22 +129,29 @@ class Database(_Runner):
         self.queries = 0
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 20,
-                      observe: Observer | None = None) -> "Database":
+    async def connect(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 20, observe: Observer | None = None
+    ) -> Database:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_reset,
-            command_timeout=30, max_inactive_connection_lifetime=300,
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_reset,
+            command_timeout=30,
+            max_inactive_connection_lifetime=300,
         )
         assert pool is not None
         return cls(pool, observe)
 
     @asynccontextmanager
-    async def transaction(self, name: str, *, isolation: str = "read_committed") -> AsyncIterator[Tx]:
+    async def transaction(
+        self, name: str, *, isolation: str = "read_committed"
+    ) -> AsyncIterator[Tx]:
         """``async with db.transaction("register_user") as tx:`` commits on success."""
         start = time.perf_counter()
-        async with self.pool.acquire() as conn:
-            async with conn.transaction(isolation=isolation):
-                yield Tx(self, conn, name)
+        async with self.pool.acquire() as conn, conn.transaction(isolation=isolation):
+            yield Tx(self, conn, name)
         self.observe(f"tx:{name}", time.perf_counter() - start)
 
     async def ping(self, timeout: float = 2.0) -> bool:

@@ -12,8 +12,8 @@ a leak.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import redis.asyncio as aioredis
 
@@ -35,12 +35,15 @@ local function trim(key, cap)
 end
 """
 # KEYS[1] feed; ARGV: post id, cap, ttl, truncated score, truncated
-_ADD = _TRIM + """
+_ADD = (
+    _TRIM
+    + """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
 trim(KEYS[1], tonumber(ARGV[2]))
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 """
+)
 # KEYS[1] feed, KEYS[2] generation; ARGV: max score (exclusive), count, ttl, sentinel, truncated
 # -> {0, generation} when the set is not complete, else {1, truncated?, id, id, ...}
 _READ = """
@@ -55,7 +58,9 @@ return ids
 """
 # KEYS[1] feed, KEYS[2] generation; ARGV: generation seen, cap, ttl, sentinel score, sentinel,
 # ids..., truncated score, truncated -> 1 when written, 0 when an invalidation raced the rebuild
-_FILL = _TRIM + """
+_FILL = (
+    _TRIM
+    + """
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
 for i = 6, #ARGV - 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i]) end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[5])
@@ -63,6 +68,7 @@ trim(KEYS[1], tonumber(ARGV[2]))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +80,9 @@ class CachedPage:
 
 
 class FeedCache:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, size: int = 800,
-                 ttl: int = 24 * 3600) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, size: int = 800, ttl: int = 24 * 3600
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.size = size
@@ -93,10 +100,12 @@ class FeedCache:
         ids = list(user_ids)
         for start in range(0, len(ids), chunk):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for uid in ids[start:start + chunk]:
-                    await self._add(keys=[self.keys.feed(uid)],
-                                    args=[post_id, self.size, self.ttl, TRUNCATED_SCORE, TRUNCATED],
-                                    client=pipe)
+                for uid in ids[start : start + chunk]:
+                    await self._add(
+                        keys=[self.keys.feed(uid)],
+                        args=[post_id, self.size, self.ttl, TRUNCATED_SCORE, TRUNCATED],
+                        client=pipe,
+                    )
                 await pipe.execute()
 
     async def remove(self, user_ids: Iterable[int], post_id: int) -> None:
@@ -113,10 +122,12 @@ class FeedCache:
                 pipe.expire(self.keys.feed_generation(uid), self.ttl * 2)
             await pipe.execute()
 
-    async def read(self, user_id: int, before_id: int, count: int) -> "CachedPage":
+    async def read(self, user_id: int, before_id: int, count: int) -> CachedPage:
         """Up to ``count`` ids below ``before_id``, newest first, if the set is complete."""
-        reply = await self._read(keys=[self.keys.feed(user_id), self.keys.feed_generation(user_id)],
-                                 args=[before_id, count, self.ttl, SENTINEL, TRUNCATED])
+        reply = await self._read(
+            keys=[self.keys.feed(user_id), self.keys.feed_generation(user_id)],
+            args=[before_id, count, self.ttl, SENTINEL, TRUNCATED],
+        )
         if int(reply[0]) == 0:
             generation = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
             return CachedPage(False, True, [], generation)
@@ -124,8 +135,17 @@ class FeedCache:
 
     async def fill(self, user_id: int, generation: bytes, post_ids: list[int]) -> bool:
         """Write a rebuilt window (newest ``size`` ids) unless an invalidation raced it."""
-        args: list[object] = [generation, self.size, self.ttl, SENTINEL_SCORE, SENTINEL, *post_ids,
-                              TRUNCATED_SCORE, TRUNCATED]
-        written = await self._fill(keys=[self.keys.feed(user_id), self.keys.feed_generation(user_id)],
-                                   args=args)
+        args: list[bytes | int] = [
+            generation,
+            self.size,
+            self.ttl,
+            SENTINEL_SCORE,
+            SENTINEL,
+            *post_ids,
+            TRUNCATED_SCORE,
+            TRUNCATED,
+        ]
+        written = await self._fill(
+            keys=[self.keys.feed(user_id), self.keys.feed_generation(user_id)], args=args
+        )
         return bool(written)

@@ -65,8 +65,9 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-async def migrate(dsn_or_conn: str | asyncpg.Connection,
-                  migrations: list[Migration] | None = None) -> list[str]:
+async def migrate(
+    dsn_or_conn: str | asyncpg.Connection, migrations: list[Migration] | None = None
+) -> list[str]:
     """Apply what is pending; return the names applied (empty when up to date)."""
     migrations = discover() if migrations is None else migrations
     own = isinstance(dsn_or_conn, str)
@@ -85,14 +86,19 @@ async def migrate(dsn_or_conn: str | asyncpg.Connection,
 
 async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
     await conn.execute(_BOOTSTRAP)
-    applied = {r["version"]: r for r in await conn.fetch(
-        "SELECT version, name, checksum FROM agora_meta.migrations ORDER BY version")}
+    applied = {
+        r["version"]: r
+        for r in await conn.fetch(
+            "SELECT version, name, checksum FROM agora_meta.migrations ORDER BY version"
+        )
+    }
     known = {m.version for m in migrations}
     for version, row in applied.items():
         if version not in known:
             raise MigrationError(
                 f"migration {row['name']} is applied in the database but missing from the code "
-                "(is this node older than the database?)")
+                "(is this node older than the database?)"
+            )
     done: list[str] = []
     for m in migrations:
         row = applied.get(m.version)
@@ -100,14 +106,19 @@ async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) 
             if row["checksum"] != m.checksum:
                 raise MigrationError(
                     f"migration {m.name}.sql was edited after it was applied "
-                    f"(recorded checksum {row['checksum'][:12]}..., file now {m.checksum[:12]}...); "
-                    "applied migrations are never edited: restore the file and add a new one")
+                    f"(recorded checksum {row['checksum'][:12]}..., "
+                    f"file now {m.checksum[:12]}...); "
+                    "applied migrations are never edited: restore the file and add a new one"
+                )
             continue
         async with conn.transaction():
             await conn.execute(m.sql)
             await conn.execute(
                 "INSERT INTO agora_meta.migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                m.version, m.name, m.checksum)
+                m.version,
+                m.name,
+                m.checksum,
+            )
         log.info("applied migration %s", m.name)
         done.append(m.name)
     return done

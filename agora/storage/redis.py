@@ -6,8 +6,9 @@ node inbox streams. PostgreSQL is the record; losing Redis loses no message or p
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from typing import cast
 
+import redis.asyncio as aioredis
 
 # Blocking stream reads (XREAD BLOCK) must return well within the socket timeout.
 SOCKET_TIMEOUT = 10.0
@@ -17,12 +18,17 @@ BLOCK_MS = 2000
 def connect(url: str, max_connections: int = 256) -> aioredis.Redis:
     """A client whose pool waits for a free connection under bursts instead of failing
     (redis-py's default pool raises past 100 connections)."""
-    options: dict[str, object] = {"socket_connect_timeout": 5, "socket_timeout": SOCKET_TIMEOUT,
-                                  "health_check_interval": 30, "retry_on_timeout": True}
+    options: dict[str, object] = {
+        "socket_connect_timeout": 5,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections,
-                                                   timeout=SOCKET_TIMEOUT, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=SOCKET_TIMEOUT, **options
+    )
     return aioredis.Redis(connection_pool=pool, decode_responses=False)
 
 
@@ -70,6 +76,26 @@ class Keys:
     def feed_generation(self, user_id: int) -> str:
         """Bumped whenever the feed is invalidated, so a rebuild that raced it is discarded."""
         return f"{self.prefix}feedgen:{user_id}"
+
+
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def stream_tail(client: aioredis.Redis, stream: str) -> bytes:
+    """The id of the newest entry of ``stream`` (``0-0`` when empty): read from there on."""
+    entries = await client.xrevrange(stream, count=1)
+    return cast(bytes, entries[0][0]) if entries else b"0-0"
+
+
+async def read_stream(
+    client: aioredis.Redis, stream: str, after: bytes, count: int
+) -> list[StreamEntry]:
+    """Entries of ``stream`` after ``after``, waiting up to ``BLOCK_MS`` for the first."""
+    reply = await client.xread({stream: after}, block=BLOCK_MS, count=count)
+    entries: list[StreamEntry] = []
+    for _name, items in cast(list[tuple[bytes, list[StreamEntry]]], reply or []):
+        entries.extend(items)
+    return entries
 
 
 async def ping(client: aioredis.Redis, timeout: float = 2.0) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser, public_user_columns
 from agora.storage.db import Database, Record, Tx
@@ -41,20 +42,28 @@ INSERT_REQUEST = """
 INSERT INTO social.friend_requests (from_user_id, to_user_id) VALUES ($1, $2) RETURNING id
 """
 SELECT_REQUEST = _REQUEST_SELECT + "WHERE r.id = $1"
-REQUEST_PARTIES = "SELECT from_user_id, to_user_id, status FROM social.friend_requests WHERE id = $1"
+REQUEST_PARTIES = (
+    "SELECT from_user_id, to_user_id, status FROM social.friend_requests WHERE id = $1"
+)
 SET_REQUEST_STATUS = """
 UPDATE social.friend_requests SET status = $2, updated_at = now() WHERE id = $1
 """
-LIST_INCOMING = _REQUEST_SELECT + f"""
+LIST_INCOMING = (
+    _REQUEST_SELECT
+    + f"""
 WHERE r.to_user_id = $1 AND r.status = 'pending' AND r.id < $2
   AND NOT {users_hidden("r.from_user_id", "r.to_user_id")}
 ORDER BY r.id DESC LIMIT $3
 """
-LIST_OUTGOING = _REQUEST_SELECT + f"""
+)
+LIST_OUTGOING = (
+    _REQUEST_SELECT
+    + f"""
 WHERE r.from_user_id = $1 AND r.status = 'pending' AND r.id < $2
   AND NOT {users_hidden("r.from_user_id", "r.to_user_id")}
 ORDER BY r.id DESC LIMIT $3
 """
+)
 CANCEL_PENDING_BETWEEN = """
 UPDATE social.friend_requests SET status = 'cancelled', updated_at = now()
 WHERE status = 'pending'
@@ -117,15 +126,22 @@ class FriendRequest:
     id: int
     from_user_id: int
     to_user_id: int
-    status: str
+    status: Literal["pending", "accepted", "declined", "cancelled"]
     created_at: datetime
     from_user: PublicUser
     to_user: PublicUser
 
     @classmethod
-    def of(cls, row: Record) -> "FriendRequest":
-        return cls(row["id"], row["from_user_id"], row["to_user_id"], row["status"],
-                   row["created_at"], PublicUser.of(row, "f_"), PublicUser.of(row, "t_"))
+    def of(cls, row: Record) -> FriendRequest:
+        return cls(
+            row["id"],
+            row["from_user_id"],
+            row["to_user_id"],
+            row["status"],
+            row["created_at"],
+            PublicUser.of(row, "f_"),
+            PublicUser.of(row, "t_"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +171,17 @@ class SocialStore:
         return Relationship(
             other_exists=row["other_status"] is not None,
             other_active=row["other_status"] == "active",
-            friends=row["friends"], i_blocked=row["i_blocked"], blocked_me=row["blocked_me"],
-            pending_request_id=row["request_id"], pending_from=row["request_from"])
+            friends=row["friends"],
+            i_blocked=row["i_blocked"],
+            blocked_me=row["blocked_me"],
+            pending_request_id=row["request_id"],
+            pending_from=row["request_from"],
+        )
 
     async def create_request(self, tx: Tx, from_user: int, to_user: int) -> int:
-        request_id: int = await tx.fetchval("create_friend_request", INSERT_REQUEST, from_user, to_user)
+        request_id: int = await tx.fetchval(
+            "create_friend_request", INSERT_REQUEST, from_user, to_user
+        )
         return request_id
 
     async def request_parties(self, tx: Tx, request_id: int) -> tuple[int, int, str] | None:
@@ -199,8 +221,9 @@ class SocialStore:
         row = await self.db.fetchrow("get_friend_request", SELECT_REQUEST, request_id)
         return FriendRequest.of(row) if row else None
 
-    async def list_requests(self, user_id: int, incoming: bool, before_id: int,
-                            limit: int) -> list[FriendRequest]:
+    async def list_requests(
+        self, user_id: int, incoming: bool, before_id: int, limit: int
+    ) -> list[FriendRequest]:
         sql = LIST_INCOMING if incoming else LIST_OUTGOING
         rows = await self.db.fetch("list_friend_requests", sql, user_id, before_id, limit)
         return [FriendRequest.of(r) for r in rows]
@@ -213,13 +236,16 @@ class SocialStore:
         rows = await self.db.fetch("friends_among", FRIENDS_AMONG, user_id, candidates)
         return {r["friend_id"] for r in rows}
 
-    async def list_friends(self, user_id: int, viewer_id: int | None, before: tuple[datetime, int],
-                           limit: int) -> list[Friend]:
-        rows = await self.db.fetch("list_friends", LIST_FRIENDS, user_id, before[0], before[1],
-                                   viewer_id, limit)
+    async def list_friends(
+        self, user_id: int, viewer_id: int | None, before: tuple[datetime, int], limit: int
+    ) -> list[Friend]:
+        rows = await self.db.fetch(
+            "list_friends", LIST_FRIENDS, user_id, before[0], before[1], viewer_id, limit
+        )
         return [Friend(PublicUser.of(r), r["since"]) for r in rows]
 
-    async def list_blocks(self, user_id: int, before: tuple[datetime, int],
-                          limit: int) -> list[Block]:
+    async def list_blocks(
+        self, user_id: int, before: tuple[datetime, int], limit: int
+    ) -> list[Block]:
         rows = await self.db.fetch("list_blocks", LIST_BLOCKS, user_id, before[0], before[1], limit)
         return [Block(PublicUser.of(r), r["created_at"]) for r in rows]

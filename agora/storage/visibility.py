@@ -15,9 +15,12 @@ from __future__ import annotations
 def users_hidden(a: str, b: str) -> str:
     """True when ``a`` and ``b`` may not see each other: a block either way, or either of them
     is suspended."""
-    return (f"(EXISTS (SELECT 1 FROM social.blocks"
-            f" WHERE (blocker_id = {a} AND blocked_id = {b}) OR (blocker_id = {b} AND blocked_id = {a}))"
-            f" OR EXISTS (SELECT 1 FROM accounts.users WHERE id IN ({a}, {b}) AND status <> 'active'))")
+    return (
+        f"(EXISTS (SELECT 1 FROM social.blocks"
+        f" WHERE (blocker_id = {a} AND blocked_id = {b})"
+        f"    OR (blocker_id = {b} AND blocked_id = {a}))"
+        f" OR EXISTS (SELECT 1 FROM accounts.users WHERE id IN ({a}, {b}) AND status <> 'active'))"
+    )
 
 
 def can_see(viewer: str, author: str, visibility: str) -> str:
@@ -36,5 +39,6 @@ def can_see(viewer: str, author: str, visibility: str) -> str:
             AND EXISTS (SELECT 1 FROM accounts.users WHERE id = {author} AND status = 'active')
         WHEN {users_hidden(viewer, author)} THEN false
         WHEN {visibility} = 'public' THEN true
-        ELSE EXISTS (SELECT 1 FROM social.friendships WHERE user_id = {viewer} AND friend_id = {author})
+        ELSE EXISTS (SELECT 1 FROM social.friendships
+                     WHERE user_id = {viewer} AND friend_id = {author})
     END)"""

@@ -37,8 +37,12 @@ class User:
 
 async def register(client: TestClient, username: str | None = None, **extra: Any) -> User:
     username = username or unique()
-    payload = {"username": username, "email": f"{username}@example.test", "password": PASSWORD,
-               **extra}
+    payload = {
+        "username": username,
+        "email": f"{username}@example.test",
+        "password": PASSWORD,
+        **extra,
+    }
     resp = await client.post("/api/v1/auth/register", json=payload)
     body = await resp.json()
     assert resp.status == 201, body
@@ -65,20 +69,25 @@ async def befriend(client: TestClient, a: User, b: User) -> None:
 
 
 async def block(client: TestClient, blocker: User, blocked: User) -> None:
-    resp = await client.post("/api/v1/blocks", headers=blocker.headers, json={"user_id": blocked.id})
+    resp = await client.post(
+        "/api/v1/blocks", headers=blocker.headers, json={"user_id": blocked.id}
+    )
     assert resp.status == 201, await resp.text()
 
 
-async def create_post(client: TestClient, author: User, text: str = "hello",
-                      visibility: str = "friends") -> dict[str, Any]:
-    resp = await client.post("/api/v1/posts", headers=author.headers,
-                             json={"text": text, "visibility": visibility})
+async def create_post(
+    client: TestClient, author: User, text: str = "hello", visibility: str = "friends"
+) -> dict[str, Any]:
+    resp = await client.post(
+        "/api/v1/posts", headers=author.headers, json={"text": text, "visibility": visibility}
+    )
     assert resp.status == 201, await resp.text()
     return await resp.json()  # type: ignore[no-any-return]
 
 
-async def get_json(client: TestClient, path: str, user: User | None = None,
-                   status: int = 200) -> Any:
+async def get_json(
+    client: TestClient, path: str, user: User | None = None, status: int = 200
+) -> Any:
     resp = await client.get(path, headers=user.headers if user else {})
     assert resp.status == status, (path, resp.status, await resp.text())
     return await resp.json()

@@ -37,8 +37,22 @@ class NodeProcess:
         started = time.monotonic()
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agora", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "agora",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         while time.monotonic() - started < ready_within:
             if self.proc.poll() is not None:
                 raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log}")

@@ -15,7 +15,7 @@ class TCPProxy:
         self.port = 0
         self.accepting = True
 
-    async def start(self) -> "TCPProxy":
+    async def start(self) -> TCPProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

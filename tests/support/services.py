@@ -32,7 +32,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 async def _pg_answers(dsn: str) -> bool:
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True

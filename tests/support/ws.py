@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
@@ -22,8 +23,9 @@ class WsClient:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, target: TestClient | str, token: str, *,
-                      session: aiohttp.ClientSession | None = None) -> "WsClient":
+    async def connect(
+        cls, target: TestClient | str, token: str, *, session: aiohttp.ClientSession | None = None
+    ) -> WsClient:
         if isinstance(target, TestClient):
             ws = await target.ws_connect(f"/ws?token={token}")
         else:
@@ -44,8 +46,9 @@ class WsClient:
     async def send(self, frame: Frame) -> None:
         await self.ws.send_str(json.dumps(frame))
 
-    async def expect(self, kind: str, timeout: float = 5.0,
-                     where: Callable[[Frame], bool] = lambda f: True) -> Frame:
+    async def expect(
+        self, kind: str, timeout: float = 5.0, where: Callable[[Frame], bool] = lambda f: True
+    ) -> Frame:
         """The next frame of this kind (and matching ``where``) not returned before."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -55,8 +58,9 @@ class WsClient:
                     frame["_seen"] = True
                     return frame
             if self.ws.closed and self._reader.done():
-                raise AssertionError(f"closed ({self.close_code}) before a {kind!r} frame; "
-                                     f"got {self._summary()}")
+                raise AssertionError(
+                    f"closed ({self.close_code}) before a {kind!r} frame; got {self._summary()}"
+                )
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise AssertionError(f"no {kind!r} frame within {timeout}s; got {self._summary()}")
