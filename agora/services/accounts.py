@@ -13,7 +13,7 @@ from agora.errors import AppError, ErrorCode, invalid, not_found, unauthorized
 from agora.protocol.accounts import AuthOut, MeOut, RegisterIn, UpdateMeIn, UserOut
 from agora.services.invalidation import Invalidator
 from agora.services.passwords import Passwords
-from agora.services.presenters import user_out
+from agora.services.presenters import me_out, user_out
 from agora.services.ratelimit import RateLimiter
 from agora.services.revocations import Revocations
 from agora.services.tokens import InvalidToken, TokenIssuer, hash_refresh_token, new_refresh_token
@@ -33,19 +33,6 @@ class Viewer:
 
     user_id: int
     session_id: int
-
-
-def me_out(user: UserRecord) -> MeOut:
-    return MeOut(
-        id=str(user.id),
-        username=user.username,
-        display_name=user.display_name,
-        bio=user.bio,
-        avatar_url=None,
-        created_at=user.created_at,
-        email=user.email,
-        role=user.role,
-    )
 
 
 class AccountService:
@@ -82,20 +69,10 @@ class AccountService:
 
     # -- sign-up, sign-in, tokens -------------------------------------------------------------
 
-    async def create_user(
-        self,
-        username: str,
-        email: str,
-        password: str,
-        display_name: str | None = None,
-        role: str = "user",
-    ) -> UserRecord:
-        return await create_user(
-            self.store, self.passwords, username, email, password, display_name, role
-        )
-
     async def register(self, body: RegisterIn, user_agent: str = "") -> AuthOut:
-        user = await self.create_user(body.username, body.email, body.password, body.display_name)
+        user = await create_user(
+            self.store, self.passwords, body.username, body.email, body.password, body.display_name
+        )
         log.info("registered user %s", user.id)
         return await self._open_session(user, user_agent)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from agora.protocol.accounts import UserOut
+import msgspec
+
+from agora.protocol.accounts import MeOut, UserOut
 from agora.protocol.content import CommentOut, PostOut
 from agora.protocol.social import BlockOut, FriendOut, FriendRequestOut
+from agora.storage.accounts import UserRecord
 from agora.storage.content import CommentRow, PostRow
 from agora.storage.social import Block, Friend, FriendRequest
 
@@ -36,6 +39,11 @@ def user_out(user: UserLike) -> UserOut:
         avatar_url=None,
         created_at=user.created_at,
     )
+
+
+def me_out(user: UserRecord) -> MeOut:
+    """The caller's own account: the public face plus email and role."""
+    return MeOut(**msgspec.structs.asdict(user_out(user)), email=user.email, role=user.role)
 
 
 def friend_request_out(req: FriendRequest) -> FriendRequestOut:
