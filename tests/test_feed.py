@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import asyncpg
 import pytest
 from aiohttp import web
@@ -22,7 +20,7 @@ from tests.support.api import (
     get_json,
     register,
 )
-from tests.support.proxy import TCPProxy
+from tests.support.proxy import proxy_redis
 
 
 async def _feed_ids(
@@ -194,13 +192,11 @@ async def test_a_feed_page_costs_a_bounded_number_of_queries(uncached: TestClien
 
 
 async def test_feed_survives_losing_redis(make_client, config: Config) -> None:  # type: ignore[no-untyped-def]
-    redis_url = urlsplit(config.redis.url or "")
-    proxy = await TCPProxy(redis_url.hostname or "127.0.0.1", redis_url.port or 6379).start()
+    assert config.redis.url
+    proxy, through = await proxy_redis(config.redis.url)
     try:
         cut_config = config.with_overrides(
-            redis=config.redis.__class__(
-                url=f"redis://127.0.0.1:{proxy.port}/0", prefix=config.redis.prefix
-            ),
+            redis=config.redis.__class__(url=through, prefix=config.redis.prefix),
             feed_page_cache=0,
         )
         client = await make_client(create_app(cut_config))

