@@ -69,7 +69,7 @@ def resolve(
             "RabbitMQ: %s",
             f"configured ({redact(config.amqp_url)})"
             if config.amqp_url
-            else "not configured (domain events are consumed in process)",
+            else "not configured",
         )
         log.info(
             "Elasticsearch: %s",
