@@ -2,7 +2,8 @@
 
 A bare aiohttp WebSocket server on uvloop with rooms in a dict: no actors, no storage, no
 Redis, no auth (the token *is* the user id). It speaks the slice of API.md the chat bench uses,
-with the same frame shapes, so the very same client code drives it and Agora:
+with Agora's own frame types (agora/protocol/frames.py), so the very same client code drives it
+and Agora:
 
 - ``POST /api/v1/conversations {"member_ids"}`` (bearer = caller) -> 201 ``{"id", ...}``;
 - ``GET /ws?token=<user id>`` -> ``{"type": "ready", "session_id", "user_id"}``;
@@ -23,16 +24,20 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
+from agora.protocol.chat import MessageOut
+from agora.protocol.frames import (
+    Ack,
+    ErrorFrame,
+    MessageFrame,
+    Ping,
+    Pong,
+    Ready,
+    Send,
+    client_decoder,
+)
 from bench.chatload import run_chat
 from bench.procs import log, serve_app, spawn_module
 from bench.wsclient import Member
-
-
-class _In(msgspec.Struct):
-    type: str
-    conversation_id: str | None = None
-    client_id: str | None = None
-    text: str | None = None
 
 
 class _CreateIn(msgspec.Struct):
@@ -47,40 +52,6 @@ class _Conversation(msgspec.Struct):
     members: list[str]
     last_seq: int
     created_at: datetime
-
-
-class _Message(msgspec.Struct):
-    id: str
-    conversation_id: str
-    seq: int
-    sender_id: str
-    text: str
-    client_id: str
-    created_at: datetime
-
-
-class _MessageFrame(msgspec.Struct, tag="message", tag_field="type"):
-    message: _Message
-
-
-class _Ack(msgspec.Struct, tag="ack", tag_field="type"):
-    client_id: str
-    message_id: str
-    seq: int
-
-
-class _Ready(msgspec.Struct, tag="ready", tag_field="type"):
-    session_id: str
-    user_id: str
-
-
-class _Error(msgspec.Struct, tag="error", tag_field="type"):
-    code: str
-    message: str
-
-
-class _Pong(msgspec.Struct, tag="pong", tag_field="type"):
-    pass
 
 
 @dataclass
@@ -101,7 +72,6 @@ def make_app() -> web.Application:
     """The baseline chat app."""
     state = _State()
     encode = msgspec.json.Encoder().encode
-    decode = msgspec.json.Decoder(_In).decode
 
     async def create(request: web.Request) -> web.Response:
         caller = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -118,23 +88,27 @@ def make_app() -> web.Application:
         )
         return web.Response(body=encode(out), status=201, content_type="application/json")
 
-    async def send(ws: web.WebSocketResponse, user: str, frame: _In) -> None:
-        room = state.rooms.get(frame.conversation_id or "")
-        if room is None or user not in room.members or not frame.client_id:
-            await ws.send_frame(encode(_Error("not_found", "no such conversation")), WSMsgType.TEXT)
+    async def send(ws: web.WebSocketResponse, user: str, frame: Send) -> None:
+        room = state.rooms.get(frame.conversation_id)
+        if room is None or user not in room.members:
+            error = ErrorFrame(code="not_found", message="no such conversation")
+            await ws.send_frame(encode(error), WSMsgType.TEXT)
             return
         room.seq += 1
-        message = _Message(
-            str(next(state.ids)),
-            room.id,
-            room.seq,
-            user,
-            frame.text or "",
-            frame.client_id,
-            datetime.now(UTC),
+        message = MessageOut(
+            id=str(next(state.ids)),
+            conversation_id=room.id,
+            seq=room.seq,
+            sender_id=user,
+            text=frame.text,
+            client_id=frame.client_id,
+            created_at=datetime.now(UTC),
         )
-        await ws.send_frame(encode(_Ack(frame.client_id, message.id, room.seq)), WSMsgType.TEXT)
-        payload = encode(_MessageFrame(message))
+        ack = Ack(
+            client_id=frame.client_id, message_id=message.id, seq=room.seq, conversation_id=room.id
+        )
+        await ws.send_frame(encode(ack), WSMsgType.TEXT)
+        payload = encode(MessageFrame(message=message))
         for member in room.members:
             for session in list(state.sessions.get(member, ())):
                 if not session.closed:
@@ -148,15 +122,18 @@ def make_app() -> web.Application:
         await ws.prepare(request)
         state.sessions.setdefault(user, set()).add(ws)
         try:
-            await ws.send_frame(encode(_Ready(str(next(state.ids)), user)), WSMsgType.TEXT)
+            ready = Ready(
+                session_id=str(next(state.ids)), user_id=user, node_id="baseline", heartbeat=0.0
+            )
+            await ws.send_frame(encode(ready), WSMsgType.TEXT)
             async for msg in ws:
                 if msg.type is not WSMsgType.TEXT:
                     continue
-                frame = decode(msg.data)
-                if frame.type == "send":
+                frame = client_decoder.decode(msg.data)  # Agora's own frame types
+                if isinstance(frame, Send):
                     await send(ws, user, frame)
-                elif frame.type == "ping":
-                    await ws.send_frame(encode(_Pong()), WSMsgType.TEXT)
+                elif isinstance(frame, Ping):
+                    await ws.send_frame(encode(Pong()), WSMsgType.TEXT)
         except ConnectionResetError:
             pass
         finally:
