@@ -146,3 +146,28 @@ async def test_notifications_reach_every_session_on_every_node(make_client) -> N
     for ws in (on1, on2):
         frame = await ws.expect("notification")
         assert frame["notification"] == {"id": "1", "kind": "message"}
+
+
+async def test_crashes_are_counted_in_the_metrics(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(cluster=FAST)
+    a, b = await register(client), await register(client)
+    await befriend(client, a, b)
+    cid = (await (await client.post("/api/v1/conversations", headers=a.headers,
+                                    json={"member_ids": [b.id]})).json())["id"]
+    directory = client.server.app[keys.CONVERSATIONS]
+    await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
+                      json={"text": "x", "client_id": "c0"})
+    actor = directory._actors[int(cid)]
+
+    async def broken(op):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in a command handler")
+
+    actor.receive = broken  # type: ignore[method-assign]
+    ws = await WsClient.connect(client, a.access)
+    await ws.send({"type": "typing", "conversation_id": cid})
+    assert (await ws.expect("error"))["code"] == "internal_error"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'agora_actor_restarts_total{kind="conversation"} 1.0' in metrics
+    resp = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
+                             json={"text": "still works", "client_id": "c1"})
+    assert resp.status == 201 and (await resp.json())["seq"] == 2

@@ -381,3 +381,26 @@ async def test_a_slow_reader_is_closed_without_delaying_the_others(make_client) 
     metrics = await (await client.get("/metrics")).text()
     assert 'agora_ws_closed_total{reason="slow_consumer"} 1.0' in metrics
     slow_writer.close()
+
+
+async def test_chat_keeps_working_on_one_node_when_redis_is_cut(make_client, config: Config) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.proxy import proxy_redis
+
+    assert config.redis.url
+    proxy, through = await proxy_redis(config.redis.url)
+    try:
+        client = await make_client(
+            cluster=FAST,
+            redis=config.redis.__class__(url=through, prefix=config.redis.prefix),
+        )
+        a, b, cid = await _pair(client)
+        wa, wb = await WsClient.connect(client, a.access), await WsClient.connect(client, b.access)
+        proxy.cut()
+        await wa.send({"type": "send", "conversation_id": cid, "client_id": "no-redis", "text": "hi"})
+        ack = await wa.expect("ack")  # stored in PostgreSQL, acked
+        assert (await wb.expect("message"))["message"]["id"] == ack["message_id"]  # same node
+        metrics = await (await client.get("/metrics")).text()
+        assert 'agora_actor_restarts_total{kind="conversation"}' not in metrics
+        proxy.restore()
+    finally:
+        await proxy.close()

@@ -64,6 +64,7 @@ class Actor(Generic[M]):
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self.on_exit: Callable[[Actor[M]], None] | None = None
+        self.on_crash: Callable[[str], None] | None = None  # e.g. count it in the metrics
 
     # -- the outside view ---------------------------------------------------------------------
 
@@ -126,6 +127,10 @@ class Actor(Generic[M]):
 
     # -- the loop ---------------------------------------------------------------------------------
 
+    def _crashed(self) -> None:
+        if self.on_crash is not None:
+            self.on_crash(self.kind)
+
     def _take_waiting(self, first: Any, limit: int) -> list[Any]:
         items = [first]
         while len(items) < limit and not self._mailbox.empty():
@@ -172,10 +177,12 @@ class Actor(Generic[M]):
                     log.error(
                         "%s crashed: %r", self.name, crash.__cause__, exc_info=crash.__cause__
                     )
+                    self._crashed()
                     if not await self.on_failure(crash.__cause__ or crash):
                         break
                 except Exception as exc:
                     log.exception("%s crashed", self.name)
+                    self._crashed()
                     if not await self.on_failure(exc):
                         break
                 if stop_after:

@@ -252,11 +252,15 @@ class ConversationDirectory:
     """Finds (and starts) the local actor of a conversation this node owns."""
 
     def __init__(
-        self, factory: Callable[[int], ConversationActor], metrics_gauge: Any | None = None
+        self,
+        factory: Callable[[int], ConversationActor],
+        metrics_gauge: Any | None = None,
+        on_crash: Callable[[str], None] | None = None,
     ) -> None:
         self._factory = factory
         self._actors: dict[int, ConversationActor] = {}
         self._gauge = metrics_gauge
+        self._on_crash = on_crash
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -281,6 +285,7 @@ class ConversationDirectory:
     def _start(self, conversation_id: int) -> ConversationActor:
         actor = self._factory(conversation_id)
         actor.on_exit = self._forget
+        actor.on_crash = self._on_crash
         self._actors[conversation_id] = actor
         actor.start()
         if self._gauge is not None:

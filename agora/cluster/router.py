@@ -98,7 +98,15 @@ class Router:
         self.sessions.deliver(users, frames)
         if self.inbox is None:
             return
-        placements = await self.presence.nodes_of(users)
+        try:
+            placements = await self.presence.nodes_of(users)
+        except Exception:
+            # Redis is unreachable: sessions on other nodes miss these frames for now and get
+            # them with `sync` (PostgreSQL holds every message); nothing here is lost.
+            log.warning(
+                "could not look up where %d user(s) are; remote delivery skipped", len(users)
+            )
+            return
         for node, node_users in group_by_node(placements).items():
             if node != self.node_id and not self.inbox.post(node, Deliver(node_users, frames)):
                 log.warning("inbox queue full; dropped a delivery to %s", node)

@@ -158,12 +158,14 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     presence = Presence(redis, rkeys, nodes, realtime.presence_changed, cc.presence_debounce)
     router_box: list[Router] = []
     committer = Committer(chat_store)
+    committer.on_crash = lambda kind: app[keys.METRICS].actor_restarts.labels(kind).inc()
     committer.start()
     conversations = ConversationDirectory(
         lambda cid: ConversationActor(
             cid, chat_store, committer, router_box[0], clock, cc.conversation_idle
         ),
         app[keys.METRICS].actors.labels("conversation"),
+        on_crash=lambda kind: app[keys.METRICS].actor_restarts.labels(kind).inc(),
     )
     invalidator = app[keys.INVALIDATOR]
     router = Router(

@@ -67,9 +67,7 @@ def resolve(
     if need_redis:
         log.info(
             "RabbitMQ: %s",
-            f"configured ({redact(config.amqp_url)})"
-            if config.amqp_url
-            else "not configured",
+            f"configured ({redact(config.amqp_url)})" if config.amqp_url else "not configured",
         )
         log.info(
             "Elasticsearch: %s",
