@@ -152,11 +152,19 @@ async def test_crashes_are_counted_in_the_metrics(make_client) -> None:  # type:
     client = await make_client(cluster=FAST)
     a, b = await register(client), await register(client)
     await befriend(client, a, b)
-    cid = (await (await client.post("/api/v1/conversations", headers=a.headers,
-                                    json={"member_ids": [b.id]})).json())["id"]
+    cid = (
+        await (
+            await client.post(
+                "/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]}
+            )
+        ).json()
+    )["id"]
     directory = client.server.app[keys.CONVERSATIONS]
-    await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
-                      json={"text": "x", "client_id": "c0"})
+    await client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        headers=a.headers,
+        json={"text": "x", "client_id": "c0"},
+    )
     actor = directory._actors[int(cid)]
 
     async def broken(op):  # type: ignore[no-untyped-def]
@@ -168,6 +176,9 @@ async def test_crashes_are_counted_in_the_metrics(make_client) -> None:  # type:
     assert (await ws.expect("error"))["code"] == "internal_error"
     metrics = await (await client.get("/metrics")).text()
     assert 'agora_actor_restarts_total{kind="conversation"} 1.0' in metrics
-    resp = await client.post(f"/api/v1/conversations/{cid}/messages", headers=a.headers,
-                             json={"text": "still works", "client_id": "c1"})
+    resp = await client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        headers=a.headers,
+        json={"text": "still works", "client_id": "c1"},
+    )
     assert resp.status == 201 and (await resp.json())["seq"] == 2

@@ -383,7 +383,9 @@ async def test_a_slow_reader_is_closed_without_delaying_the_others(make_client) 
     slow_writer.close()
 
 
-async def test_chat_keeps_working_on_one_node_when_redis_is_cut(make_client, config: Config) -> None:  # type: ignore[no-untyped-def]
+async def test_chat_keeps_working_on_one_node_when_redis_is_cut(
+    make_client, config: Config
+) -> None:  # type: ignore[no-untyped-def]
     from tests.support.proxy import proxy_redis
 
     assert config.redis.url
@@ -396,7 +398,9 @@ async def test_chat_keeps_working_on_one_node_when_redis_is_cut(make_client, con
         a, b, cid = await _pair(client)
         wa, wb = await WsClient.connect(client, a.access), await WsClient.connect(client, b.access)
         proxy.cut()
-        await wa.send({"type": "send", "conversation_id": cid, "client_id": "no-redis", "text": "hi"})
+        await wa.send(
+            {"type": "send", "conversation_id": cid, "client_id": "no-redis", "text": "hi"}
+        )
         ack = await wa.expect("ack")  # stored in PostgreSQL, acked
         assert (await wb.expect("message"))["message"]["id"] == ack["message_id"]  # same node
         metrics = await (await client.get("/metrics")).text()
