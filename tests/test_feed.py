@@ -207,6 +207,7 @@ async def test_feed_survives_losing_redis(make_client, config: Config) -> None: 
         proxy.cut()
         assert await _feed_ids(client, me, 4) == expected
         proxy.restore()
+        await client.close()  # while Redis is reachable: the node deregisters itself
     finally:
         await proxy.close()
 

@@ -53,6 +53,7 @@ async def test_readyz_503_when_postgres_or_redis_is_cut(make_client, config: Con
         assert resp.status == 503
         assert (await resp.json())["checks"]["redis"] == "unavailable"
         redis_proxy.restore()
+        await client.close()  # while both are reachable: the node deregisters itself
     finally:
         await pg_proxy.close()
         await redis_proxy.close()

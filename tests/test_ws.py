@@ -406,5 +406,24 @@ async def test_chat_keeps_working_on_one_node_when_redis_is_cut(
         metrics = await (await client.get("/metrics")).text()
         assert 'agora_actor_restarts_total{kind="conversation"}' not in metrics
         proxy.restore()
+        await client.close()  # while Redis is reachable: the node deregisters itself
     finally:
         await proxy.close()
+
+
+async def test_sync_of_a_backlog_larger_than_the_outbound_queue(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(ws=WebSocketConfig(rate_limit=0, outbound_queue=40), cluster=FAST)
+    a, b, cid = await _pair(client)
+    for n in range(300):
+        resp = await client.post(
+            f"/api/v1/conversations/{cid}/messages",
+            headers=a.headers,
+            json={"text": f"m{n}", "client_id": f"b{n}"},
+        )
+        assert resp.status == 201, await resp.text()
+    wb = await WsClient.connect(client, b.access)
+    await wb.send({"type": "sync", "conversation_id": cid, "after_seq": 0})
+    synced = await wb.expect("synced", timeout=20)
+    assert synced["last_seq"] == 300
+    assert [m["message"]["seq"] for m in wb.of("message")] == list(range(1, 301))
+    assert not wb.ws.closed

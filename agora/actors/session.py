@@ -56,6 +56,18 @@ class SessionActor(Actor[bytes]):
             pass
         return False
 
+    async def room_for(self, frames: int, timeout: float) -> bool:
+        """Wait until ``frames`` more fit in the mailbox (producers that can wait, like sync, use
+        this instead of tripping the slow-consumer limit); False if the session is closing or
+        the client read nothing for ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._mailbox.maxsize - self._mailbox.qsize() < frames:
+            if self.closing or loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return not self.closing
+
     async def receive_many(self, items: list[tuple[bytes, Reply | None]]) -> None:
         for frame, _ in items:
             if self.ws.closed:

@@ -47,6 +47,7 @@ from agora.services.chat import ChatService
 log = logging.getLogger(__name__)
 
 SYNC_PAGE = 500
+SYNC_WAIT = 30.0  # seconds a sync waits for a client that stopped reading
 
 
 class TokenBucket:
@@ -85,6 +86,7 @@ class Connection:
         self.session = session
         config = app[keys.CONFIG].ws
         self.bucket = TokenBucket(config.rate_limit, config.rate_burst, app[keys.CLOCK])
+        self.outbound_limit = config.outbound_queue
         self.router = app[keys.ROUTER]
         self.chat: ChatService = app[keys.CHAT]
         self.metrics = app[keys.METRICS]
@@ -183,8 +185,9 @@ class Connection:
 
     async def _run_sync(self, conversation_id: int, after_seq: int) -> None:
         try:
+            page = max(1, min(SYNC_PAGE, self.outbound_limit // 2))
             last = await self.chat.sync(
-                self.session.user_id, conversation_id, after_seq, SYNC_PAGE, self._push_messages
+                self.session.user_id, conversation_id, after_seq, page, self._push_messages
             )
             self.session.push(encode(Synced(conversation_id=str(conversation_id), last_seq=last)))
         except AppError as err:
@@ -199,7 +202,10 @@ class Connection:
                 )
             )
 
-    def _push_messages(self, messages: list[Any]) -> bool:
+    async def _push_messages(self, messages: list[Any]) -> bool:
+        """A page of a sync: waits for room in the outbound queue instead of overflowing it."""
+        if not await self.session.room_for(len(messages), SYNC_WAIT):
+            return False
         return all(self.session.push(encode(MessageFrame(message=m))) for m in messages)
 
 

@@ -6,7 +6,7 @@ same path as WebSocket ``send``; reads go straight to PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from agora.actors.conversation import MembersChangedOp, SendOp, Sent, message_out
@@ -146,16 +146,17 @@ class ChatService:
         conversation_id: int,
         after_seq: int,
         page: int,
-        push: Callable[[list[MessageOut]], bool],
+        push: Callable[[list[MessageOut]], Awaitable[bool]],
     ) -> int:
-        """Push every message after ``after_seq`` in order; return the last seq known."""
+        """Push every message after ``after_seq`` in order, a page at a time (``push`` may wait
+        for the client to read); return the last seq known."""
         row = await self._member_row(me, conversation_id)
         position = after_seq
         while position < row.last_seq:
             rows = await self.store.messages_after(conversation_id, position, page)
             if not rows:
                 break
-            if not push([message_out(r) for r in rows]):
+            if not await push([message_out(r) for r in rows]):
                 return position  # the session is closing
             position = rows[-1].seq
         return max(position, row.last_seq)
