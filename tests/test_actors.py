@@ -11,7 +11,7 @@ from agora.actors.base import Actor, ActorStopped, MailboxFull
 from agora.config import ClusterConfig, WebSocketConfig
 from agora.errors import AppError
 from agora.server import keys
-from tests.support.api import befriend, register
+from tests.support.api import friends_in_a_direct_conversation, register
 from tests.support.ws import WsClient
 
 
@@ -74,15 +74,7 @@ FAST = ClusterConfig(
 
 async def test_idle_conversation_actors_stop_and_restart_from_postgresql(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(cluster=FAST)
-    a, b = await register(client), await register(client)
-    await befriend(client, a, b)
-    cid = (
-        await (
-            await client.post(
-                "/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]}
-            )
-        ).json()
-    )["id"]
+    a, _, cid = await friends_in_a_direct_conversation(client)
     directory = client.server.app[keys.CONVERSATIONS]
     for n in range(3):
         resp = await client.post(
@@ -150,15 +142,7 @@ async def test_notifications_reach_every_session_on_every_node(make_client) -> N
 
 async def test_crashes_are_counted_in_the_metrics(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(cluster=FAST)
-    a, b = await register(client), await register(client)
-    await befriend(client, a, b)
-    cid = (
-        await (
-            await client.post(
-                "/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]}
-            )
-        ).json()
-    )["id"]
+    a, _, cid = await friends_in_a_direct_conversation(client)
     directory = client.server.app[keys.CONVERSATIONS]
     await client.post(
         f"/api/v1/conversations/{cid}/messages",

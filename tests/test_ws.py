@@ -11,7 +11,16 @@ from aiohttp.test_utils import TestClient
 
 from agora.config import ClusterConfig, Config, WebSocketConfig
 from agora.server import keys
-from tests.support.api import User, befriend, block, create_post, expect_error, get_json, register
+from tests.support.api import (
+    User,
+    befriend,
+    block,
+    create_post,
+    expect_error,
+    friends_in_a_direct_conversation,
+    get_json,
+    register,
+)
 from tests.support.ws import WsClient
 
 FAST = ClusterConfig(heartbeat=0.3, node_timeout=1.5, answer_timeout=3.0, presence_debounce=0.6)
@@ -20,16 +29,6 @@ FAST = ClusterConfig(heartbeat=0.3, node_timeout=1.5, answer_timeout=3.0, presen
 @pytest.fixture
 async def node(make_client, config: Config) -> TestClient:  # type: ignore[no-untyped-def]
     return await make_client(cluster=FAST)
-
-
-async def _pair(client: TestClient) -> tuple[User, User, str]:
-    a, b = await register(client), await register(client)
-    await befriend(client, a, b)
-    resp = await client.post(
-        "/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]}
-    )
-    assert resp.status == 201, await resp.text()
-    return a, b, (await resp.json())["id"]
 
 
 async def test_bad_tokens_get_401_before_the_upgrade(node: TestClient) -> None:
@@ -47,7 +46,7 @@ async def test_bad_tokens_get_401_before_the_upgrade(node: TestClient) -> None:
 
 
 async def test_ready_then_send_ack_and_fan_out(node: TestClient, database_url: str) -> None:
-    a, b, cid = await _pair(node)
+    a, b, cid = await friends_in_a_direct_conversation(node)
     a1 = await WsClient.connect(node, a.access)
     a2 = await WsClient.connect(node, a.access)
     b1 = await WsClient.connect(node, b.access)
@@ -84,7 +83,7 @@ async def test_ready_then_send_ack_and_fan_out(node: TestClient, database_url: s
 
 
 async def test_bad_frames_get_error_frames_and_the_connection_stays(node: TestClient) -> None:
-    a, _, cid = await _pair(node)
+    a, _, cid = await friends_in_a_direct_conversation(node)
     ws = await WsClient.connect(node, a.access)
     cases = [
         ("not json", "not valid JSON"),
@@ -141,7 +140,7 @@ async def test_too_fast_closes_with_1008(make_client) -> None:  # type: ignore[n
 
 
 async def test_non_members_cannot_send_read_sync_or_see_typing(node: TestClient) -> None:
-    a, b, cid = await _pair(node)
+    a, b, cid = await friends_in_a_direct_conversation(node)
     outsider = await register(node)
     await befriend(node, a, outsider)
     wa, wb, wo = [await WsClient.connect(node, u.access) for u in (a, b, outsider)]
@@ -176,7 +175,7 @@ async def test_non_members_cannot_send_read_sync_or_see_typing(node: TestClient)
 
 
 async def test_read_receipts_and_unread_counts(node: TestClient) -> None:
-    a, b, cid = await _pair(node)
+    a, b, cid = await friends_in_a_direct_conversation(node)
     wa, wb = await WsClient.connect(node, a.access), await WsClient.connect(node, b.access)
     for i in range(3):
         await wa.send(
@@ -205,7 +204,7 @@ async def test_read_receipts_and_unread_counts(node: TestClient) -> None:
 
 
 async def test_sync_replays_missed_messages_in_order(node: TestClient) -> None:
-    a, b, cid = await _pair(node)
+    a, b, cid = await friends_in_a_direct_conversation(node)
     wa = await WsClient.connect(node, a.access)
     for i in range(7):
         await wa.send(
@@ -221,7 +220,7 @@ async def test_sync_replays_missed_messages_in_order(node: TestClient) -> None:
 
 
 async def test_presence_transitions_are_announced_once_and_debounced(node: TestClient) -> None:
-    a, b, _ = await _pair(node)
+    a, b, _ = await friends_in_a_direct_conversation(node)
     stranger = await register(node)
     wa = await WsClient.connect(node, a.access)
     ws_stranger = await WsClient.connect(node, stranger.access)
@@ -242,7 +241,7 @@ async def test_presence_transitions_are_announced_once_and_debounced(node: TestC
 
 
 async def test_new_posts_reach_online_friends(node: TestClient) -> None:
-    a, b, _ = await _pair(node)
+    a, b, _ = await friends_in_a_direct_conversation(node)
     stranger = await register(node)
     wa, ws_stranger = (
         await WsClient.connect(node, a.access),
@@ -272,7 +271,7 @@ async def test_logout_closes_that_logins_sessions(node: TestClient) -> None:
 
 
 async def test_blocks_stop_direct_messages_both_ways(node: TestClient) -> None:
-    a, b, cid = await _pair(node)
+    a, b, cid = await friends_in_a_direct_conversation(node)
     wa, wb = await WsClient.connect(node, a.access), await WsClient.connect(node, b.access)
     await block(node, b, a)
     await wa.send({"type": "send", "conversation_id": cid, "client_id": "blocked", "text": "hi"})
@@ -291,7 +290,7 @@ async def test_blocks_stop_direct_messages_both_ways(node: TestClient) -> None:
 
 
 async def test_concurrent_senders_get_contiguous_seqs(node: TestClient, database_url: str) -> None:
-    a, b, cid = await _pair(node)
+    a, b, cid = await friends_in_a_direct_conversation(node)
     sockets = [await WsClient.connect(node, u.access) for u in (a, a, b, b)]
     per = 25
 
@@ -359,7 +358,7 @@ async def _raw_ws_that_never_reads(
 
 async def test_a_slow_reader_is_closed_without_delaying_the_others(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(ws=WebSocketConfig(rate_limit=0, outbound_queue=64), cluster=FAST)
-    a, b, cid = await _pair(client)
+    a, b, cid = await friends_in_a_direct_conversation(client)
     fast = await WsClient.connect(client, b.access)
     sender = await WsClient.connect(client, a.access)
     _, slow_writer = await _raw_ws_that_never_reads(client.port, b.access)  # type: ignore[arg-type]
@@ -395,7 +394,7 @@ async def test_chat_keeps_working_on_one_node_when_redis_is_cut(
             cluster=FAST,
             redis=config.redis.__class__(url=through, prefix=config.redis.prefix),
         )
-        a, b, cid = await _pair(client)
+        a, b, cid = await friends_in_a_direct_conversation(client)
         wa, wb = await WsClient.connect(client, a.access), await WsClient.connect(client, b.access)
         proxy.cut()
         await wa.send(
@@ -413,7 +412,7 @@ async def test_chat_keeps_working_on_one_node_when_redis_is_cut(
 
 async def test_sync_of_a_backlog_larger_than_the_outbound_queue(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(ws=WebSocketConfig(rate_limit=0, outbound_queue=40), cluster=FAST)
-    a, b, cid = await _pair(client)
+    a, b, cid = await friends_in_a_direct_conversation(client)
     for n in range(300):
         resp = await client.post(
             f"/api/v1/conversations/{cid}/messages",

@@ -68,6 +68,17 @@ async def befriend(client: TestClient, a: User, b: User) -> None:
     assert resp.status == 200, await resp.text()
 
 
+async def friends_in_a_direct_conversation(client: TestClient) -> tuple[User, User, str]:
+    """Two new friends and the direct conversation between them (its id)."""
+    a, b = await register(client), await register(client)
+    await befriend(client, a, b)
+    resp = await client.post(
+        "/api/v1/conversations", headers=a.headers, json={"member_ids": [b.id]}
+    )
+    assert resp.status == 201, await resp.text()
+    return a, b, (await resp.json())["id"]
+
+
 async def block(client: TestClient, blocker: User, blocked: User) -> None:
     resp = await client.post(
         "/api/v1/blocks", headers=blocker.headers, json={"user_id": blocked.id}
