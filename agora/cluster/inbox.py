@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 
 import msgspec
@@ -168,3 +169,12 @@ class Inbox:
     async def drop(self, node_id: str) -> None:
         """Delete a dead node's inbox."""
         await self.redis.delete(self.keys.inbox(node_id))
+
+
+def group_by_node(placements: dict[int, set[str]]) -> dict[str, list[int]]:
+    """user -> nodes  ==>  node -> users."""
+    by_node: dict[str, list[int]] = defaultdict(list)
+    for user, nodes in placements.items():
+        for node in nodes:
+            by_node[node].append(user)
+    return by_node

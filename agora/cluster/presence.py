@@ -6,18 +6,13 @@ any live node holds a session. Friends hear of transitions only: ``online:{user}
 was announced, so "online" is said once however many sessions open, and "offline" is said only
 when, ``debounce`` seconds after the last session closed, none has come back (a reconnect inside
 that window shows no blip).
-
-:class:`Presence` writes ``where``; :class:`Placements` reads it for the router, from a cache
-first and from Redis right after (see its docstring for why that is never less than a lookup).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -50,13 +45,6 @@ if redis.call('DEL', KEYS[2]) == 1 then return 1 end
 return 0
 """
 
-# KEYS: where of each user -> the nodes in each (one command, one reply parsed in C)
-_WHERE = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('HKEYS', key) end
-return out
-"""
-
 
 class Presence:
     def __init__(
@@ -81,6 +69,7 @@ class Presence:
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        self._lookup: tuple[set[int], asyncio.Future[dict[int, set[str]]]] | None = None
 
     async def start(self) -> None:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="presence-refresh")
@@ -145,6 +134,56 @@ class Presence:
         if int(went):
             await self.announce(user_id, "offline")
 
+    async def nodes_of(self, user_ids: Iterable[int]) -> dict[int, set[str]]:
+        """Nodes holding sessions of each user (users with none are left out).
+
+        Lookups asked for in the same turn of the event loop share one Redis round trip, so a
+        burst of deliveries costs one pipeline, not one connection each. Nodes known dead are
+        left out; a node that joined a moment ago is not (it may not be in our live set yet).
+        """
+        users = set(user_ids)
+        if not users:
+            return {}
+        if self._lookup is None:
+            future: asyncio.Future[dict[int, set[str]]] = asyncio.get_running_loop().create_future()
+            self._lookup = (set(), future)
+            asyncio.get_running_loop().call_soon(self._start_lookup)
+        wanted, future = self._lookup
+        wanted |= users
+        found = await asyncio.shield(future)
+        return {u: found[u] for u in users if u in found}
+
+    def _start_lookup(self) -> None:
+        assert self._lookup is not None
+        wanted, future = self._lookup
+        self._lookup = None
+        task = asyncio.get_running_loop().create_task(self._run_lookup(sorted(wanted), future))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_lookup(
+        self, users: list[int], future: asyncio.Future[dict[int, set[str]]]
+    ) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for uid in users:
+                    pipe.hkeys(self.keys.where(uid))
+                replies = await pipe.execute()
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        dead = self.registry.dead
+        out: dict[int, set[str]] = {}
+        for uid, nodes in zip(users, replies, strict=True):
+            here = {n.decode() for n in nodes} - dead
+            if here:
+                out[uid] = here
+        if not future.done():
+            future.set_result(out)
+
     async def is_online(self, user_id: int) -> bool:
         return bool(await self.redis.exists(self.keys.online(user_id)))
 
@@ -177,126 +216,3 @@ class Presence:
                 raise
             except Exception:
                 log.warning("presence refresh failed", exc_info=True)
-
-
-Post = Callable[[str, list[int]], None]  # (node, users there) -> hand them the frames
-
-
-@dataclass(slots=True)
-class _Routing:
-    users: list[int]
-    post: Post
-    sent: dict[str, set[int]] = field(default_factory=dict)  # node -> users posted there
-
-
-class Placements:
-    """Which nodes hold sessions of which users, for routing deliveries.
-
-    Looking ``where`` up in Redis before every delivery put a Redis round trip between a commit
-    and every remote session. Instead :meth:`route` posts at once to the nodes the cache names,
-    then confirms against Redis and posts to any node the cache missed (a session that opened
-    since), so what reaches a node is never less than a lookup made after the commit would have
-    sent: a session registered in ``where`` before its ``ready`` gets every later frame.
-
-    Order: confirmations run one at a time, in the order :meth:`route` was called (those asked
-    for while one is in flight share the next round trip). Whenever one lands it updates the
-    cache and, in routing order, brings every routing not yet confirmed up to date with it
-    before anything newer can be routed. So a delivery routed later never reaches a node before
-    one routed earlier: per session, frames keep their order. A stale entry only costs a
-    delivery to a node that has none of those users any more (it drops it). Nodes known dead and
-    this node are never posted to.
-    """
-
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        keys: Keys,
-        registry: NodeRegistry,
-        max_entries: int = 200_000,
-        window: float = 0.005,
-    ) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.registry = registry
-        self.node_id = registry.node_id
-        self.max_entries = max_entries
-        self.window = window
-        self._where = redis.register_script(_WHERE)
-        self._cache: OrderedDict[int, frozenset[str]] = OrderedDict()
-        self._queued: list[_Routing] = []
-        self._confirming: asyncio.Task[None] | None = None
-        self.lookups = 0  # Redis round trips made
-
-    def route(self, users: list[int], post: Post) -> None:
-        """Post to every other live node holding sessions of ``users``: the cached ones now, the
-        rest once Redis has answered (not at all while Redis is unreachable: those sessions get
-        the frames with ``sync``; PostgreSQL holds every message)."""
-        if not users:
-            return
-        routing = _Routing(users, post)
-        self._catch_up([routing])
-        self._queued.append(routing)
-        if self._confirming is None:
-            self._confirming = asyncio.get_running_loop().create_task(
-                self._confirm(), name="placements-confirm"
-            )
-
-    def _catch_up(self, routings: list[_Routing]) -> None:
-        """Post each routing, in order, to the cached nodes it has not been posted to yet."""
-        cache, skip = self._cache, self.registry.dead | {self.node_id}
-        for routing in routings:
-            late: dict[str, list[int]] = {}
-            for user in routing.users:
-                for node in cache.get(user, ()):
-                    if node in skip:
-                        continue
-                    sent = routing.sent.setdefault(node, set())
-                    if user not in sent:
-                        sent.add(user)
-                        late.setdefault(node, []).append(user)
-            for node, node_users in late.items():
-                routing.post(node, node_users)
-
-    async def _confirm(self) -> None:
-        try:
-            while self._queued:
-                await asyncio.sleep(self.window)  # let routings gather: one lookup for all
-                batch, self._queued = self._queued, []
-                wanted = sorted({user for routing in batch for user in routing.users})
-                try:
-                    await self._lookup(wanted)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.warning(
-                        "could not look up where %d user(s) are; remote delivery skipped",
-                        len(wanted),
-                    )
-                    continue
-                self._catch_up(batch + self._queued)
-        finally:
-            self._confirming = None
-
-    async def _lookup(self, users: list[int]) -> None:
-        """One round trip: the cache takes what Redis says of each user."""
-        self.lookups += 1
-        replies = await self._where(keys=[self.keys.where(uid) for uid in users])
-        cache = self._cache
-        for uid, nodes in zip(users, replies, strict=True):
-            cache[uid] = frozenset(n.decode() for n in nodes)
-            cache.move_to_end(uid)
-        while len(cache) > self.max_entries:
-            cache.popitem(last=False)
-
-    def cached(self, user_id: int) -> frozenset[str] | None:
-        return self._cache.get(user_id)
-
-    async def confirmed(self) -> None:
-        """Return once every routing so far has been confirmed (or given up on)."""
-        while self._confirming is not None:
-            await asyncio.shield(self._confirming)
-
-    async def stop(self) -> None:
-        if self._confirming is not None:
-            self._confirming.cancel()
-            await asyncio.gather(self._confirming, return_exceptions=True)

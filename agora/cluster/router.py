@@ -1,8 +1,8 @@
 """The router: the one path by which anything reaches a user's sessions or a conversation's
 owner, on whichever node they are.
 
-- ``deliver(users, frames)``: push to local sessions, and post one ``Deliver`` per other live
-  node holding sessions of these users (found by ``Placements``: a cache, confirmed in Redis).
+- ``deliver(users, frames)``: look up (one Redis round trip) which live nodes hold sessions of
+  these users, push locally, and post one ``Deliver`` per other node to its inbox.
 - ``submit(conversation_id, op, reply)``: run a command on the conversation's owner: the local
   actor when this node owns it (rendezvous over live nodes), else a ``Command`` in the owner's
   inbox whose ``Answer`` comes back through ours. An owner that does not answer in time (it
@@ -38,9 +38,10 @@ from agora.cluster.inbox import (
     Evict,
     Inbox,
     Membership,
+    group_by_node,
 )
 from agora.cluster.nodes import NodeRegistry
-from agora.cluster.presence import Placements
+from agora.cluster.presence import Presence
 from agora.errors import AppError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Router:
     def __init__(
         self,
         registry: NodeRegistry,
-        placements: Placements,
+        presence: Presence,
         sessions: SessionRegistry,
         conversations: ConversationDirectory,
         answer_timeout: float = 5.0,
@@ -64,7 +65,7 @@ class Router:
     ) -> None:
         self.registry = registry
         self.node_id = registry.node_id
-        self.placements = placements
+        self.presence = presence
         self.sessions = sessions
         self.conversations = conversations
         self.answer_timeout = answer_timeout
@@ -92,19 +93,23 @@ class Router:
     # -- to users ------------------------------------------------------------------------------
 
     async def deliver(self, users: Iterable[int], frames: list[bytes]) -> None:
-        """Local sessions first (no I/O), then one ``Deliver`` per other node holding sessions
-        (see :class:`~agora.cluster.presence.Placements` for how those nodes are found)."""
+        """Local sessions first (no I/O), then one ``Deliver`` per other node holding sessions."""
         users = list(users)
         self.sessions.deliver(users, frames)
-        inbox = self.inbox
-        if inbox is None:
+        if self.inbox is None:
             return
-
-        def post(node: str, node_users: list[int]) -> None:
-            if not inbox.post(node, Deliver(node_users, frames)):
+        try:
+            placements = await self.presence.nodes_of(users)
+        except Exception:
+            # Redis is unreachable: sessions on other nodes miss these frames for now and get
+            # them with `sync` (PostgreSQL holds every message); nothing here is lost.
+            log.warning(
+                "could not look up where %d user(s) are; remote delivery skipped", len(users)
+            )
+            return
+        for node, node_users in group_by_node(placements).items():
+            if node != self.node_id and not self.inbox.post(node, Deliver(node_users, frames)):
                 log.warning("inbox queue full; dropped a delivery to %s", node)
-
-        self.placements.route(users, post)
 
     # -- to conversation owners -------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from agora.actors.session import SessionRegistry
 from agora.clock import Clock
 from agora.cluster.inbox import Inbox
 from agora.cluster.nodes import NodeRegistry
-from agora.cluster.presence import Placements, Presence
+from agora.cluster.presence import Presence
 from agora.cluster.router import Router, conversation_key
 from agora.config import Config
 from agora.handlers import auth, conversations, docs, feed, friends, posts, users, ws
@@ -168,9 +168,8 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
         on_crash=lambda kind: app[keys.METRICS].actor_restarts.labels(kind).inc(),
     )
     invalidator = app[keys.INVALIDATOR]
-    placements = Placements(redis, rkeys, nodes)
     router = Router(
-        nodes, placements, sessions, conversations, cc.answer_timeout, on_evict=invalidator.apply
+        nodes, presence, sessions, conversations, cc.answer_timeout, on_evict=invalidator.apply
     )
     invalidator.cluster = router
     router_box.append(router)
@@ -201,7 +200,6 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     await conversations.stop_all()
     await committer.stop()
     router.fail_pending()
-    await placements.stop()
     await presence.stop()
     await nodes.stop()
     router.announce(joined=False)
