@@ -137,6 +137,25 @@ async def test_typing_and_receipts_cross_nodes(make_client) -> None:  # type: ig
     assert (await wa.expect("read"))["user_id"] == b.id
 
 
+async def test_a_node_leaving_hands_its_offline_checks_to_the_others(make_client) -> None:  # type: ignore[no-untyped-def]
+    n1, n2 = await _two_nodes(make_client)
+    watcher, gone, moved = [await register(n1) for _ in range(3)]
+    for friend in (gone, moved):
+        await befriend(n1, watcher, friend)
+    ww = await WsClient.connect(n1, watcher.access)
+    await WsClient.connect(n2, gone.access)
+    await WsClient.connect(n2, moved.access)
+    for user in (gone, moved):
+        await ww.expect("presence", where=lambda f, u=user: f["user_id"] == u.id)
+    await n2.server.close()  # a graceful leave: its sessions close with 1001
+    await WsClient.connect(n1, moved.access)  # reconnects elsewhere inside the debounce
+    await ww.expect(
+        "presence", timeout=5, where=lambda f: f["user_id"] == gone.id and f["status"] == "offline"
+    )
+    await ww.quiet("presence", 1.0)  # and "moved" shows no blip
+    assert [f["user_id"] for f in ww.of("presence") if f["status"] == "offline"] == [gone.id]
+
+
 # -- real processes: kill the owner ---------------------------------------------------------
 
 

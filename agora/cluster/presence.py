@@ -64,6 +64,7 @@ class Presence:
         self.debounce = debounce
         self.ttl = ttl
         self.local: dict[int, int] = {}  # user -> sessions on this node
+        self.leaving = False  # set by leave(): offline checks are left to the janitor
         self._came_online = redis.register_script(_CAME_ONLINE)
         self._went_offline = redis.register_script(_WENT_OFFLINE)
         self._timers: set[asyncio.TimerHandle] = set()
@@ -106,11 +107,20 @@ class Presence:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(self.keys.where(user_id), self.node_id)
-                pipe.srem(self.keys.node_users(self.node_id), user_id)
+                if not self.leaving:
+                    pipe.srem(self.keys.node_users(self.node_id), user_id)
                 await pipe.execute()
         except (OSError, aioredis.RedisError):
             log.warning("could not clear presence of user %d", user_id)
-        self.check_later(user_id)
+        if not self.leaving:
+            self.check_later(user_id)
+
+    def leave(self) -> None:
+        """The node is shutting down: sessions that close from now on stay listed in
+        ``nodeusers:{node}``, so the janitor (a live node, told at once that this one left) runs
+        their offline checks after the debounce, when this node is gone. Without it, friends on
+        other nodes would never hear "offline" for users who do not reconnect elsewhere."""
+        self.leaving = True
 
     def check_later(self, user_id: int) -> None:
         loop = asyncio.get_running_loop()

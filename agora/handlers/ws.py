@@ -300,6 +300,7 @@ async def close_all(app: web.Application) -> None:
     sessions = app.get(keys.SESSIONS)
     if sessions is None:
         return
+    app[keys.PRESENCE].leave()
     for session in sessions.all():
         session.close_soon(CloseCode.GOING_AWAY, "node_shutdown")
     for _ in range(50):
