@@ -7,6 +7,8 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient
 
+from agora.actors.committer import CommitRequest, Committer
+from agora.errors import AppError
 from agora.server import keys
 from agora.storage.chat import ChatStore, Outgoing, StaleOwner
 from tests.support.api import befriend, register
@@ -77,3 +79,24 @@ async def test_many_conversations_in_one_statement_each_fenced_alone(client: Tes
     assert isinstance(second, StaleOwner)
     assert not isinstance(first, StaleOwner) and [m.seq for m in first.new] == [1, 2]
     assert [m.text for m in await store.messages_after(c2, 0, 10)] == ["moved on"]
+
+
+async def test_a_row_postgresql_refuses_fails_only_its_own_conversation(client: TestClient) -> None:
+    store, good, a, _ = await _conversation(client)
+    _, bad, c, _ = await _conversation(client)
+    committer = Committer(store)
+    committer.start()
+    try:
+        # Both asked in one turn of the loop: they share the committer's statement. (Bodies and
+        # frames refuse NUL before this point; this is the defence behind that check.)
+        results = await asyncio.gather(
+            committer.ask(CommitRequest(good, 0, [Outgoing(a, "ok", "fine")])),
+            committer.ask(CommitRequest(bad, 0, [Outgoing(c, "nul", "bad\x00")])),
+            return_exceptions=True,
+        )
+    finally:
+        await committer.stop()
+    assert [m.seq for m in results[0].new] == [1], results[0]  # type: ignore[union-attr]
+    assert isinstance(results[1], AppError)
+    assert [m.text for m in await store.messages_after(good, 0, 10)] == ["fine"]
+    assert await store.messages_after(bad, 0, 10) == []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from agora.server.app import create_app
-from tests.support.api import expect_error
+from tests.support.api import expect_error, register
 
 
 async def test_validation_names_every_bad_field(client: TestClient) -> None:
@@ -18,6 +20,23 @@ async def test_validation_names_every_bad_field(client: TestClient) -> None:
     assert set(err["fields"]) == {"username", "email", "password", "display_name"}
     assert all(isinstance(m, str) and m for m in err["fields"].values())
     assert "at least 8" in err["fields"]["password"]
+
+
+async def test_ids_past_the_id_space_are_invalid_not_internal_errors(client: TestClient) -> None:
+    user = await register(client)
+    too_long = "9706473985176953699"  # fits no id (ids are below 2**53), overflows a bigint
+    for path, body, bad in (
+        ("/api/v1/conversations", {"member_ids": ["7", too_long, 8]}, ["[1]", "[2]"]),
+        ("/api/v1/friends/requests", {"user_id": too_long}, [""]),
+        ("/api/v1/blocks", {"user_id": "99999999999999999999"}, [""]),
+    ):
+        resp = await client.post(path, json=body, headers=user.headers)
+        err = await expect_error(resp, 422, "validation_error")
+        field = next(iter(body))
+        assert sorted(err["fields"]) == [field + b for b in bad], err  # each bad item named
+        assert all("1-16 digits" in m or "string" in m for m in err["fields"].values()), err
+    resp = await client.get(f"/api/v1/users/{too_long}", headers=user.headers)
+    await expect_error(resp, 404, "not_found")
 
 
 async def test_missing_fields_are_each_named(client: TestClient) -> None:
@@ -37,11 +56,36 @@ async def test_non_object_bodies(client: TestClient) -> None:
 
 
 async def test_malformed_json_is_400(client: TestClient) -> None:
-    for raw in (b"{", b"{'a': 1}", b"", b"\xff\xfe"):
+    # The last two have a wrong type before the syntax error (schemathesis found them as 500s).
+    for raw in (b"{", b"{'a': 1}", b"", b"\xff\xfe", b'{"login": 5} x', b"[] []"):
         resp = await client.post(
             "/api/v1/auth/login", data=raw, headers={"Content-Type": "application/json"}
         )
         await expect_error(resp, 400, "validation_error")
+
+
+async def test_nul_characters_are_refused_not_stored(client: TestClient) -> None:
+    # PostgreSQL text cannot hold NUL; schemathesis found them as 500s.
+    user = await register(client)
+    for body, fields, nul in (
+        ({"text": "a\u0000b", "visibility": "public"}, {"text"}, "text"),
+        ({"text": "ok", "visibility": "public", "extra\u0000": 1}, {"extra\u0000"}, "extra\u0000"),
+        ({"text": 5, "visibility": "public", "tags": ["x\u0000"]}, {"text", "tags"}, "tags"),
+    ):
+        resp = await client.post(
+            "/api/v1/posts",
+            data=json.dumps(body, ensure_ascii=True).encode(),
+            headers={**user.headers, "Content-Type": "application/json"},
+        )
+        err = await expect_error(resp, 422, "validation_error")
+        assert set(err["fields"]) == fields, err
+        assert "NUL" in err["fields"][nul], err
+    resp = await client.post(
+        "/api/v1/auth/login", json={"login": "someone\u0000", "password": "whatever1"}
+    )
+    await expect_error(resp, 422, "validation_error")
+    resp = await client.get(f"/api/v1/users/{user.id}/posts", headers=user.headers)
+    assert (await resp.json())["items"] == []
 
 
 async def test_non_json_content_type_is_415(client: TestClient) -> None:

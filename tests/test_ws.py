@@ -101,6 +101,13 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays(node: TestCl
         ),
         (json.dumps({"type": "read", "conversation_id": cid, "seq": -1}), "seq"),
         (json.dumps([1, 2]), ""),
+        # Past the id space (and a bigint): invalid, never an internal error.
+        (json.dumps({"type": "sync", "conversation_id": "9" * 19, "after_seq": 0}), "conversation"),
+        (json.dumps({"type": "typing", "conversation_id": "9" * 17}), "conversation_id"),
+        (
+            json.dumps({"type": "send", "conversation_id": cid, "client_id": "n", "text": "a\0"}),
+            "text must not contain NUL",
+        ),
     ]
     for raw, needle in cases:
         await ws.ws.send_str(raw)

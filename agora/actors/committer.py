@@ -59,7 +59,14 @@ class Committer(Actor[CommitRequest]):
                 [(r.conversation_id, r.last_seq, r.batch) for r, _ in batch.values()]
             )
         except Exception:
-            log.exception("committing %d conversation batch(es) failed", len(batch))
+            if len(batch) > 1:
+                # One conversation's bad row must not fail the others it shared a statement
+                # with (and again on every retry): each goes alone, and only the bad one fails.
+                log.warning("a statement of %d conversations failed; each goes alone", len(batch))
+                for cid, item in batch.items():
+                    await self._commit({cid: item})
+                return
+            log.exception("committing conversation %d failed", next(iter(batch)))
             for _, reply in batch.values():
                 if reply:
                     reply(AppError(ErrorCode.UNAVAILABLE, "could not store the message; retry"))

@@ -11,7 +11,9 @@ from agora.server.routing import Call, Routes
 routes = Routes("auth")
 
 
-@routes.post("/auth/register", body=RegisterIn, response=AuthOut, status=201, auth="none")
+@routes.post(
+    "/auth/register", body=RegisterIn, response=AuthOut, status=201, auth="none", errors=(409,)
+)
 async def register(call: Call[RegisterIn, Any]) -> AuthOut:
     """Create an account and sign in.
 
@@ -19,7 +21,7 @@ async def register(call: Call[RegisterIn, Any]) -> AuthOut:
     return await call.app[keys.ACCOUNTS].register(call.body, call.user_agent)
 
 
-@routes.post("/auth/login", body=LoginIn, response=AuthOut, auth="none")
+@routes.post("/auth/login", body=LoginIn, response=AuthOut, auth="none", errors=(401,))
 async def login(call: Call[LoginIn, Any]) -> AuthOut:
     """Sign in with username or email and password.
 
@@ -28,7 +30,7 @@ async def login(call: Call[LoginIn, Any]) -> AuthOut:
     return await call.app[keys.ACCOUNTS].login(call.body.login, call.body.password, call.user_agent)
 
 
-@routes.post("/auth/refresh", body=RefreshIn, response=AuthOut, auth="none")
+@routes.post("/auth/refresh", body=RefreshIn, response=AuthOut, auth="none", errors=(401,))
 async def refresh(call: Call[RefreshIn, Any]) -> AuthOut:
     """Trade a refresh token for a new pair; the old refresh token stops working.
 

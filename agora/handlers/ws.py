@@ -21,7 +21,7 @@ from agora.actors.conversation import ReadOp, SendOp, Sent, TypingOp
 from agora.actors.session import SessionActor
 from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, unauthorized
-from agora.protocol.codec import humanize
+from agora.protocol.codec import NUL_MESSAGE, humanize, nul_fields
 from agora.protocol.frames import (
     Ack,
     CloseCode,
@@ -123,6 +123,12 @@ class Connection:
         except msgspec.DecodeError:
             self.metrics.ws_frames_in.labels("invalid").inc()
             self.session.push(_error(ErrorCode.VALIDATION_ERROR, "the frame is not valid JSON"))
+            return
+        if bad := nul_fields(raw):
+            self.metrics.ws_frames_in.labels("invalid").inc()
+            self.session.push(
+                _error(ErrorCode.VALIDATION_ERROR, f"{bad[0]} {NUL_MESSAGE}", frame_ref(raw))
+            )
             return
         user = self.session.user_id
         match frame:

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from agora.protocol.common import Id
+
 Username = Annotated[
     str,
     msgspec.Meta(
@@ -80,6 +82,4 @@ class UpdateMeIn(msgspec.Struct):
 
     display_name: DisplayName | msgspec.UnsetType = msgspec.UNSET
     bio: Bio | msgspec.UnsetType = msgspec.UNSET
-    avatar_media_id: (
-        Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$")] | msgspec.UnsetType | None
-    ) = msgspec.UNSET
+    avatar_media_id: Id | msgspec.UnsetType | None = msgspec.UNSET

@@ -87,8 +87,37 @@ def _field_errors(tp: type, data: Any, *, strict: bool) -> dict[str, str]:
         try:
             msgspec.convert(data[name], info.type, strict=strict)
         except msgspec.ValidationError as exc:
-            errors[name] = humanize(str(exc), _description(info.type))
+            inner = _PATH_SUFFIX.search(str(exc))
+            where = inner.group(1) if inner else ""
+            item_type = _item_type(info.type)
+            if _INDEX.fullmatch(where) and item_type is not None:
+                # Bad items of a list: name each one, with the item's rules.
+                description = _description(item_type)
+                for i, item in enumerate(data[name]):
+                    try:
+                        msgspec.convert(item, item_type, strict=strict)
+                    except msgspec.ValidationError as item_exc:
+                        errors[f"{name}[{i}]"] = humanize(str(item_exc), description)
+            else:
+                errors[name] = humanize(str(exc), _description(info.type))
     return errors
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def _item_type(tp: Any) -> Any:
+    """The item type of a list annotation, through ``Annotated`` and ``Optional``."""
+    while getattr(tp, "__metadata__", None) is not None:  # Annotated[X, ...] -> X
+        tp = tp.__origin__
+    for arg in getattr(tp, "__args__", ()):
+        if getattr(tp, "__origin__", None) is list:
+            return arg
+        if arg is not type(None):
+            found = _item_type(arg)
+            if found is not None:
+                return found
+    return None
 
 
 def _whole_struct_error(tp: type, data: Any, *, strict: bool) -> dict[str, str]:
@@ -99,21 +128,62 @@ def _whole_struct_error(tp: type, data: Any, *, strict: bool) -> dict[str, str]:
     return {}
 
 
+def _not_json(exc: msgspec.DecodeError) -> AppError:
+    return AppError(
+        ErrorCode.VALIDATION_ERROR,
+        "the request body is not valid JSON",
+        status=400,
+        fields={"$": humanize(str(exc))},
+    )
+
+
+NUL_MESSAGE = "must not contain NUL characters (\\u0000)"
+
+
+def nul_fields(raw: bytes) -> list[str]:
+    """The top-level fields of a JSON document whose strings (keys included, at any depth)
+    hold a NUL character, which PostgreSQL cannot store in text; ``$`` for the document itself.
+    JSON carries NUL only as the escape ``\\u0000``, so documents without one cost one scan."""
+    if b"\\u0000" not in raw:
+        return []
+    try:
+        data = _any_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return []  # not JSON: reported as such by the caller's decoder
+
+    def has_nul(value: Any) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, list):
+            return any(has_nul(v) for v in value)
+        if isinstance(value, dict):
+            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        return False
+
+    if isinstance(data, dict):
+        return [str(k) for k, v in data.items() if has_nul(k) or has_nul(v)]
+    return ["$"] if has_nul(data) else []
+
+
 def decode_body(tp: type[T], raw: bytes) -> T:
     """Decode a JSON request body into ``tp`` or raise the ``validation_error`` envelope."""
     try:
-        return _decoder(tp).decode(raw)
+        value = _decoder(tp).decode(raw)
     except msgspec.ValidationError:
         pass
     except msgspec.DecodeError as exc:
-        raise AppError(
-            ErrorCode.VALIDATION_ERROR,
-            "the request body is not valid JSON",
-            status=400,
-            fields={"$": humanize(str(exc))},
-        ) from None
-    data = _any_decoder.decode(raw)
+        raise _not_json(exc) from None
+    else:
+        if bad := nul_fields(raw):
+            raise invalid(dict.fromkeys(bad, NUL_MESSAGE))
+        return value
+    try:
+        data = _any_decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # a type error came before the syntax error
+        raise _not_json(exc) from None
     errors = _field_errors(tp, data, strict=True) or _whole_struct_error(tp, data, strict=True)
+    for name in nul_fields(raw):
+        errors.setdefault(name, NUL_MESSAGE)
     raise invalid(errors)
 
 

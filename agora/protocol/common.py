@@ -8,8 +8,11 @@ import msgspec
 
 T = TypeVar("T")
 
+# Ids are below 2**53 (storage/db.py MAX_ID: exact in a JavaScript number), so at most 16 digits;
+# a longer string names nothing and never reaches PostgreSQL's bigint.
 Id = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9]{1,19}$", description="An object id (a string of digits).")
+    str,
+    msgspec.Meta(pattern=r"^[0-9]{1,16}$", description="an object id (a string of 1-16 digits)"),
 ]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100, description="Page size, 1-100 (default 20).")]
 Cursor = Annotated[

@@ -26,7 +26,8 @@ _ERRORS = {
 
 
 def _error_statuses(ep: Endpoint) -> list[int]:
-    codes = [400, 429]
+    """What the endpoint's shape implies, plus what it declares (``errors=``)."""
+    codes = [400, 429, *ep.errors]
     if ep.auth == "required" or ep.auth == "optional":
         codes.append(401)
     if ep.path_params or ep.auth == "optional":
@@ -35,6 +36,8 @@ def _error_statuses(ep: Endpoint) -> list[int]:
         codes += [413, 415, 422]
     if ep.method in ("POST", "PUT", "PATCH", "DELETE") and ep.auth == "required":
         codes += [403, 409]
+        if ep.body is not None:
+            codes.append(404)  # the body names another object (a user, a post...) that is gone
     return sorted(set(codes))
 
 

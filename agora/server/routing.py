@@ -98,6 +98,7 @@ class Endpoint:
     status: int = 200
     auth: AuthMode = "required"
     also: tuple[tuple[int, type | None, str], ...] = ()  # other successful answers
+    errors: tuple[int, ...] = ()  # error statuses beyond those its shape implies (openapi.py)
 
     @property
     def path_params(self) -> list[str]:
@@ -121,6 +122,7 @@ class Routes:
         auth: AuthMode = "required",
         summary: str | None = None,
         also: tuple[tuple[int, type | None, str], ...] = (),
+        errors: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             doc = (handler.__doc__ or "").strip()
@@ -137,6 +139,7 @@ class Routes:
                     status=status,
                     auth=auth,
                     also=also,
+                    errors=errors,
                 )
             )
             return handler
