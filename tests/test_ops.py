@@ -13,8 +13,10 @@ from agora.server import keys
 from agora.server.app import create_app
 from agora.server.metrics import Metrics
 from agora.server.ops import metrics
+from tests.support.api import register
 from tests.support.proxy import proxy_postgres, proxy_redis
 from tests.support.services import ServiceSet
+from tests.support.ws import WsClient
 
 
 async def test_healthz(client: TestClient) -> None:
@@ -84,6 +86,25 @@ async def test_metrics_served_to_loopback(client: TestClient) -> None:
     assert "agora_http_requests_total" in text
     assert 'route="/healthz"' in text
     assert "agora_db_statement_duration_seconds" in text
+
+
+async def test_websocket_frames_are_counted(client: TestClient) -> None:
+    user = await register(client)
+    ws = await WsClient.connect(client, user.access)  # ready: one frame out
+    await ws.send({"type": "ping"})
+    await ws.expect("pong")
+    await ws.ws.send_str("not json")
+    await ws.expect("error")
+    await ws.close()
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("agora_ws_frames")
+    }
+    assert samples['agora_ws_frames_in_total{type="ping"}'] == 1
+    assert samples['agora_ws_frames_in_total{type="invalid"}'] == 1
+    assert samples["agora_ws_frames_out_total"] >= 3  # ready, pong, error
 
 
 def _remote_request(remote: str, config: Config, auth: str | None = None):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -34,8 +34,10 @@ class SessionActor(Actor[bytes]):
         login_id: int,
         number: int,
         outbound_limit: int,
+        on_sent: Callable[[int], object] | None = None,
     ) -> None:
         super().__init__(f"session-{number}", outbound_limit)
+        self.on_sent = on_sent  # told how many frames each write burst sent (metrics)
         self.ws = ws
         self.transport = transport
         self.user_id = user_id
@@ -69,10 +71,16 @@ class SessionActor(Actor[bytes]):
         return not self.closing
 
     async def receive_many(self, items: list[tuple[bytes, Reply | None]]) -> None:
-        for frame, _ in items:
-            if self.ws.closed:
-                return
-            await self.ws.send_frame(frame, WSMsgType.TEXT)
+        sent = 0
+        try:
+            for frame, _ in items:
+                if self.ws.closed:
+                    return
+                await self.ws.send_frame(frame, WSMsgType.TEXT)
+                sent += 1
+        finally:
+            if sent and self.on_sent is not None:
+                self.on_sent(sent)
 
     async def on_failure(self, exc: BaseException) -> bool:
         # The socket broke under the writer: the reader sees it too and cleans up.

@@ -256,6 +256,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         viewer.session_id,
         sessions.next_number(),
         config.outbound_queue,
+        on_sent=metrics.ws_frames_out.inc,
     )
     session.start()
     sessions.add(session)
