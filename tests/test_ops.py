@@ -107,6 +107,22 @@ async def test_websocket_frames_are_counted(client: TestClient) -> None:
     assert samples["agora_ws_frames_out_total"] >= 3  # ready, pong, error
 
 
+async def test_feed_page_cache_is_exported(client: TestClient) -> None:
+    user = await register(client)
+    for _ in range(3):  # one page built, then two served from memory
+        assert (await client.get("/api/v1/feed", headers=user.headers)).status == 200
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("agora_feed_page_cache")
+    }
+    assert samples["agora_feed_page_cache_misses_total"] == 1
+    assert samples["agora_feed_page_cache_hits_total"] == 2
+    assert samples["agora_feed_page_cache_entries"] == 1
+    assert samples["agora_feed_page_cache_bytes"] > 0
+
+
 def _remote_request(remote: str, config: Config, auth: str | None = None):  # type: ignore[no-untyped-def]
     app = create_app(config)
     app[keys.METRICS] = Metrics()

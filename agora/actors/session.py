@@ -166,9 +166,5 @@ class SessionRegistry:
         for session in tuple(self.by_login.get(login_id, ())):
             session.close_soon(code, reason)
 
-    def close_user(self, user_id: int, code: int, reason: str) -> None:
-        for session in tuple(self.by_user.get(user_id, ())):
-            session.close_soon(code, reason)
-
     def all(self) -> list[SessionActor]:
         return [s for group in self.by_user.values() for s in group]

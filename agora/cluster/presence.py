@@ -194,9 +194,6 @@ class Presence:
         if not future.done():
             future.set_result(out)
 
-    async def is_online(self, user_id: int) -> bool:
-        return bool(await self.redis.exists(self.keys.online(user_id)))
-
     async def clear_node(self, node_id: str) -> None:
         """The janitor's part: forget a dead node's sessions, then let the debounce decide."""
         key = self.keys.node_users(node_id)

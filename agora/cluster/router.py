@@ -147,9 +147,6 @@ class Router:
                 )
             )
 
-    def pending(self) -> int:
-        return len(self._waiting)
-
     # -- from our inbox ------------------------------------------------------------------------
 
     def handle(self, envelope: Envelope) -> None:

@@ -120,8 +120,6 @@ ServerFrame = (
 
 client_decoder = msgspec.json.Decoder(ClientFrame)
 server_encoder = msgspec.json.Encoder()
-# For tests and clients written in Python.
-server_decoder = msgspec.json.Decoder(ServerFrame)
 _probe = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -146,6 +144,3 @@ class CloseCode:
     TOO_BIG = 1009  # a frame over 64 KiB: fix the client
     REVOKED = 4001  # the login was revoked or the account suspended: final, sign in again
     SLOW_CONSUMER = 4002  # the client did not read fast enough: reconnect and sync
-    UNAUTHORIZED = 4003  # the access token expired while connected: refresh, then reconnect
-
-    RETRY = (GOING_AWAY, SLOW_CONSUMER, UNAUTHORIZED)

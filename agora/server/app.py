@@ -127,6 +127,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     social_store, post_store = SocialStore(db), PostStore(db)
     feed_cache = FeedCache(redis, rkeys, size=config.feed_cache_size)
     invalidator = Invalidator(FeedPages(clock, max_entries=config.feed_page_cache))
+    app[keys.METRICS].watch_feed_pages(invalidator.pages)
     app[keys.INVALIDATOR] = invalidator
     app[keys.ACCOUNTS].invalidator = invalidator
     app[keys.SOCIAL] = SocialService(db, social_store, store, feed_cache, invalidator)

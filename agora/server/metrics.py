@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from agora.services.feed_pages import FeedPages
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -76,5 +81,29 @@ class Metrics:
             child = self._db_children[name] = self.db_seconds.labels(name)
         child.observe(seconds)
 
+    def watch_feed_pages(self, pages: FeedPages) -> None:
+        """Export the feed page cache's own counters (read when /metrics is scraped)."""
+        self.registry.register(_FeedPagesCollector(pages))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _FeedPagesCollector(Collector):
+    def __init__(self, pages: FeedPages) -> None:
+        self.pages = pages
+
+    def collect(self) -> Iterator[Metric]:
+        pages = self.pages
+        yield CounterMetricFamily(
+            "agora_feed_page_cache_hits", "Feed pages served from memory", value=pages.hits
+        )
+        yield CounterMetricFamily(
+            "agora_feed_page_cache_misses", "Feed pages that had to be built", value=pages.misses
+        )
+        yield GaugeMetricFamily(
+            "agora_feed_page_cache_bytes", "Bytes of encoded pages held", value=pages.bytes
+        )
+        yield GaugeMetricFamily(
+            "agora_feed_page_cache_entries", "Encoded pages held", value=len(pages)
+        )
