@@ -114,6 +114,11 @@ async def test_sigterm_drains_in_flight_requests(
     )
     node.start()
     assert node.proc is not None
+    # Something that is not HTTP: aiohttp's parser refuses it; the log gets one warning line.
+    bad_reader, bad_writer = await asyncio.open_connection("127.0.0.1", node.port)
+    bad_writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Evil: a\x00b\r\n\r\n")
+    assert b" 400 " in await asyncio.wait_for(bad_reader.readline(), 5)
+    bad_writer.close()
     body = json.dumps(
         {"username": "drained_user", "email": "drained@example.test", "password": PASSWORD}
     ).encode()
@@ -147,3 +152,6 @@ async def test_sigterm_drains_in_flight_requests(
     register = [e for e in entries if e.get("route") == "/api/v1/auth/register"]
     assert register and register[0]["request_id"] == "drain-test-1" and register[0]["status"] == 201
     assert any("draining" in e["msg"] for e in entries)
+    bad = [e for e in entries if e["logger"] == "aiohttp.server"]
+    assert len(bad) == 1 and bad[0]["level"] == "warning" and "exc" not in bad[0], bad
+    assert "Invalid header value char" in bad[0]["msg"], bad

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -55,6 +56,28 @@ class JsonFormatter(logging.Formatter):
         return self._encoder.encode(entry).decode()
 
 
+class _BadHttpFilter(logging.Filter):
+    """aiohttp logs every request it cannot parse (a request line or header over 8 KiB, bytes
+    that are not HTTP) as an error with a traceback: anyone can fill the log that way. Such a
+    record becomes one warning line naming the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            what = (str(exc.message).splitlines() or [type(exc).__name__])[0][:200]
+            record.msg, record.args = "%s: %s", (record.getMessage(), what)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_bad_http() -> None:
+    """Install the filter above on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadHttpFilter) for f in server_log.filters):
+        server_log.addFilter(_BadHttpFilter())
+
+
 READABLE = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -70,3 +93,4 @@ def setup_logging(*, production: bool, level: str, node_id: str) -> None:
     root.setLevel(level)
     # aiohttp's access log repeats what our middleware logs with the request id.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_bad_http()
