@@ -17,7 +17,7 @@ from agora.server.app import create_app
 from agora.storage.migrations import migrate
 from tests.support.services import ServiceSet, create_database, drop_database
 
-JWT_SECRET = "test-secret-" + "x" * 40
+JWT_SECRET = "test-secret-" + "x" * 52  # 64 bytes: long enough for HS512 too (a test forges one)
 
 
 @pytest.fixture(scope="session")
