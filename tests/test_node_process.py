@@ -12,6 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from agora.config import load_config
+from bench.fixtures import create_accounts, run_prefix
+from bench.services import Services
 from tests.conftest import JWT_SECRET
 from tests.support.api import PASSWORD
 from tests.support.node import NodeProcess
@@ -155,3 +158,53 @@ async def test_sigterm_drains_in_flight_requests(
     bad = [e for e in entries if e["logger"] == "aiohttp.server"]
     assert len(bad) == 1 and bad[0]["level"] == "warning" and "exc" not in bad[0], bad
     assert "Invalid header value char" in bad[0]["msg"], bad
+
+
+async def test_sigterm_with_many_sessions_is_clean_and_prompt(
+    tmp_path: Path, services: ServiceSet, database_url: str, redis_prefix: str
+) -> None:
+    """Every session gets 1001 and the node exits well inside the budget, with nothing logged
+    as an error (aiohttp logs one for each handler still running when it gives up on them)."""
+    node = NodeProcess(
+        {
+            "AGORA_JWT_SECRET": JWT_SECRET,
+            "AGORA_DATABASE_URL": database_url,
+            "AGORA_REDIS_URL": services.redis_url,
+            "AGORA_REDIS_PREFIX": redis_prefix,
+            "AGORA_WS_RATE_LIMIT": "0",
+        },
+        tmp_path,
+    )
+    node.start()
+    assert node.proc is not None
+    count = 6000  # users, one session each: each one's presence is cleaned up on the way out
+    config = load_config({"AGORA_DATABASE_URL": database_url, "AGORA_JWT_SECRET": JWT_SECRET})
+    accounts = await create_accounts(Services(config), run_prefix("shut"), count)
+    codes: list[int | None] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sockets = []
+        for start in range(0, count, 250):
+            batch = await asyncio.gather(
+                *(
+                    http.ws_connect(f"{node.url}/ws?token={account.token}")
+                    for account in accounts[start : start + 250]
+                )
+            )
+            for ws in batch:
+                assert (await ws.receive_json())["type"] == "ready"
+            sockets += batch
+
+        async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> None:
+            async for _ in ws:
+                pass
+            codes.append(ws.close_code)
+
+        readers = [asyncio.create_task(until_closed(ws)) for ws in sockets]
+        sent_at = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*readers), 15)
+        code = await asyncio.get_running_loop().run_in_executor(None, node.proc.wait, 15)
+    assert code == 0
+    assert time.monotonic() - sent_at < 10
+    assert codes.count(1001) == count, {c: codes.count(c) for c in set(codes)}
+    assert " ERROR " not in node.log and "Traceback" not in node.log, node.log[-3000:]

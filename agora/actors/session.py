@@ -128,8 +128,10 @@ class SessionRegistry:
         task.add_done_callback(self._cleanups.discard)
         await asyncio.shield(task)
 
-    async def wait_cleanups(self) -> None:
-        await asyncio.gather(*self._cleanups, return_exceptions=True)
+    async def wait_cleanups(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` seconds; they go on after it) for session cleanups."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=timeout)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.by_user.values())

@@ -104,22 +104,24 @@ class Presence:
             self.local[user_id] = count
             return
         self.local.pop(user_id, None)
+        if self.leaving:
+            return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(self.keys.where(user_id), self.node_id)
-                if not self.leaving:
-                    pipe.srem(self.keys.node_users(self.node_id), user_id)
+                pipe.srem(self.keys.node_users(self.node_id), user_id)
                 await pipe.execute()
         except (OSError, aioredis.RedisError):
             log.warning("could not clear presence of user %d", user_id)
-        if not self.leaving:
-            self.check_later(user_id)
+        self.check_later(user_id)
 
     def leave(self) -> None:
-        """The node is shutting down: sessions that close from now on stay listed in
-        ``nodeusers:{node}``, so the janitor (a live node, told at once that this one left) runs
-        their offline checks after the debounce, when this node is gone. Without it, friends on
-        other nodes would never hear "offline" for users who do not reconnect elsewhere."""
+        """The node is shutting down: sessions that close from now on leave their entries to
+        the janitor (a live node, told at once that this one left), which clears this node's
+        ``where`` entries from ``nodeusers:{node}`` and runs their offline checks after the
+        debounce, when this node is gone. Without it, friends on other nodes would never hear
+        "offline" for users who do not reconnect elsewhere; and a node closing 10,000 sessions
+        does not make 10,000 Redis round trips on its way out."""
         self.leaving = True
 
     def check_later(self, user_id: int) -> None:

@@ -310,10 +310,15 @@ async def close_all(app: web.Application) -> None:
     app[keys.PRESENCE].leave()
     for session in sessions.all():
         session.close_soon(CloseCode.GOING_AWAY, "node_shutdown")
-    for _ in range(50):
+    # Every session ends within CLOSE_GRACE (its close frame out, or the connection dropped);
+    # wait for their handlers and cleanups here, so none is still running when aiohttp's own
+    # shutdown gives up on handlers after a second.
+    started = asyncio.get_running_loop().time()
+    for _ in range(100):  # 5 s at most
         if not len(sessions):
             break
         await asyncio.sleep(0.05)
+    await sessions.wait_cleanups(max(0.0, started + 5.0 - asyncio.get_running_loop().time()))
 
 
 def add_routes(app: web.Application) -> None:
