@@ -64,6 +64,24 @@ async def test_malformed_json_is_400(client: TestClient) -> None:
         await expect_error(resp, 400, "validation_error")
 
 
+async def test_json_nested_absurdly_deep_is_400(client: TestClient) -> None:
+    user = await register(client)
+    deep = "[" * 100_000 + "]" * 100_000  # 200 KB: msgspec gives up with a RecursionError
+    for raw in (
+        f'{{"text": {deep}, "visibility": "public"}}',  # in a field, of the wrong type
+        f'{{"text": "ok", "visibility": "public", "extra": {deep}}}',  # in an unknown field
+        f'{{"text": "a\\u0000", "visibility": "public", "extra": {deep}}}',  # and a NUL
+        deep,
+    ):
+        resp = await client.post(
+            "/api/v1/posts",
+            data=raw.encode(),
+            headers={**user.headers, "Content-Type": "application/json"},
+        )
+        err = await expect_error(resp, 400, "validation_error")
+        assert err["fields"] == {"$": "nested too deeply"}, err
+
+
 async def test_nul_characters_are_refused_not_stored(client: TestClient) -> None:
     # PostgreSQL text cannot hold NUL; schemathesis found them as 500s.
     user = await register(client)

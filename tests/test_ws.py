@@ -108,6 +108,8 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays(node: TestCl
             json.dumps({"type": "send", "conversation_id": cid, "client_id": "n", "text": "a\0"}),
             "text must not contain NUL",
         ),
+        ('{"type": "ping", "x": ' + "[" * 30_000 + "]" * 30_000 + "}", "nested too deeply"),
+        ('{"type": "ping", "x": ' + "[" * 30_000, "nested too deeply"),  # and cut short
     ]
     for raw, needle in cases:
         await ws.ws.send_str(raw)

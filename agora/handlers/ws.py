@@ -21,7 +21,7 @@ from agora.actors.conversation import ReadOp, SendOp, Sent, TypingOp
 from agora.actors.session import SessionActor
 from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, unauthorized
-from agora.protocol.codec import NUL_MESSAGE, humanize, nul_fields
+from agora.protocol.codec import NUL_MESSAGE, TOO_DEEP, humanize, nul_fields
 from agora.protocol.frames import (
     Ack,
     CloseCode,
@@ -114,6 +114,11 @@ class Connection:
     def handle(self, raw: bytes) -> None:
         try:
             frame = client_decoder.decode(raw)
+            bad = nul_fields(raw)
+        except RecursionError:
+            self.metrics.ws_frames_in.labels("invalid").inc()
+            self.session.push(_error(ErrorCode.VALIDATION_ERROR, f"the frame is {TOO_DEEP}"))
+            return
         except msgspec.ValidationError as exc:
             self.metrics.ws_frames_in.labels("invalid").inc()
             self.session.push(
@@ -124,7 +129,7 @@ class Connection:
             self.metrics.ws_frames_in.labels("invalid").inc()
             self.session.push(_error(ErrorCode.VALIDATION_ERROR, "the frame is not valid JSON"))
             return
-        if bad := nul_fields(raw):
+        if bad:
             self.metrics.ws_frames_in.labels("invalid").inc()
             self.session.push(
                 _error(ErrorCode.VALIDATION_ERROR, f"{bad[0]} {NUL_MESSAGE}", frame_ref(raw))

@@ -143,7 +143,8 @@ NUL_MESSAGE = "must not contain NUL characters (\\u0000)"
 def nul_fields(raw: bytes) -> list[str]:
     """The top-level fields of a JSON document whose strings (keys included, at any depth)
     hold a NUL character, which PostgreSQL cannot store in text; ``$`` for the document itself.
-    JSON carries NUL only as the escape ``\\u0000``, so documents without one cost one scan."""
+    JSON carries NUL only as the escape ``\\u0000``, so documents without one cost one scan.
+    A document nested too deeply to decode raises ``RecursionError``: callers refuse it."""
     if b"\\u0000" not in raw:
         return []
     try:
@@ -151,13 +152,18 @@ def nul_fields(raw: bytes) -> list[str]:
     except msgspec.DecodeError:
         return []  # not JSON: reported as such by the caller's decoder
 
-    def has_nul(value: Any) -> bool:
-        if isinstance(value, str):
-            return "\x00" in value
-        if isinstance(value, list):
-            return any(has_nul(v) for v in value)
-        if isinstance(value, dict):
-            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    def has_nul(value: Any) -> bool:  # iterative: a hostile document may nest 100,000 deep
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                if "\x00" in item:
+                    return True
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
         return False
 
     if isinstance(data, dict):
@@ -165,8 +171,23 @@ def nul_fields(raw: bytes) -> list[str]:
     return ["$"] if has_nul(data) else []
 
 
+TOO_DEEP = "nested too deeply"
+
+
 def decode_body(tp: type[T], raw: bytes) -> T:
     """Decode a JSON request body into ``tp`` or raise the ``validation_error`` envelope."""
+    try:
+        return _decode_body(tp, raw)
+    except RecursionError:  # msgspec's answer to [[[[...]]]] 100,000 deep, even in unknown fields
+        raise AppError(
+            ErrorCode.VALIDATION_ERROR,
+            "the request body is not valid JSON",
+            status=400,
+            fields={"$": TOO_DEEP},
+        ) from None
+
+
+def _decode_body(tp: type[T], raw: bytes) -> T:
     try:
         value = _decoder(tp).decode(raw)
     except msgspec.ValidationError:

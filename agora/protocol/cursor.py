@@ -39,7 +39,7 @@ def decode_cursor(cursor: str | None, kind: str, **types: type) -> dict[str, Any
         return None
     try:
         data = _decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+    except (binascii.Error, ValueError, msgspec.DecodeError, RecursionError):
         raise _bad() from None
     if data.get("k") != kind:
         raise _bad()

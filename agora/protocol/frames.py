@@ -131,7 +131,7 @@ def frame_ref(raw: bytes) -> str | None:
     """The ``client_id`` of a frame that failed to decode, to put in the error's ``ref``."""
     try:
         value = _probe.decode(raw).get("client_id")
-    except (msgspec.DecodeError, AttributeError):
+    except (msgspec.DecodeError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) and len(value) <= 64 else None
 
