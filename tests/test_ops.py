@@ -86,6 +86,13 @@ async def test_metrics_served_to_loopback(client: TestClient) -> None:
     assert "agora_http_requests_total" in text
     assert 'route="/healthz"' in text
     assert "agora_db_statement_duration_seconds" in text
+    # Odd methods and invented paths add no label values (no client can grow the registry).
+    for i, method in enumerate(["PROPFIND", "MKCOL", "LOCK", "PURGE", "REPORT"]):
+        await client.request(method, f"/no/such/{i}")
+        await client.get(f"/api/v1/nothing/{i}")
+    text = await (await client.get("/metrics")).text()
+    assert "PROPFIND" not in text and "/no/such" not in text and "nothing" not in text
+    assert 'method="other",route="unmatched"' in text
 
 
 async def test_websocket_frames_are_counted(client: TestClient) -> None:

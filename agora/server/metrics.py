@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from agora.services.feed_pages import FeedPages
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -64,7 +65,11 @@ class Metrics:
         )
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count and time a request (label children cached: ``labels()`` is slow per call)."""
+        """Count and time a request (label children cached: ``labels()`` is slow per call).
+        Labels come from a bounded set (route templates, known methods), so no client can grow
+        the registry by inventing paths or methods."""
+        if method not in _METHODS:
+            method = "other"
         key = (method, route, status)
         children = self._http_children.get(key)
         if children is None:
