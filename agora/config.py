@@ -68,6 +68,7 @@ class WebSocketConfig:
     rate_limit: float = 20.0  # sustained frames/s per session; 0 = no limit
     rate_burst: int = 40
     outbound_queue: int = 1000  # frames queued for one client before it is dropped
+    max_sessions_per_user: int = 100  # open sessions of one account on one node
     max_frame_bytes: int = 64 * 1024
     heartbeat: float = 20.0
 
@@ -218,6 +219,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ),
         outbound_queue=_parse(
             env, "AGORA_WS_OUTBOUND_QUEUE", _positive_int, 1000, "a positive integer"
+        ),
+        max_sessions_per_user=_parse(
+            env, "AGORA_WS_MAX_SESSIONS_PER_USER", _positive_int, 100, "a positive integer"
         ),
     )
     ws = replace(ws, rate_burst=max(1, int(ws.rate_limit * 2)))

@@ -22,6 +22,7 @@ BAD_VALUES = {
     "AGORA_ENV": "staging",
     "AGORA_LOG_LEVEL": "LOUD",
     "AGORA_WS_OUTBOUND_QUEUE": "-5",
+    "AGORA_WS_MAX_SESSIONS_PER_USER": "0",
     "AGORA_DB_POOL_MAX": "0",
 }
 
@@ -38,6 +39,7 @@ def test_defaults_with_nothing_set() -> None:
     config = load_config({})
     assert config.database.embedded and config.redis.embedded
     assert config.ws.rate_limit == 20 and config.ws.outbound_queue == 1000
+    assert config.ws.max_sessions_per_user == 100
     assert config.amqp_url is None and config.elasticsearch_url is None
     assert config.data_dir.name == "var"
 

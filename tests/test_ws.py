@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
@@ -129,6 +130,30 @@ async def test_oversized_frame_closes_with_1009(node: TestClient) -> None:
     ws = await WsClient.connect(node, a.access)
     await ws.ws.send_str(json.dumps({"type": "ping", "pad": "x" * (64 * 1024)}))
     assert await ws.closed() == 1009
+
+
+async def test_sessions_per_account_are_capped_before_the_upgrade(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(ws=WebSocketConfig(max_sessions_per_user=2))
+    a, b = await register(client), await register(client)
+    first = await WsClient.connect(client, a.access)
+    await WsClient.connect(client, a.access)
+    resp = await client.get(f"/ws?token={a.access}")
+    await expect_error(resp, 429, "rate_limited")
+    assert resp.headers["Retry-After"] == "5"
+    await WsClient.connect(client, b.access)  # another account is not affected
+    await first.close()
+    for _ in range(50):  # the slot frees once the session has ended
+        if client.server.app[keys.SESSIONS].count_of(int(a.id)) < 2:
+            break
+        await asyncio.sleep(0.02)
+    await WsClient.connect(client, a.access)
+    # A burst of upgrades cannot slip past the limit while the first ones are in flight.
+    c = await register(client)
+    tries = await asyncio.gather(
+        *(client.ws_connect(f"/ws?token={c.access}") for _ in range(12)), return_exceptions=True
+    )
+    refused = [t for t in tries if isinstance(t, aiohttp.WSServerHandshakeError)]
+    assert len(tries) - len(refused) == 2 and all(r.status == 429 for r in refused), tries
 
 
 async def test_too_fast_closes_with_1008(make_client) -> None:  # type: ignore[no-untyped-def]

@@ -120,6 +120,7 @@ class SessionRegistry:
         self.by_login: dict[int, set[SessionActor]] = {}
         self._number = 0
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._opening: dict[int, int] = {}  # user -> upgrades admitted, not yet added
 
     async def shielded(self, cleanup: Coroutine[Any, Any, None]) -> None:
         """Run a session's cleanup to the end even if the awaiting handler is cancelled."""
@@ -135,6 +136,23 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.by_user.values())
+
+    def admit(self, user_id: int, limit: int) -> bool:
+        """Hold a place for one more session of this user, if it has fewer than ``limit`` open
+        or opening (upgrades in flight count, so a burst of them cannot slip past the limit).
+        Every True must be followed by :meth:`admitted` once the session is added or failed."""
+        if len(self.by_user.get(user_id, ())) + self._opening.get(user_id, 0) >= limit:
+            return False
+        self._opening[user_id] = self._opening.get(user_id, 0) + 1
+        return True
+
+    def admitted(self, user_id: int) -> None:
+        left = self._opening.pop(user_id, 1) - 1
+        if left:
+            self._opening[user_id] = left
+
+    def count_of(self, user_id: int) -> int:
+        return len(self.by_user.get(user_id, ()))
 
     def next_number(self) -> int:
         self._number += 1

@@ -245,26 +245,37 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     viewer = app[keys.ACCOUNTS].authenticate(token)  # 401 before the upgrade
 
     config = app[keys.CONFIG].ws
-    ws = web.WebSocketResponse(
-        compress=False,
-        max_msg_size=config.max_frame_bytes,
-        heartbeat=config.heartbeat,
-        decode_text=False,
-    )
-    name_response(request, ws)
-    await ws.prepare(request)
     sessions, presence, metrics = app[keys.SESSIONS], app[keys.PRESENCE], app[keys.METRICS]
-    session = SessionActor(
-        ws,
-        request.transport,
-        viewer.user_id,
-        viewer.session_id,
-        sessions.next_number(),
-        config.outbound_queue,
-        on_sent=metrics.ws_frames_out.inc,
-    )
-    session.start()
-    sessions.add(session)
+    if not sessions.admit(viewer.user_id, config.max_sessions_per_user):
+        # Each session holds memory; one token must not be able to take the node's.
+        raise AppError(
+            ErrorCode.RATE_LIMITED,
+            f"this account already has {config.max_sessions_per_user} sessions open on this "
+            "node; close one first",
+            headers={"Retry-After": "5"},
+        )
+    try:
+        ws = web.WebSocketResponse(
+            compress=False,
+            max_msg_size=config.max_frame_bytes,
+            heartbeat=config.heartbeat,
+            decode_text=False,
+        )
+        name_response(request, ws)
+        await ws.prepare(request)
+        session = SessionActor(
+            ws,
+            request.transport,
+            viewer.user_id,
+            viewer.session_id,
+            sessions.next_number(),
+            config.outbound_queue,
+            on_sent=metrics.ws_frames_out.inc,
+        )
+        session.start()
+        sessions.add(session)
+    finally:
+        sessions.admitted(viewer.user_id)
     metrics.ws_sessions.inc()
     request_id_var.set(f"ws-{session.name}")
     try:
