@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -47,7 +48,8 @@ class ServiceSet:
         self._redis: EmbeddedRedis | None = None
         self.pg_admin_dsn = ""
         self.redis_url = ""
-        self.amqp_url: str | None = None
+        self.amqp_url: str | None = None  # None: no broker answers at amqp_probe
+        self.amqp_probe = ""
 
     def start(self) -> None:
         """``AGORA_TEST_PG`` / ``AGORA_TEST_REDIS`` name other servers, or ``embedded`` to use
@@ -67,7 +69,11 @@ class ServiceSet:
             self._redis = EmbeddedRedis(self._tmpdir())
             self.redis_url = self._redis.start()
         amqp = os.environ.get("AGORA_TEST_AMQP", DEFAULT_AMQP)
-        self.amqp_url = amqp if port_open("127.0.0.1", 5672) else None
+        where = urlsplit(amqp)
+        self.amqp_probe = f"{where.hostname or '127.0.0.1'}:{where.port or 5672}"
+        self.amqp_url = (
+            amqp if port_open(where.hostname or "127.0.0.1", where.port or 5672) else None
+        )
 
     @staticmethod
     def _swap_db(dsn: str, name: str) -> str:
