@@ -243,6 +243,35 @@ async def test_top_ranks_engagement_with_time_decay(client: TestClient, database
     assert len(one_by_one) == len(set(one_by_one)) == len(await _feed_ids(client, me, 100, "top"))
 
 
+async def test_top_decays_with_age_whatever_the_engagement(
+    client: TestClient, database_url: str
+) -> None:
+    me, pals, _ = await _circle(client, friends=3)
+    fresh = await create_post(client, pals[0], "fresh, one like", "public")
+    day_old = await create_post(client, pals[1], "a day old, one like", "public")
+    older = await create_post(client, pals[2], "two days old, three likes", "public")
+    for post, likers in ((fresh, pals[:1]), (day_old, pals[:1]), (older, pals)):
+        for pal in likers:
+            resp = await client.put(
+                f"/api/v1/posts/{post['id']}/reactions", headers=pal.headers, json={"type": "like"}
+            )
+            assert resp.status == 200
+    conn = await asyncpg.connect(database_url)
+    try:
+        for post, hours in ((day_old, 30), (older, 60)):
+            await conn.execute(
+                "UPDATE content.posts SET created_at = now() - make_interval(hours => $2)"
+                " WHERE id = $1",
+                int(post["id"]),
+                hours,
+            )
+    finally:
+        await conn.close()
+    # (1 + reactions + 2 x comments) / (age_h + 2)^1.5: 2/2.8 > 2/181 > 4/488. By engagement
+    # alone the oldest would lead; by age alone too would the equal pair. Decay decides both.
+    assert await _feed_ids(client, me, rank="top") == [fresh["id"], day_old["id"], older["id"]]
+
+
 async def test_feed_needs_an_account_and_a_valid_cursor(client: TestClient) -> None:
     await expect_error(await client.get("/api/v1/feed"), 401, "unauthorized")
     me = await register(client)
