@@ -337,6 +337,10 @@ def test_chat_on_two_nodes_reports_every_figure(
         "missing_deliveries",
     ):
         assert key in out
+    # Every send acked once, every member got it, nothing repeated: the figures count real work.
+    assert out["errors"] == out["missing_acks"] == out["missing_deliveries"] == 0, out
+    assert out["duplicates"] == 0, out
+    assert out["deliveries_per_s"] > 0 and out["delivery_ms"]["p50"] > 0, out
     assert len(out["server_rss_mib"]) == 2
     # The run's users are gone afterwards.
     assert query(database_url, r"SELECT 1 FROM accounts.users WHERE username LIKE 'bchat\_%'") == []
