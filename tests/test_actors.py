@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from agora.actors.base import Actor, ActorStopped, MailboxFull
+from agora.actors.base import Actor, ActorStopped, MailboxFull, Reply
 from agora.config import ClusterConfig, WebSocketConfig
 from agora.errors import AppError
 from agora.server import keys
@@ -43,6 +43,42 @@ async def test_a_crash_is_answered_and_the_actor_carries_on() -> None:
     assert await actor.ask("b") == "B"
     assert actor.starts == 2  # on_failure rebuilt the state
     await actor.stop()
+
+
+class Batcher(Actor[str]):
+    """Handles a batch itself, as the conversation actor does, and can fail half-way."""
+
+    def __init__(self) -> None:
+        super().__init__("batcher")
+
+    async def receive_many(self, items: list[tuple[str, Reply | None]]) -> None:
+        for message, reply in items:
+            if message == "bug":
+                raise RuntimeError("a bug outside receive()")
+            if message == "hang":
+                await asyncio.sleep(30)
+            if reply:
+                reply(message.upper())
+
+
+async def test_every_asker_of_a_crashed_batch_hears_back() -> None:
+    actor = Batcher()
+    actor.start()
+    first, bug, after = actor.ask("a"), actor.ask("bug"), actor.ask("b")  # one batch
+    assert await first == "A"
+    for unanswered in (bug, after):
+        with pytest.raises(AppError) as info:
+            await asyncio.wait_for(unanswered, 1)
+        assert info.value.code.value == "unavailable"  # retry
+    assert await asyncio.wait_for(actor.ask("c"), 1) == "C"  # and it carries on
+    # Stopped while a batch is in hand: those askers hear back too.
+    hung, behind = actor.ask("hang"), actor.ask("x")
+    await asyncio.sleep(0.01)
+    assert actor._task is not None
+    actor._task.cancel()
+    for future in (hung, behind):
+        with pytest.raises(AppError):
+            await asyncio.wait_for(future, 1)
 
 
 async def test_full_mailbox_and_stopped_actor_fail_fast() -> None:

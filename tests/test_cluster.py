@@ -14,9 +14,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from agora.cluster.inbox import Answer
 from agora.cluster.nodes import rendezvous
-from agora.cluster.router import conversation_key
+from agora.cluster.router import _answer_result, conversation_key
 from agora.config import ClusterConfig
+from agora.errors import AppError, ErrorCode
 from agora.server import keys
 from tests.conftest import JWT_SECRET
 from tests.support.api import PASSWORD, User, befriend, register
@@ -324,3 +326,13 @@ async def test_killing_the_owner_mid_stream_loses_no_acked_message(
     finally:
         for node in nodes.values():
             node.kill()
+
+
+def test_an_answer_this_node_cannot_read_still_answers() -> None:
+    # A node of another version may send an error code or a body this one does not know.
+    odd = _answer_result(Answer(1, False, code="from_the_future", message="?"))
+    assert isinstance(odd, AppError) and odd.code is ErrorCode.INTERNAL_ERROR
+    garbled = _answer_result(Answer(2, True, body=b"\xc1"))
+    assert isinstance(garbled, AppError)
+    known = _answer_result(Answer(3, False, code="forbidden", message="no"))
+    assert isinstance(known, AppError) and known.code is ErrorCode.FORBIDDEN

@@ -304,6 +304,34 @@ async def test_logout_closes_that_logins_sessions(node: TestClient) -> None:
     await kept.expect("pong")
 
 
+async def test_a_session_revoked_during_its_upgrade_leaves_presence_alone(
+    node: TestClient,
+) -> None:
+    a = await register(node)
+    live = await WsClient.connect(node, a.access)
+    app = node.server.app
+    presence, revocations = app[keys.PRESENCE], app[keys.ACCOUNTS].revocations
+    checked = revocations.is_revoked
+    # The login is revoked between the token check and the upgrade (a logout racing it): the
+    # first look (authenticating the token) says no, the second (after the upgrade) says yes.
+    looks: list[int] = []
+    revocations.is_revoked = lambda sid: bool(looks.append(sid) or len(looks) > 1)  # type: ignore[method-assign]
+    try:
+        raced = await node.ws_connect(f"/ws?token={a.access}")
+        await raced.receive(timeout=5)  # it ends without a `ready`
+    finally:
+        revocations.is_revoked = checked  # type: ignore[method-assign]
+    for _ in range(50):
+        if len(app[keys.SESSIONS]) == 1:
+            break
+        await asyncio.sleep(0.02)
+    await app[keys.SESSIONS].wait_cleanups(2)
+    # The live session still counts: its node stays in where:{user}, nobody hears "offline".
+    assert presence.local == {int(a.id): 1}
+    await live.send({"type": "ping"})
+    await live.expect("pong")
+
+
 async def test_blocks_stop_direct_messages_both_ways(node: TestClient) -> None:
     a, b, cid = await friends_in_a_direct_conversation(node)
     wa, wb = await WsClient.connect(node, a.access), await WsClient.connect(node, b.access)

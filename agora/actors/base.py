@@ -63,6 +63,7 @@ class Actor(Generic[M]):
         self._mailbox: asyncio.Queue[Any] = asyncio.Queue(mailbox_size)
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._inflight: list[Any] = []  # the batch being handled, for answering after a crash
         self.on_exit: Callable[[Actor[M]], None] | None = None
         self.on_crash: Callable[[str], None] | None = None  # e.g. count it in the metrics
 
@@ -171,6 +172,10 @@ class Actor(Generic[M]):
                 if items[-1] is _STOP:
                     items.pop()
                     stop_after = True
+                # Every asker hears back exactly once, even when the batch crashes half-way or
+                # the actor is cancelled inside it (the crashed item itself gets internal_error).
+                items = [(m, _Once(r) if r is not None else None) for m, r in items]
+                self._inflight = items
                 try:
                     await self.receive_many(items)
                 except _Crash as crash:
@@ -178,13 +183,16 @@ class Actor(Generic[M]):
                         "%s crashed: %r", self.name, crash.__cause__, exc_info=crash.__cause__
                     )
                     self._crashed()
+                    _unanswered(items)
                     if not await self.on_failure(crash.__cause__ or crash):
                         break
                 except Exception as exc:
                     log.exception("%s crashed", self.name)
                     self._crashed()
+                    _unanswered(items)
                     if not await self.on_failure(exc):
                         break
+                self._inflight = []
                 if stop_after:
                     break
         except asyncio.CancelledError:
@@ -193,6 +201,7 @@ class Actor(Generic[M]):
             log.exception("%s failed to start", self.name)
         finally:
             self._stopped = True
+            _unanswered(self._inflight)
             self._fail_queued()
             try:
                 await self.on_stop()
@@ -204,3 +213,25 @@ class Actor(Generic[M]):
 
 class _Crash(Exception):
     pass
+
+
+class _Once:
+    """A reply that answers at most once and remembers whether it has."""
+
+    __slots__ = ("answered", "reply")
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.answered = False
+
+    def __call__(self, result: Any) -> None:
+        if not self.answered:
+            self.answered = True
+            self.reply(result)
+
+
+def _unanswered(items: list[Any]) -> None:
+    """Answer every reply of a batch that is still waiting (after a crash or a stop)."""
+    for item in items:
+        if item is not _STOP and isinstance(item[1], _Once) and not item[1].answered:
+            item[1](AppError(ErrorCode.UNAVAILABLE, "not handled (the actor crashed); retry"))

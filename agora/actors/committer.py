@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+import asyncpg
+
 from agora.actors.base import Actor, Reply
 from agora.errors import AppError, ErrorCode
 from agora.storage.chat import ChatStore, Outgoing
@@ -58,10 +60,11 @@ class Committer(Actor[CommitRequest]):
             results = await self.store.commit_many(
                 [(r.conversation_id, r.last_seq, r.batch) for r, _ in batch.values()]
             )
-        except Exception:
-            if len(batch) > 1:
+        except Exception as exc:
+            if len(batch) > 1 and isinstance(exc, asyncpg.DataError):
                 # One conversation's bad row must not fail the others it shared a statement
                 # with (and again on every retry): each goes alone, and only the bad one fails.
+                # Not for a lost connection: every conversation fails alike, at once.
                 log.warning("a statement of %d conversations failed; each goes alone", len(batch))
                 for cid, item in batch.items():
                     await self._commit({cid: item})

@@ -53,6 +53,18 @@ def conversation_key(conversation_id: int) -> str:
     return f"conversation:{conversation_id}"
 
 
+def _answer_result(answer: Answer) -> Any:
+    """What an ``Answer`` tells the asker; never raises (a node of another version may send a
+    code or body this one does not know: the asker still hears back)."""
+    try:
+        if answer.ok:
+            return sent_decoder.decode(answer.body) if answer.body else None
+        return AppError(ErrorCode(answer.code), answer.message)
+    except (ValueError, msgspec.DecodeError):
+        log.warning("unreadable answer %d (%r)", answer.rid, answer.code)
+        return AppError(ErrorCode.INTERNAL_ERROR, "the conversation's node answered oddly")
+
+
 class Router:
     def __init__(
         self,
@@ -167,10 +179,7 @@ class Router:
                 return  # answered after we gave up: the client already got "retry"
             reply, timer = waiting
             timer.cancel()
-            if envelope.ok:
-                reply(sent_decoder.decode(envelope.body) if envelope.body else None)
-            else:
-                reply(AppError(ErrorCode(envelope.code), envelope.message))
+            reply(_answer_result(envelope))
 
     def _run_remote(self, command: Command) -> None:
         inbox = self.inbox

@@ -278,9 +278,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         sessions.admitted(viewer.user_id)
     metrics.ws_sessions.inc()
     request_id_var.set(f"ws-{session.name}")
+    counted = False  # in presence: what disconnected() must undo, and only that
     try:
         if app[keys.ACCOUNTS].revocations.is_revoked(viewer.session_id):
             return ws  # revoked between the check and the upgrade
+        counted = True
         try:  # registered before `ready`: whatever is committed after `ready` reaches us
             await presence.connected(viewer.user_id)
         except Exception:
@@ -302,7 +304,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if session.close_reason:
             metrics.ws_closed.labels(session.close_reason).inc()
         # Shielded: the handler may be cancelled when the peer vanishes, the cleanup may not.
-        await sessions.shielded(_finish(session, ws, presence, viewer.user_id))
+        await sessions.shielded(_finish(session, ws, presence if counted else None, viewer.user_id))
     return ws
 
 
@@ -312,6 +314,8 @@ async def _finish(
     await session.stop()
     if not ws.closed:
         await ws.close()
+    if presence is None:
+        return
     try:
         await presence.disconnected(user_id)
     except Exception:
