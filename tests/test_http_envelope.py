@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from agora.protocol.cursor import encode_cursor
 from agora.server.app import create_app
 from tests.support.api import expect_error, register
 
@@ -62,6 +63,20 @@ async def test_malformed_json_is_400(client: TestClient) -> None:
             "/api/v1/auth/login", data=raw, headers={"Content-Type": "application/json"}
         )
         await expect_error(resp, 400, "validation_error")
+
+
+async def test_forged_cursors_are_400_not_overflows(client: TestClient) -> None:
+    user = await register(client)
+    for path, cursor in (
+        ("/api/v1/feed", encode_cursor("feed", before=2**64)),  # past PostgreSQL's bigint
+        ("/api/v1/friends", encode_cursor("friends", at=10**18, id=1)),  # past datetime's range
+        ("/api/v1/conversations", encode_cursor("conversations", at=-(10**17), id=1)),
+        ("/api/v1/feed?rank=top", encode_cursor("top", asof=1, score=1e308 * 10, id=1)),
+    ):
+        sep = "&" if "?" in path else "?"
+        resp = await client.get(f"{path}{sep}cursor={cursor}", headers=user.headers)
+        err = await expect_error(resp, 400, "validation_error")
+        assert "cursor" in err["fields"], err
 
 
 async def test_json_nested_absurdly_deep_is_400(client: TestClient) -> None:

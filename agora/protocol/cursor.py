@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ import msgspec
 
 from agora.errors import AppError, ErrorCode
 
+CURSOR_INT_MAX = 2**53  # storage/db.py MAX_ID + 1; as microseconds, the year 2255
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -49,6 +51,12 @@ def decode_cursor(cursor: str | None, kind: str, **types: type) -> dict[str, Any
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, tp) or isinstance(value, bool):
+            raise _bad()
+        # What we encode is an id, a seq or microseconds since 1970, all in [0, 2**53]; a forged
+        # value outside it would overflow a datetime or PostgreSQL's bigint (a 500), not page.
+        if isinstance(value, int) and not 0 <= value <= CURSOR_INT_MAX:
+            raise _bad()
+        if isinstance(value, float) and not math.isfinite(value):
             raise _bad()
         out[name] = value
     return out

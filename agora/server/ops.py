@@ -8,9 +8,10 @@ import ipaddress
 
 from aiohttp import web
 
-from agora.errors import forbidden
+from agora.errors import AppError, forbidden
 from agora.protocol.codec import encode
 from agora.server import keys
+from agora.server.routing import parse_bearer
 from agora.storage.redis import ping as redis_ping
 
 
@@ -50,12 +51,23 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
+def metrics_token_matches(header: str | None, token: str | None) -> bool:
+    """``Authorization: Bearer <AGORA_METRICS_TOKEN>``, compared in constant time. Header bytes
+    that are not UTF-8 reach us as surrogates: they are compared as they came, never a 500."""
+    try:
+        given = parse_bearer(header) or ""
+    except AppError:
+        return False
+    return bool(token) and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), (token or "").encode()
+    )
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text; loopback callers only, others with ``AGORA_METRICS_TOKEN`` as bearer."""
     if not _is_loopback(request.remote):
         token = request.app[keys.CONFIG].metrics_token
-        header = request.headers.get("Authorization", "")
-        if not token or not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+        if not metrics_token_matches(request.headers.get("Authorization"), token):
             raise forbidden("metrics are served to loopback or with the metrics token")
     m = request.app[keys.METRICS]
     resp = web.Response(body=m.render())

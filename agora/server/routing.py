@@ -163,7 +163,11 @@ class Routes:
 
 
 def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
+    return parse_bearer(request.headers.get("Authorization"))
+
+
+def parse_bearer(header: str | None) -> str | None:
+    """The token of ``Bearer <token>`` (None when there is no header; 401 when malformed)."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
