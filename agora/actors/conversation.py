@@ -112,7 +112,6 @@ class ConversationActor(Actor[ConversationOp]):
         self.state: ConversationState | None = None
         self._acks: OrderedDict[tuple[int, str], MessageOut] = OrderedDict()
         self._typing: dict[int, float] = {}  # user -> when last announced (monotonic)
-        self._stale_members = False
 
     async def on_start(self) -> None:
         self.state = await self.store.state(self.id)
@@ -126,9 +125,8 @@ class ConversationActor(Actor[ConversationOp]):
             raise not_found("conversation")
 
     async def receive_many(self, items: list[tuple[ConversationOp, Reply | None]]) -> None:
-        if self._stale_members or any(isinstance(op, MembersChangedOp) for op, _ in items):
+        if any(isinstance(op, MembersChangedOp) for op, _ in items):
             self.state = await self.store.state(self.id)
-            self._stale_members = False
         sends: list[tuple[SendOp, Reply | None]] = []
         for op, reply in items:
             if isinstance(op, SendOp):

@@ -12,7 +12,6 @@ from agora.protocol.common import Cursor, Id, Limit
 
 Visibility = Literal["public", "friends", "private"]
 ReactionType = Literal["like", "love", "haha", "wow", "sad", "angry"]
-REACTION_TYPES: tuple[str, ...] = ("like", "love", "haha", "wow", "sad", "angry")
 
 PostText = Annotated[
     str, msgspec.Meta(min_length=1, max_length=10_000, description="1-10,000 characters")

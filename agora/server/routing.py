@@ -29,7 +29,6 @@ Q = TypeVar("Q")
 JSON = "application/json"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 _ID = re.compile(r"^[0-9]{1,19}$")
-VIEWER_KEY = web.RequestKey("viewer", Viewer)
 
 
 @dataclass(slots=True)
@@ -185,7 +184,6 @@ def authenticate(request: web.Request, mode: AuthMode) -> Viewer | None:
             raise unauthorized()
         return None
     viewer = request.app[keys.ACCOUNTS].authenticate(token)
-    request[VIEWER_KEY] = viewer
     return viewer
 
 

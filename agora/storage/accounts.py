@@ -25,7 +25,6 @@ VALUES ($1, $2, $3, $4, $5)
 RETURNING {USER_COLUMNS}
 """
 SELECT_USER = f"SELECT {USER_COLUMNS} FROM accounts.users WHERE id = $1"
-SELECT_USERS = f"SELECT {USER_COLUMNS} FROM accounts.users WHERE id = ANY($1::bigint[])"
 SELECT_USER_BY_LOGIN = f"""
 SELECT {USER_COLUMNS} FROM accounts.users
 WHERE lower(username) = lower($1) OR lower(email) = lower($1)
@@ -44,9 +43,6 @@ UPDATE_PASSWORD_HASH = "UPDATE accounts.users SET password_hash = $2 WHERE id = 
 SET_ROLE = f"""
 UPDATE accounts.users SET role = $2, updated_at = now() WHERE lower(username) = lower($1)
 RETURNING {USER_COLUMNS}
-"""
-SET_STATUS = f"""
-UPDATE accounts.users SET status = $2, updated_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}
 """
 
 INSERT_SESSION = """
@@ -78,9 +74,6 @@ WHERE user_id = $1 AND revoked_at IS NULL
 RETURNING id
 """
 SESSION_OF_TOKEN = "SELECT session_id FROM accounts.refresh_tokens WHERE token_hash = $1"
-SESSION_STATE = """
-SELECT s.revoked_at IS NOT NULL AS revoked FROM accounts.login_sessions s WHERE s.id = $1
-"""
 SELECT_VISIBLE_USER = f"""
 SELECT {USER_COLUMNS} FROM accounts.users
 WHERE id = $2 AND status = 'active'
@@ -197,10 +190,6 @@ class AccountStore:
         row = await self.db.fetchrow("get_visible_user", SELECT_VISIBLE_USER, viewer_id, user_id)
         return UserRecord.of(row) if row else None
 
-    async def get_users(self, user_ids: list[int]) -> dict[int, UserRecord]:
-        rows = await self.db.fetch("get_users", SELECT_USERS, user_ids)
-        return {r["id"]: UserRecord.of(r) for r in rows}
-
     async def find_by_login(self, login: str) -> UserRecord | None:
         row = await self.db.fetchrow("find_user_by_login", SELECT_USER_BY_LOGIN, login)
         return UserRecord.of(row) if row else None
@@ -224,10 +213,6 @@ class AccountStore:
 
     async def set_role(self, username: str, role: str) -> UserRecord | None:
         row = await self.db.fetchrow("set_role", SET_ROLE, username, role)
-        return UserRecord.of(row) if row else None
-
-    async def set_status(self, user_id: int, status: str) -> UserRecord | None:
-        row = await self.db.fetchrow("set_status", SET_STATUS, user_id, status)
         return UserRecord.of(row) if row else None
 
     async def open_session(
@@ -274,10 +259,6 @@ class AccountStore:
     async def revoke_user_sessions(self, user_id: int, reason: str) -> list[int]:
         rows = await self.db.fetch("revoke_user_sessions", REVOKE_USER_SESSIONS, user_id, reason)
         return [r["id"] for r in rows]
-
-    async def session_revoked(self, session_id: int) -> bool:
-        value = await self.db.fetchval("session_state", SESSION_STATE, session_id)
-        return value is None or bool(value)
 
     async def revoked_since(self, since: datetime) -> list[int]:
         rows = await self.db.fetch("recently_revoked", RECENTLY_REVOKED, since)

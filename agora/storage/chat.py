@@ -59,7 +59,6 @@ FROM chat.conversations c LEFT JOIN chat.members m ON m.conversation_id = c.id
 WHERE c.id = $1
 GROUP BY c.id
 """
-IS_MEMBER = "SELECT EXISTS (SELECT 1 FROM chat.members WHERE conversation_id = $1 AND user_id = $2)"
 DIRECT_HIDDEN = f"""
 SELECT {users_hidden("a.user_id", "b.user_id")}
 FROM chat.members a
@@ -123,7 +122,6 @@ MESSAGES_BEFORE = f"""
 SELECT {_MESSAGE_COLUMNS} FROM chat.messages
 WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
 """
-LAST_SEQ = "SELECT last_seq FROM chat.conversations WHERE id = $1"
 
 
 class StaleOwner(Exception):
@@ -228,9 +226,6 @@ class ChatStore:
             out[row["conversation_id"]].append(PublicUser.of(row))
         return out
 
-    async def is_member(self, conversation_id: int, user_id: int) -> bool:
-        return bool(await self.db.fetchval("is_member", IS_MEMBER, conversation_id, user_id))
-
     async def add_members(self, conversation_id: int, user_ids: list[int]) -> None:
         await self.db.execute("add_members", INSERT_MEMBERS, conversation_id, user_ids)
 
@@ -310,10 +305,6 @@ class ChatStore:
                 found.new.sort(key=lambda m: m.seq)
                 results[conv] = found
         return results
-
-    async def last_seq(self, conversation_id: int) -> int | None:
-        value: int | None = await self.db.fetchval("last_seq", LAST_SEQ, conversation_id)
-        return value
 
     # -- reading -----------------------------------------------------------------------------
 

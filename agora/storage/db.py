@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -90,13 +90,6 @@ class _Runner:
         finally:
             self._done(name, start)
 
-    async def executemany(self, name: str, sql: str, args: Sequence[Sequence[Any]]) -> None:
-        start = time.perf_counter()
-        try:
-            await self._conn_or_pool.executemany(sql, args)
-        finally:
-            self._done(name, start)
-
     def _done(self, name: str, start: float) -> None:
         self._db.queries += 1
         self._observe(name, time.perf_counter() - start)
@@ -105,12 +98,10 @@ class _Runner:
 class Tx(_Runner):
     """One open transaction on one connection."""
 
-    def __init__(self, db: Database, conn: asyncpg.Connection, name: str) -> None:
+    def __init__(self, db: Database, conn: asyncpg.Connection) -> None:
         self._db = db
         self._conn_or_pool = conn
         self._observe = db.observe
-        self.name = name
-        self.connection = conn
 
 
 class Database(_Runner):
@@ -151,7 +142,7 @@ class Database(_Runner):
         """``async with db.transaction("register_user") as tx:`` commits on success."""
         start = time.perf_counter()
         async with self.pool.acquire() as conn, conn.transaction(isolation=isolation):
-            yield Tx(self, conn, name)
+            yield Tx(self, conn)
         self.observe(f"tx:{name}", time.perf_counter() - start)
 
     async def ping(self, timeout: float = 2.0) -> bool:
