@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from agora.protocol.cursor import encode_cursor
 from agora.server.app import create_app
-from tests.support.api import expect_error, register
+from tests.support.api import PASSWORD, expect_error, register
 
 
 async def test_validation_names_every_bad_field(client: TestClient) -> None:
@@ -63,6 +63,27 @@ async def test_malformed_json_is_400(client: TestClient) -> None:
             "/api/v1/auth/login", data=raw, headers={"Content-Type": "application/json"}
         )
         await expect_error(resp, 400, "validation_error")
+
+
+async def test_a_trailing_newline_does_not_pass_a_pattern(client: TestClient) -> None:
+    # Python's `$` matches before a final newline: "bob\n" passed ^[A-Za-z0-9_]+$ and was stored.
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={"username": "newline_bob\n", "email": "nb@example.test\n", "password": PASSWORD},
+    )
+    err = await expect_error(resp, 422, "validation_error")
+    assert set(err["fields"]) == {"username", "email"}, err
+    user = await register(client)
+    for body, field in (
+        ({"user_id": user.id + "\n"}, "user_id"),
+        ({"member_ids": [user.id + "\n"]}, "member_ids[0]"),
+    ):
+        path = "/api/v1/blocks" if "user_id" in body else "/api/v1/conversations"
+        resp = await client.post(path, json=body, headers=user.headers)
+        err = await expect_error(resp, 422, "validation_error")
+        assert list(err["fields"]) == [field], err
+    resp = await client.get(f"/api/v1/users/{user.id}%0A", headers=user.headers)
+    await expect_error(resp, 404, "not_found")
 
 
 async def test_forged_cursors_are_400_not_overflows(client: TestClient) -> None:

@@ -7,14 +7,14 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from agora.protocol.common import Id
+from agora.protocol.common import Id, whole
 
 Username = Annotated[
     str,
     msgspec.Meta(
         min_length=3,
         max_length=30,
-        pattern=r"^[A-Za-z0-9_]+$",
+        pattern=whole("[A-Za-z0-9_]+"),
         description="3-30 letters, digits or underscores (unique ignoring case)",
     ),
 ]
@@ -23,7 +23,7 @@ Email = Annotated[
     msgspec.Meta(
         min_length=3,
         max_length=254,
-        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        pattern=whole(r"[^@\s]+@[^@\s]+\.[^@\s]+"),
         description="an email address (unique ignoring case)",
     ),
 ]

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from agora.protocol.accounts import UserOut
-from agora.protocol.common import Cursor, Id, Limit
+from agora.protocol.common import Cursor, Id, Limit, whole
 
 MAX_TEXT = 4000
 MessageText = Annotated[
@@ -19,7 +19,7 @@ ClientId = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9._:-]+$",
+        pattern=whole("[A-Za-z0-9._:-]+"),
         description="1-64 letters, digits or `._:-`, chosen by the "
         "client; resending it returns the first message",
     ),

@@ -8,11 +8,21 @@ import msgspec
 
 T = TypeVar("T")
 
+
+def whole(body: str) -> str:
+    """A pattern the *whole* string must match. msgspec matches with Python's ``re.search``,
+    where ``$`` also matches before a final newline (``"bob\\n"`` would pass ``^[a-z]+$``);
+    ``(?!\\n)`` closes that, and means the same in the JSON Schema (ECMA) regex of the docs."""
+    return f"^(?:{body})$(?!\\n)"
+
+
 # Ids are below 2**53 (storage/db.py MAX_ID: exact in a JavaScript number), so at most 16 digits;
 # a longer string names nothing and never reaches PostgreSQL's bigint.
 Id = Annotated[
     str,
-    msgspec.Meta(pattern=r"^[0-9]{1,16}$", description="an object id (a string of 1-16 digits)"),
+    msgspec.Meta(
+        pattern=whole("[0-9]{1,16}"), description="an object id (a string of 1-16 digits)"
+    ),
 ]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100, description="Page size, 1-100 (default 20).")]
 Cursor = Annotated[

@@ -28,7 +28,7 @@ Q = TypeVar("Q")
 
 JSON = "application/json"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
-_ID = re.compile(r"^[0-9]{1,19}$")
+_ID = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(slots=True)
@@ -69,7 +69,7 @@ class Call(Generic[B, Q]):
     def path_id(self, name: str = "id", what: str = "resource") -> int:
         """A numeric id from the path; anything else names nothing, so it answers 404."""
         raw = self.request.match_info.get(name, "")
-        if not _ID.match(raw):
+        if not _ID.fullmatch(raw):
             raise not_found(what)
         value = int(raw)
         if value > 2**63 - 1:
