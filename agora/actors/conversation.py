@@ -11,6 +11,7 @@ from PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -300,8 +301,9 @@ class ConversationDirectory:
     async def stop_where(self, predicate: Callable[[int], bool]) -> None:
         """Stop the actors of conversations for which ``predicate(id)`` holds."""
         doomed = [a for cid, a in list(self._actors.items()) if predicate(cid)]
-        for actor in doomed:
-            await actor.stop()
+        # Together: each finishes its batch in hand (a commit, a fan-out); one after another,
+        # a large rebalance could hold up the heartbeat that triggered it past the timeout.
+        await asyncio.gather(*(actor.stop() for actor in doomed))
 
     async def stop_all(self) -> None:
         await self.stop_where(lambda _cid: True)

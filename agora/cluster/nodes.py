@@ -56,6 +56,7 @@ class NodeRegistry:
         self._on_change: list[ChangeListener] = []
         self._on_dead: list[DeadListener] = []
         self._task: asyncio.Task[None] | None = None
+        self._beating = asyncio.Lock()  # the loop and refresh() never beat at once
 
     def owner(self, key: str) -> str:
         return rendezvous(self.live, key)
@@ -102,6 +103,10 @@ class NodeRegistry:
                 log.warning("node heartbeat failed", exc_info=True)
 
     async def _beat(self) -> None:
+        async with self._beating:  # listeners and the janitor's burial run once per change
+            await self._beat_once()
+
+    async def _beat_once(self) -> None:
         now_ms = int(self.clock.time() * 1000)
         cutoff = now_ms - int(self.timeout * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:

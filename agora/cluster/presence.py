@@ -95,8 +95,13 @@ class Presence:
             keys=[k.where(user_id), k.node_users(self.node_id), k.online(user_id)],
             args=[self.node_id, user_id, self.ttl],
         )
-        if int(became):
-            await self.announce(user_id, "online")
+        if int(became):  # told in the background: the session's `ready` need not wait for it
+            self._spawn(self.announce(user_id, "online"))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def disconnected(self, user_id: int) -> None:
         count = self.local.get(user_id, 0) - 1
@@ -129,9 +134,7 @@ class Presence:
 
         def fire() -> None:
             self._timers.discard(handle)
-            task = loop.create_task(self._check_offline(user_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._check_offline(user_id))
 
         handle = loop.call_later(self.debounce, fire)
         self._timers.add(handle)
@@ -169,9 +172,7 @@ class Presence:
         assert self._lookup is not None
         wanted, future = self._lookup
         self._lookup = None
-        task = asyncio.get_running_loop().create_task(self._run_lookup(sorted(wanted), future))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._run_lookup(sorted(wanted), future))
 
     async def _run_lookup(
         self, users: list[int], future: asyncio.Future[dict[int, set[str]]]
