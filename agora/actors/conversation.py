@@ -30,6 +30,7 @@ from agora.storage.chat import ChatStore, ConversationState, MessageRow, Outgoin
 log = logging.getLogger(__name__)
 
 TYPING_REPEAT = 1.0  # re-announce a typist at most once a second
+TYPING_EXPIRES = 5.0  # a typing indicator ends this long after its last frame (API.md: ~5 s)
 COMMIT_ATTEMPTS = 5
 REMEMBERED_ACKS = 2048
 
@@ -203,6 +204,8 @@ class ConversationActor(Actor[ConversationOp]):
 
         if new:
             self.state = ConversationState(self.state.kind, new[-1].seq, self.state.members)
+            for row in new:  # a sent message ends its typing: the next `typing` is news at once
+                self._typing.pop(row.sender_id, None)
         outs = {(r.sender_id, r.client_id): (message_out(r), True) for r in new}
         for key, row in earlier_rows.items():
             outs.setdefault(key, (message_out(row), False))
@@ -232,7 +235,11 @@ class ConversationActor(Actor[ConversationOp]):
         if now - self._typing.get(op.user_id, -TYPING_REPEAT) < TYPING_REPEAT:
             return
         self._typing[op.user_id] = now
-        frame = encode(TypingFrame(conversation_id=str(self.id), user_id=str(op.user_id)))
+        frame = encode(
+            TypingFrame(
+                conversation_id=str(self.id), user_id=str(op.user_id), expires_in=TYPING_EXPIRES
+            )
+        )
         await self.out.deliver([m for m in self.members if m != op.user_id], [frame])
 
     async def _read_op(self, op: ReadOp) -> None:

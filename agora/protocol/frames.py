@@ -65,8 +65,11 @@ class MessageFrame(msgspec.Struct, tag="message", tag_field="type"):
 
 
 class TypingFrame(msgspec.Struct, tag="typing", tag_field="type"):
+    """Show "typing" for ``expires_in`` seconds unless another one (or a message) comes."""
+
     conversation_id: str
     user_id: str
+    expires_in: float = 5.0
 
 
 class ReadFrame(msgspec.Struct, tag="read", tag_field="type"):
