@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 
+import asyncpg
 import jwt
 from aiohttp.test_utils import TestClient
 
@@ -40,6 +42,29 @@ async def test_register_returns_user_and_tokens(client: TestClient) -> None:
     assert claims["sub"] == user["id"]
     assert {"sub", "sid", "jti", "exp", "iat"} <= set(claims)
     assert claims["exp"] - claims["iat"] == 15 * 60
+
+
+async def test_stored_secrets_are_argon2id_hashes_and_token_digests(
+    client: TestClient, database_url: str
+) -> None:
+    user = await register(client)
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT password_hash FROM accounts.users WHERE id = $1", int(user.id)
+        )
+        digests = await conn.fetch(
+            "SELECT t.token_hash FROM accounts.refresh_tokens t"
+            " JOIN accounts.login_sessions s ON s.id = t.session_id WHERE s.user_id = $1",
+            int(user.id),
+        )
+    finally:
+        await conn.close()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    # The refresh token itself is nowhere: only its SHA-256 digest.
+    assert [bytes(r["token_hash"]) for r in digests] == [
+        hashlib.sha256(user.refresh.encode()).digest()
+    ]
 
 
 async def test_usernames_and_emails_are_unique_ignoring_case(client: TestClient) -> None:

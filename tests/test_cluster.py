@@ -139,6 +139,24 @@ async def test_typing_and_receipts_cross_nodes(make_client) -> None:  # type: ig
     assert (await wa.expect("read"))["user_id"] == b.id
 
 
+async def test_online_while_any_session_on_any_node_is_open(make_client) -> None:  # type: ignore[no-untyped-def]
+    n1, n2 = await _two_nodes(make_client)
+    watcher, roamer = await register(n1), await register(n1)
+    await befriend(n1, watcher, roamer)
+    ww = await WsClient.connect(n1, watcher.access)
+    on_one, on_two = (
+        await WsClient.connect(n1, roamer.access),
+        await WsClient.connect(n2, roamer.access),
+    )
+    await ww.expect("presence", where=lambda f: f["user_id"] == roamer.id)
+    await on_two.close()  # still online on the other node: no "offline", past the debounce
+    await ww.quiet("presence", 1.5)
+    await on_one.close()
+    offline = await ww.expect("presence", timeout=5, where=lambda f: f["user_id"] == roamer.id)
+    assert offline["status"] == "offline"
+    assert [f["status"] for f in ww.of("presence")] == ["online", "offline"]
+
+
 async def test_a_node_leaving_hands_its_offline_checks_to_the_others(make_client) -> None:  # type: ignore[no-untyped-def]
     n1, n2 = await _two_nodes(make_client)
     watcher, gone, moved = [await register(n1) for _ in range(3)]

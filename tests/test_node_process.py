@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -66,6 +67,9 @@ async def test_node_with_nothing_configured(tmp_path: Path) -> None:
         log = node.log
         assert "PostgreSQL: embedded" in log and "Redis: embedded" in log
         assert "AGORA_JWT_SECRET is not set" in log
+        # Outside production the log is for people: readable lines, each with the request id.
+        assert not any(line.startswith("{") for line in log.splitlines())
+        assert re.search(r" agora\.http \[[0-9a-f]{16}\] POST /api/v1/auth/register 201 ", log)
         assert (tmp_path / "var" / "postgres" / "PG_VERSION").exists()
         assert (tmp_path / "var" / "redis").is_dir()
         assert _children_running("redis-server", tmp_path)

@@ -366,6 +366,28 @@ async def test_blocks_stop_direct_messages_both_ways(node: TestClient) -> None:
     )
 
 
+async def test_one_client_id_sent_twice_at_once_is_stored_once(
+    node: TestClient, database_url: str
+) -> None:
+    a, b, cid = await friends_in_a_direct_conversation(node)
+    phone, laptop = await WsClient.connect(node, a.access), await WsClient.connect(node, a.access)
+    wb = await WsClient.connect(node, b.access)
+    frame = {"type": "send", "conversation_id": cid, "client_id": "twice", "text": "once"}
+    await asyncio.gather(phone.send(frame), laptop.send(frame))  # likely one batch of the actor
+    acks = [await phone.expect("ack"), await laptop.expect("ack")]
+    assert {(x["message_id"], x["seq"]) for x in acks} == {(acks[0]["message_id"], 1)}, acks
+    await wb.expect("message")
+    await wb.quiet("message", 0.3)  # the other member sees it once
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM chat.messages WHERE conversation_id = $1", int(cid)
+        )
+    finally:
+        await conn.close()
+    assert stored == 1
+
+
 async def test_concurrent_senders_get_contiguous_seqs(node: TestClient, database_url: str) -> None:
     a, b, cid = await friends_in_a_direct_conversation(node)
     sockets = [await WsClient.connect(node, u.access) for u in (a, a, b, b)]
