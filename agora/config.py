@@ -13,9 +13,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 ENVIRONMENTS = ("development", "production", "test")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -117,16 +115,19 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
-def _parse(
-    env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, what: str
-) -> T:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        return parse(raw)
-    except (ValueError, TypeError):
-        raise ConfigError(name, f"must be {what}, got {raw!r}") from None
+def _set_fields(env: Mapping[str, str], fields: dict[str, tuple[str, _Kind]]) -> dict[str, Any]:
+    """``{field: (VARIABLE, kind)}`` -> the fields whose variable is set, parsed. The defaults
+    live on the dataclasses alone, so a variable that is not set takes them as they are."""
+    out: dict[str, Any] = {}
+    for field_name, (name, (parse, what)) in fields.items():
+        raw = _get(env, name)
+        if raw is None:
+            continue
+        try:
+            out[field_name] = parse(raw)
+        except (ValueError, TypeError):
+            raise ConfigError(name, f"must be {what}, got {raw!r}") from None
+    return out
 
 
 def _non_negative_float(raw: str) -> float:
@@ -155,6 +156,14 @@ def _non_negative_int(raw: str) -> int:
     if value < 0:
         raise ValueError(raw)
     return value
+
+
+_Kind = tuple[Callable[[str], Any], str]  # parser, and what a good value is (for the error)
+POSITIVE_INT: _Kind = (_positive_int, "a positive integer")
+NON_NEGATIVE_INT: _Kind = (_non_negative_int, "a non-negative integer")
+SECONDS: _Kind = (_positive_float, "a positive number of seconds")
+SECONDS_OR_ZERO: _Kind = (_non_negative_float, "a non-negative number of seconds")
+FRAME_RATE: _Kind = (_non_negative_float, "a non-negative number of frames per second")
 
 
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
@@ -204,41 +213,41 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if not _PREFIX.match(prefix):
         raise ConfigError("AGORA_REDIS_PREFIX", "must be 1-64 letters, digits or '_.:-'")
 
-    pool_min = _parse(env, "AGORA_DB_POOL_MIN", _positive_int, 2, "a positive integer")
-    pool_max = _parse(env, "AGORA_DB_POOL_MAX", _positive_int, 20, "a positive integer")
-    if pool_max < pool_min:
-        raise ConfigError("AGORA_DB_POOL_MAX", f"must be >= AGORA_DB_POOL_MIN ({pool_min})")
+    database = DatabaseConfig(
+        url=_url(env, "AGORA_DATABASE_URL", ("postgres", "postgresql")),
+        **_set_fields(
+            env,
+            {
+                "pool_min": ("AGORA_DB_POOL_MIN", POSITIVE_INT),
+                "pool_max": ("AGORA_DB_POOL_MAX", POSITIVE_INT),
+            },
+        ),
+    )
+    if database.pool_max < database.pool_min:
+        raise ConfigError(
+            "AGORA_DB_POOL_MAX", f"must be >= AGORA_DB_POOL_MIN ({database.pool_min})"
+        )
 
     ws = WebSocketConfig(
-        rate_limit=_parse(
+        **_set_fields(
             env,
-            "AGORA_WS_RATE_LIMIT",
-            _non_negative_float,
-            20.0,
-            "a non-negative number of frames per second",
-        ),
-        outbound_queue=_parse(
-            env, "AGORA_WS_OUTBOUND_QUEUE", _positive_int, 1000, "a positive integer"
-        ),
-        max_sessions_per_user=_parse(
-            env, "AGORA_WS_MAX_SESSIONS_PER_USER", _positive_int, 100, "a positive integer"
-        ),
+            {
+                "rate_limit": ("AGORA_WS_RATE_LIMIT", FRAME_RATE),
+                "outbound_queue": ("AGORA_WS_OUTBOUND_QUEUE", POSITIVE_INT),
+                "max_sessions_per_user": ("AGORA_WS_MAX_SESSIONS_PER_USER", POSITIVE_INT),
+            },
+        )
     )
     ws = replace(ws, rate_burst=max(1, int(ws.rate_limit * 2)))
     cluster = ClusterConfig(
-        heartbeat=_parse(
-            env, "AGORA_CLUSTER_HEARTBEAT", _positive_float, 2.0, "a positive number of seconds"
-        ),
-        node_timeout=_parse(
-            env, "AGORA_CLUSTER_NODE_TIMEOUT", _positive_float, 10.0, "a positive number of seconds"
-        ),
-        presence_debounce=_parse(
+        **_set_fields(
             env,
-            "AGORA_PRESENCE_DEBOUNCE",
-            _non_negative_float,
-            5.0,
-            "a non-negative number of seconds",
-        ),
+            {
+                "heartbeat": ("AGORA_CLUSTER_HEARTBEAT", SECONDS),
+                "node_timeout": ("AGORA_CLUSTER_NODE_TIMEOUT", SECONDS),
+                "presence_debounce": ("AGORA_PRESENCE_DEBOUNCE", SECONDS_OR_ZERO),
+            },
+        )
     )
     if cluster.node_timeout < 2 * cluster.heartbeat:
         raise ConfigError(
@@ -252,11 +261,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         data_dir=data_dir,
         media_dir=media_dir,
         log_level=level,
-        database=DatabaseConfig(
-            url=_url(env, "AGORA_DATABASE_URL", ("postgres", "postgresql")),
-            pool_min=pool_min,
-            pool_max=pool_max,
-        ),
+        database=database,
         redis=RedisConfig(
             url=_url(env, "AGORA_REDIS_URL", ("redis", "rediss", "unix")), prefix=prefix
         ),
@@ -266,18 +271,13 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),
-        feed_cache_size=_parse(
-            env, "AGORA_FEED_CACHE_SIZE", _non_negative_int, 800, "a non-negative integer"
-        ),
-        feed_page_cache=_parse(
-            env, "AGORA_FEED_PAGE_CACHE", _non_negative_int, 20_000, "a non-negative integer"
-        ),
-        shutdown_timeout=_parse(
+        **_set_fields(
             env,
-            "AGORA_SHUTDOWN_TIMEOUT",
-            _non_negative_float,
-            8.0,
-            "a non-negative number of seconds",
+            {
+                "feed_cache_size": ("AGORA_FEED_CACHE_SIZE", NON_NEGATIVE_INT),
+                "feed_page_cache": ("AGORA_FEED_PAGE_CACHE", NON_NEGATIVE_INT),
+                "shutdown_timeout": ("AGORA_SHUTDOWN_TIMEOUT", SECONDS_OR_ZERO),
+            },
         ),
     )
 
@@ -289,6 +289,11 @@ def ensure_jwt_secret(config: Config, warn: Callable[[str], None]) -> Config:
     path = config.data_dir / "jwt_secret"
     if path.exists():
         secret = path.read_text().strip()
+        if len(secret.encode()) < MIN_SECRET_LENGTH:  # emptied or cut short: not a key to sign with
+            raise ConfigError(
+                "AGORA_JWT_SECRET",
+                f"is not set and {path} holds no usable secret; delete it to generate a new one",
+            )
     else:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)

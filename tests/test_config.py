@@ -91,3 +91,11 @@ def test_cli_production_without_secret_exits_2(tmp_path: Path) -> None:
     proc = _agora(["serve"], {"AGORA_ENV": "production"}, tmp_path)
     assert proc.returncode == 2
     assert "AGORA_JWT_SECRET" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_emptied_generated_secret_is_refused(tmp_path: Path) -> None:
+    config = load_config({"AGORA_DATA_DIR": str(tmp_path)})
+    (tmp_path / "jwt_secret").write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        ensure_jwt_secret(config, lambda _message: None)
+    assert info.value.variable == "AGORA_JWT_SECRET" and "delete it" in str(info.value)
