@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from agora.config import Config, load_config
-from agora.server.run import redact, resolve
+from agora.config import Config, load_config, redact
+from agora.server.run import resolve
 
 # Used when AGORA_JWT_SECRET is not set, so the bench can mint tokens the nodes accept.
 BENCH_JWT_SECRET = "agora-bench-only-secret-0123456789abcdef"

