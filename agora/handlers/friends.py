@@ -72,9 +72,8 @@ async def my_friends(call: Call[None, PageQuery]) -> Page[FriendOut]:
 @routes.get("/users/{id}/friends", query=PageQuery, response=Page[FriendOut], auth="optional")
 async def user_friends(call: Call[None, PageQuery]) -> Page[FriendOut]:
     """A user's friends, without anyone hidden from the caller by a block."""
-    viewer = call.maybe_viewer
     return await call.app[keys.SOCIAL].list_friends(
-        viewer.user_id if viewer else None,
+        call.viewer_id,
         call.path_id("id", "user"),
         call.query.cursor,
         call.query.limit,

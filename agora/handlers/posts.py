@@ -19,11 +19,6 @@ from agora.server.routing import Call, Routes
 routes = Routes("posts")
 
 
-def _viewer_id(call: Call[Any, Any]) -> int | None:
-    viewer = call.maybe_viewer
-    return viewer.user_id if viewer else None
-
-
 @routes.post("/posts", body=CreatePostIn, response=PostOut, status=201)
 async def create_post(call: Call[CreatePostIn, Any]) -> PostOut:
     """Publish a post to `public`, `friends` (default) or `private` (only the author)."""
@@ -33,7 +28,7 @@ async def create_post(call: Call[CreatePostIn, Any]) -> PostOut:
 @routes.get("/posts/{id}", response=PostOut, auth="optional")
 async def get_post(call: Call[None, Any]) -> PostOut:
     """A post, if the caller may see it (404 otherwise, exactly as if it did not exist)."""
-    return await call.app[keys.POSTS].get(_viewer_id(call), call.path_id("id", "post"))
+    return await call.app[keys.POSTS].get(call.viewer_id, call.path_id("id", "post"))
 
 
 @routes.patch("/posts/{id}", body=UpdatePostIn, response=PostOut)
@@ -54,7 +49,7 @@ async def delete_post(call: Call[None, Any]) -> None:
 async def user_posts(call: Call[None, PageQuery]) -> Page[PostOut]:
     """A user's posts the caller may see, newest first."""
     return await call.app[keys.POSTS].by_user(
-        _viewer_id(call), call.path_id("id", "user"), call.query.cursor, call.query.limit
+        call.viewer_id, call.path_id("id", "user"), call.query.cursor, call.query.limit
     )
 
 
@@ -84,7 +79,7 @@ async def add_comment(call: Call[CreateCommentIn, Any]) -> CommentOut:
 async def list_comments(call: Call[None, PageQuery]) -> Page[CommentOut]:
     """A post's comments, oldest first."""
     return await call.app[keys.POSTS].list_comments(
-        _viewer_id(call), call.path_id("id", "post"), call.query.cursor, call.query.limit
+        call.viewer_id, call.path_id("id", "post"), call.query.cursor, call.query.limit
     )
 
 

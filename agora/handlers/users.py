@@ -26,7 +26,4 @@ async def update_me(call: Call[UpdateMeIn, Any]) -> MeOut:
 @routes.get("/users/{id}", response=UserOut, auth="optional")
 async def get_user(call: Call[None, Any]) -> UserOut:
     """A user's public profile."""
-    viewer = call.maybe_viewer
-    return await call.app[keys.ACCOUNTS].get_user(
-        viewer.user_id if viewer else None, call.path_id("id", "user")
-    )
+    return await call.app[keys.ACCOUNTS].get_user(call.viewer_id, call.path_id("id", "user"))

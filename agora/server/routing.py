@@ -63,8 +63,9 @@ class Call(Generic[B, Q]):
         return self._viewer
 
     @property
-    def maybe_viewer(self) -> Viewer | None:
-        return self._viewer
+    def viewer_id(self) -> int | None:
+        """The caller's user id on ``auth="optional"`` endpoints (None: anonymous)."""
+        return self._viewer.user_id if self._viewer else None
 
     def path_id(self, name: str = "id", what: str = "resource") -> int:
         """A numeric id from the path; anything else names nothing, so it answers 404."""
