@@ -162,11 +162,13 @@ class FeedService:
             return [author]
         return [author, *await self.social.friend_ids(author)]
 
-    async def post_created(self, author: int, post_id: int, visibility: str) -> None:
+    async def post_created(self, author: int, post_id: int, visibility: str) -> list[int]:
+        """Fan the post out to its audience's feeds; return that audience (the author first)."""
         audience = await self._audience(author, visibility)
         self.invalidator.viewers(audience)
         if self.cache.enabled:
             await self._guard(self.cache.add(audience, post_id))
+        return audience
 
     async def post_removed(self, author: int, post_id: int, visibility: str) -> None:
         self.invalidator.posts([post_id])

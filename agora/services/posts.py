@@ -31,7 +31,7 @@ class PostService:
         comments: CommentStore,
         accounts: AccountStore,
         feed: FeedService,
-        on_created: Callable[[int, PostOut], Awaitable[None]] | None = None,
+        on_created: Callable[[PostOut, list[int]], Awaitable[None]] | None = None,
     ) -> None:
         self.posts = posts
         self.comments = comments
@@ -50,10 +50,10 @@ class PostService:
             # Uploads arrive with the media issue; until then no id names an image.
             raise invalid({"media_ids": "no such media"})
         post_id = await self.posts.create(author, body.text, body.visibility, [])
-        await self.feed.post_created(author, post_id, body.visibility)
+        audience = await self.feed.post_created(author, post_id, body.visibility)
         post = await self.get(author, post_id)
-        if self.on_created is not None:
-            await self.on_created(author, post)
+        if self.on_created is not None:  # the same audience: one friend list read, not two
+            await self.on_created(post, [u for u in audience if u != author])
         return post
 
     async def get(self, viewer: int | None, post_id: int) -> PostOut:

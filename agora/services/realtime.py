@@ -35,13 +35,10 @@ class Realtime:
         friends = await self.social.friend_ids(user_id)
         await self._deliver(friends, encode(PresenceFrame(user_id=str(user_id), status=status)))
 
-    async def post_created(self, author_id: int, post: PostOut) -> None:
-        """A new post goes to the online friends who may see it (all friends, unless private:
-        a friendship excludes a block)."""
-        if post.visibility == "private":
-            return
-        friends = await self.social.friend_ids(author_id)
-        await self._deliver(friends, encode(PostFrame(post=post)))
+    async def post_created(self, post: PostOut, readers: list[int]) -> None:
+        """A new post goes to the online ones among ``readers``: the author's friends, or nobody
+        for a private post (the feed fan-out computed them; a friendship excludes a block)."""
+        await self._deliver(readers, encode(PostFrame(post=post)))
 
     async def notify(self, user_id: int, notification: dict[str, Any]) -> None:
         await self._deliver([user_id], encode(NotificationFrame(notification=notification)))
