@@ -44,6 +44,7 @@ class SessionActor(Actor[bytes]):
         self.login_id = login_id  # the login session (`sid` of the access token)
         self.closing = False
         self.close_reason = ""
+        self._closer: asyncio.Task[None] | None = None
 
     def push(self, frame: bytes) -> bool:
         """Queue a frame for the client; never waits. False when the session is going away."""
@@ -92,7 +93,8 @@ class SessionActor(Actor[bytes]):
             return
         self.closing = True
         self.close_reason = reason
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        # Kept referenced until done: the event loop holds tasks only weakly.
+        self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         loop = asyncio.get_running_loop()
