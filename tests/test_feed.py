@@ -119,6 +119,13 @@ async def test_fan_out_on_write_reaches_cached_feeds(uncached: TestClient) -> No
 
 async def test_corrections_on_unfriend_block_delete_and_visibility(client: TestClient) -> None:
     me, (a, b, c), _ = await _circle(client)
+    app: web.Application = client.server.app  # type: ignore[assignment]
+
+    async def cached(user: User) -> set[str]:
+        """What the Redis window of ``user`` holds: corrected, not only filtered at read time."""
+        raw = await app[keys.REDIS].zrange(app[keys.REDIS_KEYS].feed(int(user.id)), 0, -1)
+        return {m.decode() for m in raw}
+
     pa = await create_post(client, a, "from a", "public")
     pb = await create_post(client, b, "from b", "friends")
     pc = await create_post(client, c, "from c", "friends")
@@ -127,16 +134,19 @@ async def test_corrections_on_unfriend_block_delete_and_visibility(client: TestC
     assert (await client.delete(f"/api/v1/friends/{a.id}", headers=me.headers)).status == 204
     assert set(await _feed_ids(client, me)) == {pb["id"], pc["id"]}
     assert pa["id"] in await _feed_ids(client, a)
+    assert pa["id"] not in await cached(me) and pb["id"] in await cached(me)
 
     await block(client, b, me)
     assert set(await _feed_ids(client, me)) == {pc["id"]}
     assert set(await _feed_ids(client, b)) == {pb["id"]}
+    assert pb["id"] not in await cached(me)
 
     resp = await client.patch(
         f"/api/v1/posts/{pc['id']}", headers=c.headers, json={"visibility": "private"}
     )
     assert resp.status == 200
     assert await _feed_ids(client, me) == []
+    assert pc["id"] not in await cached(me) and pc["id"] in await cached(c)
     await client.patch(
         f"/api/v1/posts/{pc['id']}", headers=c.headers, json={"visibility": "friends"}
     )
@@ -144,9 +154,7 @@ async def test_corrections_on_unfriend_block_delete_and_visibility(client: TestC
 
     assert (await client.delete(f"/api/v1/posts/{pc['id']}", headers=c.headers)).status == 204
     assert await _feed_ids(client, me) == []
-    app: web.Application = client.server.app  # type: ignore[assignment]
-    cached = await app[keys.REDIS].zrange(app[keys.REDIS_KEYS].feed(int(me.id)), 0, -1)
-    assert pc["id"].encode() not in cached
+    assert pc["id"] not in await cached(me)
 
     # A new friendship brings the friend's earlier posts in.
     await befriend(client, me, a)
