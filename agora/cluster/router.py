@@ -76,7 +76,6 @@ class Router:
         on_evict: Callable[[str, list[int]], None] | None = None,
     ) -> None:
         self.registry = registry
-        self.node_id = registry.node_id
         self.presence = presence
         self.sessions = sessions
         self.conversations = conversations
@@ -86,6 +85,11 @@ class Router:
         self._rids = itertools.count(1)
         self._waiting: dict[int, tuple[Reply, asyncio.TimerHandle]] = {}
         self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def node_id(self) -> str:
+        """This node's current life in the cluster (it changes if the node is reborn)."""
+        return self.registry.node_id
 
     def broadcast_eviction(self, kind: str, ids: list[int]) -> None:
         """Every other node drops its cache entries for these ids."""
