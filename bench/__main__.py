@@ -59,15 +59,24 @@ def _feed(a: argparse.Namespace) -> dict[str, Any]:
         return run(feed(options, services=services))
 
 
+def _check_senders(a: argparse.Namespace) -> None:
+    if a.senders is not None and not 1 <= a.senders <= a.members:
+        raise BenchError(f"--senders must be between 1 and --members ({a.members})")
+
+
 def _baseline_ws(a: argparse.Namespace) -> dict[str, Any]:
     from bench.baseline_ws import baseline_ws
 
-    return run(baseline_ws(a.conversations, a.members, a.rate, a.duration, a.warmup))
+    _check_senders(a)
+    return run(
+        baseline_ws(a.conversations, a.members, a.rate, a.duration, a.warmup, senders=a.senders)
+    )
 
 
 def _chat(a: argparse.Namespace) -> dict[str, Any]:
     from bench.chat import chat
 
+    _check_senders(a)
     with resolved_services(need_redis=True) as services:
         return run(
             chat(
@@ -78,6 +87,7 @@ def _chat(a: argparse.Namespace) -> dict[str, Any]:
                 rate=a.rate,
                 duration=a.duration,
                 warmup=a.warmup,
+                senders=a.senders,
             )
         )
 
@@ -102,6 +112,11 @@ def _load_options(p: argparse.ArgumentParser, concurrency: int = 50, duration: f
 def _chat_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conversations", type=int, default=100)
     p.add_argument("--members", type=int, default=5, help="members per conversation")
+    p.add_argument(
+        "--senders",
+        type=int,
+        help="sends come only from the first N members of each conversation (default: all)",
+    )
     p.add_argument("--rate", type=float, default=1000, help="sends per second, all together")
     p.add_argument("--duration", type=float, default=20, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")

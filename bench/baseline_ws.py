@@ -151,7 +151,12 @@ def make_app() -> web.Application:
 
 
 async def baseline_ws(
-    conversations: int, members: int, rate: float, duration: float, warmup: float
+    conversations: int,
+    members: int,
+    rate: float,
+    duration: float,
+    warmup: float,
+    senders: int | None = None,
 ) -> dict[str, Any]:
     """Spawn the baseline chat server, run the chat load on it, stop it; return the report."""
     server = spawn_module("bench.baseline_ws")
@@ -165,7 +170,7 @@ async def baseline_ws(
             for c in range(conversations)
         ]
         cpu_before = server.cpu_seconds()
-        result = await run_chat(rooms, rate=rate, duration=duration, warmup=warmup)
+        result = await run_chat(rooms, rate=rate, duration=duration, warmup=warmup, senders=senders)
         server_cpu = server.cpu_seconds() - cpu_before
         return {
             "target": "baseline-ws",

@@ -5,6 +5,8 @@
 members mutual friends, one login session and minted access token each. Each room is created
 with ``POST /api/v1/conversations`` by its first member; member k of every room connects to
 node ``k % nodes``, so with 2 nodes every room spans both and most deliveries cross nodes.
+``senders`` limits who sends to the first members of each room (one 50-member room with 5
+senders is the room fan-out).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ async def chat(
     rate: float,
     duration: float,
     warmup: float,
+    senders: int | None = None,
 ) -> dict[str, Any]:
     """Run the chat benchmark on ``nodes`` fresh nodes; return the report."""
     raise_nofile_limit()
@@ -47,7 +50,9 @@ async def chat(
                 for c in range(conversations)
             ]
             cpu_before = [p.cpu_seconds() for p in procs]
-            result = await run_chat(rooms, rate=rate, duration=duration, warmup=warmup)
+            result = await run_chat(
+                rooms, rate=rate, duration=duration, warmup=warmup, senders=senders
+            )
             rss = [p.rss_mib() for p in procs]
             cpu = [
                 round(100 * (p.cpu_seconds() - c) / (warmup + duration), 1)

@@ -1,10 +1,11 @@
 """Open-loop group-chat load over WebSockets, the same for Agora (``chat``) and ``baseline-ws``.
 
 Every member of every room holds one WebSocket. ``send`` frames go out on a fixed schedule,
-``rate`` per second in all, each from a random member of a random room: send ``i`` is due at
-``start + i / rate`` whatever happened to earlier ones, and its latencies are measured from that
-scheduled time, so a stalled server cannot slow the load down and hide its own stall
-(coordinated omission). Measured per send:
+``rate`` per second in all, each from a random member of a random room (with ``senders``, from
+one of the room's first ``senders`` members; the others only listen, as in a large room): send
+``i`` is due at ``start + i / rate`` whatever happened to earlier ones, and its latencies are
+measured from that scheduled time, so a stalled server cannot slow the load down and hide its
+own stall (coordinated omission). Measured per send:
 
 - ack latency: scheduled time -> the sender's ``ack`` with that ``client_id``;
 - delivery latency: scheduled time -> each *other* member's ``message`` frame whose
@@ -60,6 +61,7 @@ class ChatResult:
 
     rooms: int
     members: int
+    senders: int  # sends come from the first `senders` members of each room
     rate: float
     duration_s: float
     warmup_s: float
@@ -86,6 +88,7 @@ class ChatResult:
         return {
             "conversations": self.rooms,
             "members": self.members,
+            "senders": self.senders,
             "connections": self.rooms * self.members,
             "rate": self.rate,
             "sends": self.sends,
@@ -171,7 +174,7 @@ class _Driver:
                 log(f"WebSocket closed by the server: code {ws.close_code}")
             self.result.closes += 1
 
-    async def send_all(self, rate: float, warmup: float, duration: float) -> None:
+    async def send_all(self, rate: float, warmup: float, duration: float, senders: int) -> None:
         rng = random.Random()
         run = secrets.token_hex(4)
         start = perf_counter()
@@ -183,7 +186,7 @@ class _Driver:
             while i < due_now:
                 due = start + i / rate
                 conversation_id, room = self.rooms[rng.randrange(len(self.rooms))]
-                ws = room[rng.randrange(len(room))]
+                ws = room[rng.randrange(senders)]
                 client_id = f"{run}-{i}"
                 measured = self.window[0] <= due < self.window[1]
                 self.sent[client_id] = _Sent(due, self.index[id(ws)], measured)
@@ -206,15 +209,26 @@ async def drive_chat(
     rate: float,
     duration: float,
     warmup: float,
+    senders: int | None = None,
     grace: float = 5.0,
 ) -> ChatResult:
     """Run the open-loop schedule over ready sockets: ``rooms`` is ``[(conversation_id,
-    [one socket per member])]``, every room with the same number of members."""
+    [one socket per member])]``, every room with the same number of members. Sends come from
+    the first ``senders`` members of each room (default: any member)."""
     sizes = {len(sockets) for _, sockets in rooms}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ValueError("every room needs the same number (>= 2) of members")
+    members = sizes.pop()
+    senders = members if senders is None else senders
+    if not 1 <= senders <= members:
+        raise ValueError(f"senders must be between 1 and the members of a room ({members})")
     result = ChatResult(
-        rooms=len(rooms), members=sizes.pop(), rate=rate, duration_s=duration, warmup_s=warmup
+        rooms=len(rooms),
+        members=members,
+        senders=senders,
+        rate=rate,
+        duration_s=duration,
+        warmup_s=warmup,
     )
     driver = _Driver(rooms, result)
     readers = [
@@ -224,7 +238,7 @@ async def drive_chat(
     ]
     try:
         cpu_task = asyncio.create_task(_cpu_over(warmup, duration))
-        await driver.send_all(rate, warmup, duration)
+        await driver.send_all(rate, warmup, duration, senders)
         result.client_cpu_s = await cpu_task
         deadline = perf_counter() + grace
         while (driver.owed_acks or driver.owed_deliveries) and perf_counter() < deadline:
@@ -275,7 +289,12 @@ async def create_conversations(
 
 
 async def run_chat(
-    rooms: list[list[Member]], *, rate: float, duration: float, warmup: float
+    rooms: list[list[Member]],
+    *,
+    rate: float,
+    duration: float,
+    warmup: float,
+    senders: int | None = None,
 ) -> ChatResult:
     """Create the conversations, open every member's WebSocket, drive the schedule, close."""
     async with client_session() as http:
@@ -288,6 +307,8 @@ async def run_chat(
                 grouped.append((conversation_id, sockets[at : at + len(room)]))
                 at += len(room)
             log(f"sending {rate:g}/s for {warmup:g}s warm-up + {duration:g}s")
-            return await drive_chat(grouped, rate=rate, duration=duration, warmup=warmup)
+            return await drive_chat(
+                grouped, rate=rate, duration=duration, warmup=warmup, senders=senders
+            )
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)

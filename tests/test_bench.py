@@ -174,6 +174,8 @@ def test_baseline_ws_delivers_every_message() -> None:
             "3",
             "--members",
             "3",
+            "--senders",
+            "2",
             "--rate",
             "60",
             "--duration",
@@ -182,7 +184,7 @@ def test_baseline_ws_delivers_every_message() -> None:
             "0.5",
         )
     )
-    assert out["target"] == "baseline-ws" and out["connections"] == 9
+    assert out["target"] == "baseline-ws" and out["connections"] == 9 and out["senders"] == 2
     assert out["sends"] > 0 and out["deliveries_per_s"] > 0
     assert out["errors"] == 0 and out["missing_acks"] == 0 and out["missing_deliveries"] == 0
     assert out["duplicates"] == 0
@@ -344,6 +346,49 @@ def test_chat_on_two_nodes_reports_every_figure(
     assert len(out["server_rss_mib"]) == 2
     # The run's users are gone afterwards.
     assert query(database_url, r"SELECT 1 FROM accounts.users WHERE username LIKE 'bchat\_%'") == []
+
+
+@pytest.mark.slow
+def test_chat_room_fan_out_from_a_few_senders_loses_and_repeats_nothing(
+    bench_env: dict[str, str],
+) -> None:
+    # The room fan-out shape (one big room, a few senders, everyone listening), small and short.
+    out = report(
+        bench(
+            "chat",
+            "--nodes",
+            "1",
+            "--conversations",
+            "1",
+            "--members",
+            "12",
+            "--senders",
+            "2",
+            "--rate",
+            "150",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            env=bench_env,
+            timeout=120,
+        )
+    )
+    assert out["connections"] == 12 and out["senders"] == 2 and out["sends"] > 0, out
+    assert out["errors"] == out["missing_acks"] == out["missing_deliveries"] == 0, out
+    # 75 frames/s per sender is over the default frame limit (20/s, burst 40): the bench's nodes
+    # run without it, so nobody is closed or refused.
+    assert out["duplicates"] == 0 and out["closes"] == 0 and out["error_frames"] == 0, out
+    assert out["deliveries_per_s"] > 0, out
+    assert_latency(out["ack_ms"])
+    assert_latency(out["delivery_ms"])
+    assert len(out["server_cpu_pct"]) == 1
+
+
+def test_senders_must_fit_in_a_room() -> None:
+    proc = bench("baseline-ws", "--members", "3", "--senders", "4", ok=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "--senders" in proc.stderr
 
 
 @pytest.mark.slow
