@@ -79,6 +79,7 @@ class ClusterConfig:
     answer_timeout: float = 5.0  # a forwarded command unanswered this long: "retry"
     presence_debounce: float = 5.0  # offline is announced only after this long without sessions
     conversation_idle: float = 60.0  # an idle conversation actor stops after this long
+    max_conversations: int = 10_000  # live conversation actors per node (idle ones evicted)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                 "heartbeat": ("AGORA_CLUSTER_HEARTBEAT", SECONDS),
                 "node_timeout": ("AGORA_CLUSTER_NODE_TIMEOUT", SECONDS),
                 "presence_debounce": ("AGORA_PRESENCE_DEBOUNCE", SECONDS_OR_ZERO),
+                "max_conversations": ("AGORA_MAX_CONVERSATION_ACTORS", POSITIVE_INT),
             },
         )
     )

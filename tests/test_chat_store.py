@@ -71,8 +71,8 @@ async def test_many_conversations_in_one_statement_each_fenced_alone(client: Tes
     await store.commit(c2, 0, [Outgoing(x, "pre", "moved on")])  # c2's owner believes 0: stale
     results = await store.commit_many(
         [
-            (c1, 0, [Outgoing(a, "m1", "one"), Outgoing(b, "m2", "two")]),
-            (c2, 0, [Outgoing(y, "m3", "three")]),
+            (c1, 0, 0, [Outgoing(a, "m1", "one"), Outgoing(b, "m2", "two")]),
+            (c2, 0, 0, [Outgoing(y, "m3", "three")]),
         ]
     )
     first, second = results[c1], results[c2]
@@ -90,8 +90,8 @@ async def test_a_row_postgresql_refuses_fails_only_its_own_conversation(client: 
         # Both asked in one turn of the loop: they share the committer's statement. (Bodies and
         # frames refuse NUL before this point; this is the defence behind that check.)
         results = await asyncio.gather(
-            committer.ask(CommitRequest(good, 0, [Outgoing(a, "ok", "fine")])),
-            committer.ask(CommitRequest(bad, 0, [Outgoing(c, "nul", "bad\x00")])),
+            committer.ask(CommitRequest(good, 0, 0, [Outgoing(a, "ok", "fine")])),
+            committer.ask(CommitRequest(bad, 0, 0, [Outgoing(c, "nul", "bad\x00")])),
             return_exceptions=True,
         )
     finally:

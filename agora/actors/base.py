@@ -9,6 +9,11 @@ pending ask fails with :class:`ActorStopped` (pykka's asyncio actor does the sam
 Supervision: an exception escaping ``receive`` is logged, counted, answered to its asker as an
 internal error, and ``on_failure`` decides whether to carry on (the default re-runs
 ``on_start`` to rebuild state) or stop. The node never goes down with an actor.
+
+An actor with ``idle_timeout`` stops itself after that long without mail (timed by the injected
+clock). With a ``handoff``, what is still in its mailbox when it stops (a command that arrived
+as it went idle, or as it was stopped because its conversation moved) is handed back to be run
+by a fresh actor, never failed.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from agora.clock import Clock, Timer
 from agora.errors import AppError, ErrorCode
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
 Reply = Callable[[Any], None]  # called once with the result or an exception instance
+Handoff = Callable[[list[tuple[Any, "Reply | None"]]], None]
 
 
 class ActorStopped(AppError):
@@ -58,7 +65,7 @@ class Actor(Generic[M]):
     kind = "actor"
     idle_timeout: float | None = None  # stop after this long without mail
 
-    def __init__(self, name: str, mailbox_size: int = 1000) -> None:
+    def __init__(self, name: str, mailbox_size: int = 1000, clock: Clock | None = None) -> None:
         self.name = name
         self._mailbox: asyncio.Queue[Any] = asyncio.Queue(mailbox_size)
         self._task: asyncio.Task[None] | None = None
@@ -66,6 +73,11 @@ class Actor(Generic[M]):
         self._inflight: list[Any] = []  # the batch being handled, for answering after a crash
         self.on_exit: Callable[[Actor[M]], None] | None = None
         self.on_crash: Callable[[str], None] | None = None  # e.g. count it in the metrics
+        self.handoff: Handoff | None = None  # takes what is left in the mailbox at a stop
+        self.clock = clock or Clock()
+        self.last_active = 0.0  # clock.monotonic() when the last batch ended
+        self.busy = False  # a batch is in hand
+        self._idle_timer: Timer | None = None
 
     # -- the outside view ---------------------------------------------------------------------
 
@@ -89,21 +101,42 @@ class Actor(Generic[M]):
         self.tell(message, future_reply(future))
         return future
 
+    @property
+    def queued(self) -> int:
+        return self._mailbox.qsize()
+
     async def stop(self) -> None:
-        """Finish the item in hand, fail what is still queued, run ``on_stop``."""
+        """Finish the item in hand, hand off (or fail) what is still queued, run ``on_stop``."""
         if self._stopped or self._task is None:
             self._stopped = True
             return
         self._stopped = True
-        self._fail_queued()
+        leftovers = self._take_queued()
         self._mailbox.put_nowait(_STOP)
         await asyncio.gather(self._task, return_exceptions=True)
+        self._pass_on(leftovers)
 
-    def _fail_queued(self) -> None:
+    def _take_queued(self) -> list[tuple[Any, Reply | None]]:
+        items = []
         while not self._mailbox.empty():
             item = self._mailbox.get_nowait()
-            if item is not _STOP and item[1] is not None:
-                item[1](ActorStopped(self.name))
+            if item is not _STOP:
+                items.append(item)
+        return items
+
+    def _pass_on(self, items: list[tuple[Any, Reply | None]]) -> None:
+        """Hand what was left to a fresh actor (or fail it, "stopped; retry", without one)."""
+        if not items:
+            return
+        if self.handoff is not None:
+            try:
+                self.handoff(items)
+                return
+            except Exception:
+                log.exception("%s: handing off %d item(s) failed", self.name, len(items))
+        for _, reply in items:
+            if reply is not None:
+                reply(ActorStopped(self.name))
 
     # -- what subclasses write ----------------------------------------------------------------
 
@@ -138,13 +171,24 @@ class Actor(Generic[M]):
             items.append(self._mailbox.get_nowait())
         return items
 
+    def _arm_idle(self, delay: float) -> None:
+        self._idle_timer = self.clock.call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """The idle timer: stop when nothing came for ``idle_timeout``, else look again later.
+        One timer per actor, re-armed only when it fires (not once per batch)."""
+        self._idle_timer = None
+        if self._stopped or self.idle_timeout is None:
+            return
+        quiet = self.clock.monotonic() - self.last_active
+        if self.busy or not self._mailbox.empty() or quiet < self.idle_timeout:
+            self._arm_idle(max(0.001, self.idle_timeout - quiet))
+            return
+        self._stopped = True  # from now on tell() fails at once and the caller starts a new one
+        self._mailbox.put_nowait(_STOP)
+
     async def _next(self) -> Any:
-        if self.idle_timeout is None:
-            return await self._mailbox.get()
-        try:
-            return await asyncio.wait_for(self._mailbox.get(), self.idle_timeout)
-        except TimeoutError:
-            return _STOP
+        return await self._mailbox.get()
 
     async def _deliver(self, message: M, reply: Reply | None) -> None:
         try:
@@ -163,10 +207,14 @@ class Actor(Generic[M]):
     async def _run(self) -> None:
         try:
             await self.on_start()
+            self.last_active = self.clock.monotonic()
+            if self.idle_timeout is not None:
+                self._arm_idle(self.idle_timeout)
             while True:
                 first = await self._next()
                 if first is _STOP:
                     break
+                self.busy = True
                 items = self._take_waiting(first, 256)
                 stop_after = False
                 if items[-1] is _STOP:
@@ -193,6 +241,8 @@ class Actor(Generic[M]):
                     if not await self.on_failure(exc):
                         break
                 self._inflight = []
+                self.busy = False
+                self.last_active = self.clock.monotonic()
                 if stop_after:
                     break
         except asyncio.CancelledError:
@@ -201,14 +251,17 @@ class Actor(Generic[M]):
             log.exception("%s failed to start", self.name)
         finally:
             self._stopped = True
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             _unanswered(self._inflight)
-            self._fail_queued()
+            leftovers = self._take_queued()  # arrived as it went idle: a fresh actor takes them
             try:
                 await self.on_stop()
             except Exception:
                 log.exception("%s on_stop failed", self.name)
             if self.on_exit:
                 self.on_exit(self)
+            self._pass_on(leftovers)
 
 
 class _Crash(Exception):

@@ -4,6 +4,11 @@ one statement (group commit across conversations, not only within one).
 Each conversation actor keeps at most one commit outstanding, so per conversation the order of
 seqs is the order of commits; the committer only saves PostgreSQL transactions (and the fsyncs,
 wake-ups and round trips that come with each): under load dozens of conversations share one.
+
+A database blip (a lost connection, a failover, a pool timeout) is retried with backoff for up
+to ``RETRY_FOR`` seconds before the senders hear "retry": a blip is not a failed send, nor an
+actor crash with a state reload. A retry after a commit whose answer was lost finds last_seq
+moved (StaleOwner): the conversation actor reloads and finds its messages stored.
 """
 
 from __future__ import annotations
@@ -14,26 +19,34 @@ from typing import NamedTuple
 import asyncpg
 
 from agora.actors.base import Actor, Reply
+from agora.clock import Clock
 from agora.errors import AppError, ErrorCode
 from agora.storage.chat import ChatStore, Outgoing
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 2000  # per statement
+RETRY_FIRST = 0.05  # seconds before the first retry of a failed statement, doubling
+RETRY_MAX = 1.0
+RETRY_FOR = 5.0  # give up (senders hear "retry") after this long
 
 
 class CommitRequest(NamedTuple):
     conversation_id: int
     last_seq: int
+    members_version: int
     batch: list[Outgoing]
 
 
 class Committer(Actor[CommitRequest]):
     kind = "committer"
 
-    def __init__(self, store: ChatStore, mailbox_size: int = 10_000) -> None:
-        super().__init__("committer", mailbox_size)
+    def __init__(
+        self, store: ChatStore, mailbox_size: int = 10_000, clock: Clock | None = None
+    ) -> None:
+        super().__init__("committer", mailbox_size, clock)
         self.store = store
+        self.retries = 0  # statements retried after a database error (for tests and logs)
 
     async def receive_many(self, items: list[tuple[CommitRequest, Reply | None]]) -> None:
         # Each statement holds a conversation once and at most MAX_ROWS messages.
@@ -56,20 +69,33 @@ class Committer(Actor[CommitRequest]):
                 await self._commit(batch)
 
     async def _commit(self, batch: dict[int, tuple[CommitRequest, Reply | None]]) -> None:
-        try:
-            results = await self.store.commit_many(
-                [(r.conversation_id, r.last_seq, r.batch) for r, _ in batch.values()]
-            )
-        except Exception as exc:
-            if len(batch) > 1 and isinstance(exc, asyncpg.DataError):
-                # One conversation's bad row must not fail the others it shared a statement
-                # with (and again on every retry): each goes alone, and only the bad one fails.
-                # Not for a lost connection: every conversation fails alike, at once.
-                log.warning("a statement of %d conversations failed; each goes alone", len(batch))
-                for cid, item in batch.items():
-                    await self._commit({cid: item})
-                return
-            log.exception("committing conversation %d failed", next(iter(batch)))
+        requests = [
+            (r.conversation_id, r.last_seq, r.members_version, r.batch) for r, _ in batch.values()
+        ]
+        delay, waited = RETRY_FIRST, 0.0
+        while True:
+            try:
+                results = await self.store.commit_many(requests)
+                break
+            except asyncpg.DataError:
+                if len(batch) > 1:
+                    # One conversation's bad row must not fail the others it shared a statement
+                    # with (and again on every retry): each goes alone, only the bad one fails.
+                    log.warning("a statement of %d conversations failed; each alone", len(batch))
+                    for cid, item in batch.items():
+                        await self._commit({cid: item})
+                    return
+                log.exception("conversation %d: PostgreSQL refused a message", next(iter(batch)))
+            except Exception:
+                if waited < RETRY_FOR:
+                    # A blip: every conversation of the statement waits, then all go again.
+                    self.retries += 1
+                    log.warning("commit failed; retrying in %.2f s", delay, exc_info=True)
+                    await self.clock.sleep(delay)
+                    waited += delay
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                log.exception("committing conversation %d failed", next(iter(batch)))
             for _, reply in batch.values():
                 if reply:
                     reply(AppError(ErrorCode.UNAVAILABLE, "could not store the message; retry"))

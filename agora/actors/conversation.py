@@ -2,11 +2,22 @@
 
 The owner assigns ``seq`` (1, 2, 3, ... no gap, no repeat), commits every send waiting in its
 mailbox in one transaction (group commit), answers each sender only after that commit, then fans
-the messages out in ``seq`` order. ``ChatStore.commit`` fences it: if another node committed
-meanwhile (ownership moved under it), the commit fails, the actor reloads ``last_seq`` and
-retries, and resent ``client_id``s are found instead of stored twice. It keeps who is typing,
-and stops itself after ``idle_timeout`` seconds without mail; the next command starts it again
-from PostgreSQL.
+the messages out in ``seq`` order. ``ChatStore.commit`` fences it twice: on ``last_seq`` (another
+node committed meanwhile: ownership moved under it) and on ``members_version`` (a member was added
+or removed since the actor loaded its member set, and the notice to reload was lost or is still
+on its way). Either way the commit stores nothing, the actor reloads and retries, so a removed
+member can neither store a message nor receive one committed after the removal; resent
+``client_id``s are found instead of stored twice, and fanned out again unless this actor fanned
+them out itself (the first commit's answer may have been lost).
+
+Typing and read receipts are coalesced per member while they wait: a member's flood of them
+takes one place in the mailbox, never the others' room. The actor stops itself after
+``idle_timeout`` seconds without mail; the next command starts it again from PostgreSQL.
+
+:class:`ConversationDirectory` is the admission point: a command for a conversation with no live
+actor starts one only when the conversation exists and the caller is a member (one PostgreSQL
+read, shared by the commands that arrive meanwhile), at most ``max_actors`` live at once (the
+least recently used idle one makes room; with none idle the caller hears "retry").
 """
 
 from __future__ import annotations
@@ -32,7 +43,11 @@ log = logging.getLogger(__name__)
 TYPING_REPEAT = 1.0  # re-announce a typist at most once a second
 TYPING_EXPIRES = 5.0  # a typing indicator ends this long after its last frame (API.md: ~5 s)
 COMMIT_ATTEMPTS = 5
-REMEMBERED_ACKS = 2048
+REMEMBERED_SENDS = 2048  # (sender, client_id) -> seq of messages this actor fanned out
+REFUSALS_KEPT = 10_000  # (conversation, user) refused admission, remembered briefly
+REFUSAL_TTL = 5.0
+MAX_ADMITTING = 64  # conversations being loaded for admission at once, per node
+MAX_WAITING = 256  # commands waiting for one conversation's admission
 
 
 # -- the commands (the same structs travel between nodes as msgpack) ----------------------
@@ -85,7 +100,21 @@ def message_out(row: MessageRow) -> MessageOut:
 
 
 class Deliverer(Protocol):
-    async def deliver(self, users: list[int], frames: list[bytes]) -> None: ...
+    async def deliver(
+        self, users: list[int], frames: list[bytes], conversation_id: int | None = None
+    ) -> None: ...
+
+
+def _retry(message: str) -> AppError:
+    return AppError(ErrorCode.UNAVAILABLE, message, status=503, headers={"Retry-After": "1"})
+
+
+def _caller(op: ConversationOp) -> int | None:
+    if isinstance(op, SendOp):
+        return op.sender_id
+    if isinstance(op, TypingOp | ReadOp):
+        return op.user_id
+    return None
 
 
 # -- the actor ---------------------------------------------------------------------------------
@@ -103,24 +132,53 @@ class ConversationActor(Actor[ConversationOp]):
         clock: Clock,
         idle_timeout: float = 60.0,
         mailbox_size: int = 2000,
+        state: ConversationState | None = None,
     ) -> None:
-        super().__init__(f"conversation-{conversation_id}", mailbox_size)
+        super().__init__(f"conversation-{conversation_id}", mailbox_size, clock)
         self.id = conversation_id
         self.store = store
         self.committer = committer
         self.out = out
-        self.clock = clock
         self.idle_timeout = idle_timeout
-        self.state: ConversationState | None = None
-        self._acks: OrderedDict[tuple[int, str], MessageOut] = OrderedDict()
+        self.state = state  # loaded by the directory's admission, or in on_start
+        self._sent: OrderedDict[tuple[int, str], int] = OrderedDict()
         self._typing: dict[int, float] = {}  # user -> when last announced (monotonic)
+        self._waiting_reads: dict[int, ReadOp] = {}  # user -> the one queued read receipt
+        self._waiting_typing: set[int] = set()  # users with a typing op queued
 
     async def on_start(self) -> None:
+        if self.state is None:
+            self.state = await self.store.state(self.id)
+
+    async def on_failure(self, exc: BaseException) -> bool:
         self.state = await self.store.state(self.id)
+        return True
 
     @property
     def members(self) -> frozenset[int]:
         return self.state.members if self.state else frozenset()
+
+    def tell(self, message: ConversationOp, reply: Reply | None = None) -> None:
+        """Typing and receipts wait at most once per member: a newer one merges into the queued
+        one (the highest seq wins) and is answered at once."""
+        if isinstance(message, ReadOp):
+            queued = self._waiting_reads.get(message.user_id)
+            if queued is not None:
+                queued.seq = max(queued.seq, message.seq)
+                if reply:
+                    reply(None)
+                return
+            super().tell(message, reply)
+            self._waiting_reads[message.user_id] = message
+        elif isinstance(message, TypingOp):
+            if message.user_id in self._waiting_typing:
+                if reply:
+                    reply(None)
+                return
+            super().tell(message, reply)
+            self._waiting_typing.add(message.user_id)
+        else:
+            super().tell(message, reply)
 
     def _check_member(self, user_id: int) -> None:
         if self.state is None or user_id not in self.state.members:
@@ -143,89 +201,91 @@ class ConversationActor(Actor[ConversationOp]):
 
     async def receive(self, op: ConversationOp) -> Any:
         if isinstance(op, TypingOp):
+            self._waiting_typing.discard(op.user_id)
             return await self._typing_op(op)
         if isinstance(op, ReadOp):
+            self._waiting_reads.pop(op.user_id, None)
             return await self._read_op(op)
         raise AppError(ErrorCode.INTERNAL_ERROR, f"unexpected {type(op).__name__}")
 
     # -- sends -----------------------------------------------------------------------------------
 
     async def _send_batch(self, sends: list[tuple[SendOp, Reply | None]]) -> None:
-        accepted: list[tuple[SendOp, Reply | None]] = []
-        for op, reply in sends:
-            try:
-                self._check_member(op.sender_id)
-            except AppError as err:
-                if reply:
-                    reply(err)
-                continue
-            earlier = self._acks.get((op.sender_id, op.client_id))
-            if earlier is not None:
-                if reply:
-                    reply(Sent(earlier, False))
-                continue
-            accepted.append((op, reply))
-        if not accepted:
-            return
-        assert self.state is not None
-        if self.state.kind == "direct" and await self.store.direct_hidden(self.id):
-            for _, reply in accepted:
-                if reply:
-                    reply(forbidden("you cannot message this user"))
-            return
-
-        batch: list[Outgoing] = []
-        once: set[tuple[int, str]] = set()
-        for op, _ in accepted:  # a client_id sent twice in one batch is stored once
-            if (op.sender_id, op.client_id) not in once:
-                once.add((op.sender_id, op.client_id))
-                batch.append(Outgoing(op.sender_id, op.client_id, op.text))
         for _ in range(COMMIT_ATTEMPTS):
+            if self.state is None:
+                for _, reply in sends:
+                    if reply:
+                        reply(not_found("conversation"))
+                return
+            accepted: list[tuple[SendOp, Reply | None]] = []
+            for op, reply in sends:
+                if op.sender_id in self.state.members:
+                    accepted.append((op, reply))
+                elif reply:
+                    reply(not_found("conversation"))
+            if not accepted:
+                return
+            sends = accepted
+            if self.state.kind == "direct" and await self.store.direct_hidden(self.id):
+                for _, reply in sends:
+                    if reply:
+                        reply(forbidden("you cannot message this user"))
+                return
+            batch: list[Outgoing] = []
+            once: set[tuple[int, str]] = set()
+            for op, _ in sends:  # a client_id sent twice in one batch is stored once
+                if (op.sender_id, op.client_id) not in once:
+                    once.add((op.sender_id, op.client_id))
+                    batch.append(Outgoing(op.sender_id, op.client_id, op.text))
+            request = CommitRequest(
+                self.id, self.state.last_seq, self.state.members_version, batch
+            )
             try:
-                committed = await self.committer.ask(
-                    CommitRequest(self.id, self.state.last_seq, batch)
-                )
-                new, earlier_rows = committed.new, committed.earlier
+                committed = await self.committer.ask(request)
                 break
             except StaleOwner:
-                # Another node committed under us (ownership moved): catch up and retry.
-                log.warning("conversation %d: last_seq moved under this owner; reloading", self.id)
+                # Another node committed under us (ownership moved), or the members changed:
+                # catch up, check the senders against the new member set, and go again.
+                log.info("conversation %d: last_seq or members moved; reloading", self.id)
                 self.state = await self.store.state(self.id)
-                if self.state is None:
-                    for _, reply in accepted:
-                        if reply:
-                            reply(not_found("conversation"))
-                    return
         else:
-            for _, reply in accepted:
+            for _, reply in sends:
                 if reply:
-                    reply(AppError(ErrorCode.UNAVAILABLE, "could not store the message; retry"))
+                    reply(_retry("could not store the message; retry"))
             return
 
+        new, earlier_rows = committed.new, committed.earlier
         if new:
-            self.state = ConversationState(self.state.kind, new[-1].seq, self.state.members)
+            self.state = ConversationState(
+                self.state.kind, new[-1].seq, self.state.members, self.state.members_version
+            )
             for row in new:  # a sent message ends its typing: the next `typing` is news at once
                 self._typing.pop(row.sender_id, None)
         outs = {(r.sender_id, r.client_id): (message_out(r), True) for r in new}
         for key, row in earlier_rows.items():
             outs.setdefault(key, (message_out(row), False))
-        for op, reply in accepted:
+        for op, reply in sends:
             key = (op.sender_id, op.client_id)
             message, created = outs[key]
             outs[key] = (message, False)  # a repeat within the batch is a resend
-            self._remember(key, message)
             if reply:
                 reply(Sent(message, created))
-        if new:
-            frames = [
-                encode(MessageFrame(message=outs[(r.sender_id, r.client_id)][0])) for r in new
-            ]
-            await self.out.deliver(sorted(self.state.members), frames)
+        # Found stored but not fanned out by this actor: the first commit's answer may have been
+        # lost before its fan-out (a crash, a lost connection), so it goes out again; clients
+        # drop duplicates by message id.
+        again = sorted(
+            (r for key, r in earlier_rows.items() if key not in self._sent), key=lambda r: r.seq
+        )
+        for row in [*again, *new]:
+            self._remember((row.sender_id, row.client_id), row.seq)
+        if again or new:
+            frames = [encode(MessageFrame(message=message_out(r))) for r in [*again, *new]]
+            await self.out.deliver(sorted(self.state.members), frames, self.id)
 
-    def _remember(self, key: tuple[int, str], message: MessageOut) -> None:
-        self._acks[key] = message
-        if len(self._acks) > REMEMBERED_ACKS:
-            self._acks.popitem(last=False)
+    def _remember(self, key: tuple[int, str], seq: int) -> None:
+        self._sent[key] = seq
+        if len(self._sent) > REMEMBERED_SENDS:
+            self._sent.popitem(last=False)
 
     # -- typing and receipts -------------------------------------------------------------------
 
@@ -253,64 +313,200 @@ class ConversationActor(Actor[ConversationOp]):
 
 # -- the local directory ---------------------------------------------------------------------------
 
+Factory = Callable[[int, ConversationState], ConversationActor]
+Resubmit = Callable[[int, ConversationOp, Reply | None], None]
+
 
 class ConversationDirectory:
-    """Finds (and starts) the local actor of a conversation this node owns."""
+    """Admits commands to the local actors of the conversations this node owns (see the module
+    docstring): only members start an actor, live actors are capped, idle ones make room."""
 
     def __init__(
         self,
-        factory: Callable[[int], ConversationActor],
+        factory: Factory,
+        store: ChatStore,
+        clock: Clock,
+        max_actors: int = 10_000,
         metrics_gauge: Any | None = None,
         on_crash: Callable[[str], None] | None = None,
     ) -> None:
         self._factory = factory
-        self._actors: dict[int, ConversationActor] = {}
+        self._store = store
+        self._clock = clock
+        self.max_actors = max_actors
+        self._actors: OrderedDict[int, ConversationActor] = OrderedDict()  # least recent first
+        self._admitting: dict[int, list[tuple[ConversationOp, Reply | None]]] = {}
+        self._refused: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._gauge = metrics_gauge
         self._on_crash = on_crash
+        self.closing = False
+        # Where leftovers of a stopped actor go: the router (the conversation may have moved).
+        self.resubmit: Resubmit = self.submit
+        self.refused = 0  # commands refused admission (tests, metrics)
 
     def __len__(self) -> int:
         return len(self._actors)
 
     def submit(self, conversation_id: int, op: ConversationOp, reply: Reply | None) -> None:
-        for _ in range(2):
-            actor = self._actors.get(conversation_id)
-            if actor is None or not actor.alive:
-                actor = self._start(conversation_id)
+        if isinstance(op, MembersChangedOp):  # a refusal remembered may be wrong now
+            for key in [k for k in self._refused if k[0] == conversation_id]:
+                del self._refused[key]
+        actor = self._actors.get(conversation_id)
+        if actor is not None and actor.alive:
+            self._actors.move_to_end(conversation_id)
             try:
                 actor.tell(op, reply)
                 return
             except ActorStopped:
-                continue  # it went idle just now: start a fresh one
+                pass  # it went idle just now: admit to a fresh one
             except MailboxFull as err:
                 if reply:
                     reply(err)
                 return
-        if reply:
-            reply(ActorStopped(f"conversation {conversation_id}"))
+        if isinstance(op, MembersChangedOp):  # nothing live holds the old member set
+            if reply:
+                reply(None)
+            return
+        self._admit(conversation_id, op, reply)
 
-    def _start(self, conversation_id: int) -> ConversationActor:
-        actor = self._factory(conversation_id)
+    # -- admission ---------------------------------------------------------------------------
+
+    def _admit(self, conversation_id: int, op: ConversationOp, reply: Reply | None) -> None:
+        if self.closing:
+            if reply:
+                reply(_retry("this node is shutting down; retry"))
+            return
+        caller = _caller(op)
+        until = self._refused.get((conversation_id, caller or 0))
+        if until is not None:
+            if until > self._clock.monotonic():
+                self.refused += 1
+                if reply:
+                    reply(not_found("conversation"))
+                return
+            del self._refused[(conversation_id, caller or 0)]
+        waiting = self._admitting.get(conversation_id)
+        if waiting is not None:
+            if len(waiting) >= MAX_WAITING:
+                if reply:
+                    reply(_retry("the conversation is busy; retry shortly"))
+                return
+            waiting.append((op, reply))
+            return
+        if len(self._admitting) >= MAX_ADMITTING:
+            if reply:
+                reply(_retry("this node is busy; retry shortly"))
+            return
+        self._admitting[conversation_id] = [(op, reply)]
+        task = asyncio.get_running_loop().create_task(self._load(conversation_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(self, conversation_id: int) -> None:
+        try:
+            state = await self._store.state(conversation_id)
+        except (Exception, asyncio.CancelledError) as exc:
+            for _, reply in self._admitting.pop(conversation_id, []):
+                if reply:
+                    reply(_retry("could not load the conversation; retry"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.warning("could not load conversation %d", conversation_id, exc_info=True)
+            return
+        waiting = self._admitting.pop(conversation_id, [])
+        if self.closing:
+            for _, reply in waiting:
+                if reply:
+                    reply(_retry("this node is shutting down; retry"))
+            return
+        admitted = []
+        for op, reply in waiting:
+            caller = _caller(op)
+            if state is not None and caller in state.members:
+                admitted.append((op, reply))
+                continue
+            self.refused += 1
+            self._remember_refusal(conversation_id, caller or 0)
+            if reply:
+                reply(not_found("conversation"))
+        if not admitted or state is None:
+            return
+        actor = self._actors.get(conversation_id)
+        if actor is None or not actor.alive:
+            if not self._make_room():
+                for _, reply in admitted:
+                    if reply:
+                        reply(_retry("this node has too many active conversations; retry"))
+                return
+            actor = self._start(conversation_id, state)
+        for op, reply in admitted:
+            try:
+                actor.tell(op, reply)
+            except (MailboxFull, ActorStopped) as err:
+                if reply:
+                    reply(err)
+
+    def _remember_refusal(self, conversation_id: int, user_id: int) -> None:
+        self._refused[(conversation_id, user_id)] = self._clock.monotonic() + REFUSAL_TTL
+        self._refused.move_to_end((conversation_id, user_id))
+        while len(self._refused) > REFUSALS_KEPT:
+            self._refused.popitem(last=False)
+
+    def _make_room(self) -> bool:
+        """True when one more actor may start: under the cap, or after stopping the least
+        recently used idle actor (none idle among the oldest: False, the caller retries)."""
+        for cid, actor in list(self._actors.items()):
+            if len(self._actors) < self.max_actors:
+                return True
+            if not actor.alive:
+                del self._actors[cid]
+            elif not actor.busy and not actor.queued:
+                del self._actors[cid]
+                self._spawn(actor.stop())
+            elif len(self._actors) - self.max_actors > 64:
+                break
+        return len(self._actors) < self.max_actors
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start(self, conversation_id: int, state: ConversationState) -> ConversationActor:
+        actor = self._factory(conversation_id, state)
         actor.on_exit = self._forget
         actor.on_crash = self._on_crash
+        actor.handoff = lambda items: self._hand_back(conversation_id, items)
         self._actors[conversation_id] = actor
         actor.start()
-        if self._gauge is not None:
-            self._gauge.set(len(self._actors))
+        self._count()
         return actor
+
+    def _hand_back(self, conversation_id: int, items: list[tuple[Any, Reply | None]]) -> None:
+        for op, reply in items:
+            self.resubmit(conversation_id, op, reply)
 
     def _forget(self, actor: Actor[Any]) -> None:
         assert isinstance(actor, ConversationActor)
         if self._actors.get(actor.id) is actor:
             del self._actors[actor.id]
+        self._count()
+
+    def _count(self) -> None:
         if self._gauge is not None:
             self._gauge.set(len(self._actors))
 
     async def stop_where(self, predicate: Callable[[int], bool]) -> None:
-        """Stop the actors of conversations for which ``predicate(id)`` holds."""
+        """Stop the actors of conversations for which ``predicate(id)`` holds; what they still
+        had queued goes to ``resubmit`` (the new owner)."""
         doomed = [a for cid, a in list(self._actors.items()) if predicate(cid)]
         # Together: each finishes its batch in hand (a commit, a fan-out); one after another,
         # a large rebalance could hold up the heartbeat that triggered it past the timeout.
         await asyncio.gather(*(actor.stop() for actor in doomed))
 
     async def stop_all(self) -> None:
+        """Shutdown: admit nothing more, let every actor finish what it holds."""
+        self.closing = True
         await self.stop_where(lambda _cid: True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)

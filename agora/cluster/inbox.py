@@ -6,6 +6,22 @@ had when it started. Posting never blocks the caller: envelopes queue in memory 
 flusher task writes them, everything queued for one node in one stream entry (under load dozens
 of envelopes share an entry: one XADD and one XREAD item instead of dozens), so per target node
 the order of posting is the order of reading.
+
+Nothing is lost without somebody hearing of it:
+- An envelope that cannot be queued (the queue is full: Redis has been unreachable for long) is
+  dropped, but a ``Deliver`` of message frames leaves a debt: the target node is owed a
+  ``Resync`` of those users and conversations, sent once the queue drains (past ``MAX_OWED``
+  pairs the debt becomes "everyone there resyncs everything"). A dropped ``Command`` is answered
+  "retry" by the router's timer; an ``Evict`` only ages out of a 10-second cache.
+- Each entry carries its sender's life and a number counting that sender's entries to this
+  reader. A number that skips (the stream was trimmed, or entries were lost in Redis) makes the
+  reader tell every local session to resync: it cannot know whom the lost entries were for.
+
+Versions: an entry says its format (``v``); envelopes are tagged arrays whose new fields are
+added at the end with defaults, so a node decodes the previous release's envelopes (missing
+fields take their defaults) and the next release's (extra trailing fields are ignored), and an
+envelope of a kind it does not know is skipped alone, not with its whole entry: a rolling
+upgrade can run a mixed cluster.
 """
 
 from __future__ import annotations
@@ -24,13 +40,25 @@ log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 100_000
 MAX_PENDING = 50_000
+MAX_OWED = 100_000  # (conversation, user) pairs of lost deliveries remembered per node
+FORMAT = b"2"  # entry format: v, f (sender life), n (entry number to this reader), e
 
 
 class Deliver(msgspec.Struct, tag="deliver", array_like=True):
-    """Push encoded frames, in order, to these users' sessions on the receiving node."""
+    """Push encoded frames, in order, to these users' sessions on the receiving node;
+    ``conversation_id`` when they are messages of that conversation."""
 
     users: list[int]
     frames: list[bytes]
+    conversation_id: int | None = None
+
+
+class Resync(msgspec.Struct, tag="resync", array_like=True):
+    """Frames to these users (none listed: to everyone on the node) of these conversations
+    (none listed: of any) were lost on the way: their sessions must ``sync``."""
+
+    users: list[int] = []
+    conversation_ids: list[int] = []
 
 
 class Command(msgspec.Struct, tag="command", array_like=True):
@@ -65,10 +93,22 @@ class Evict(msgspec.Struct, tag="evict", array_like=True):
     ids: list[int]
 
 
-Envelope = Deliver | Command | Answer | Membership | Evict
+Envelope = Deliver | Command | Answer | Membership | Evict | Resync
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Envelope])
+_entry_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 Handler = Callable[[Envelope], None]
+
+
+def decode_entry(data: bytes) -> list[Envelope]:
+    """The envelopes of one entry; one this node cannot read is skipped (and logged) alone."""
+    out = []
+    for raw in _entry_decoder.decode(data):
+        try:
+            out.append(_envelope_decoder.decode(raw))
+        except msgspec.DecodeError as exc:  # ValidationError included: an unknown kind
+            log.warning("skipped an inbox envelope this node cannot read: %s", exc)
+    return out
 
 
 class Inbox:
@@ -78,6 +118,14 @@ class Inbox:
         self.node_id = node_id
         self.handler = handler
         self._pending: list[tuple[str, Envelope]] = []
+        self._owed: dict[str, dict[int, set[int]]] = {}  # node -> conversation -> users
+        self._owed_all: set[str] = set()  # nodes whose every session must resync everything
+        self._owed_pairs = 0
+        self._numbers: dict[str, int] = {}  # target node -> entries written to it
+        self._seen: dict[bytes, int] = {}  # sender life -> highest entry number read from it
+        self.on_gap: Callable[[], None] | None = None  # entries were lost: resync everyone
+        self.dropped = 0  # envelopes refused because the queue was full
+        self.gaps = 0
         self._wake = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -102,12 +150,43 @@ class Inbox:
                 log.warning("dropped %d inbox envelopes at shutdown", len(self._pending))
 
     def post(self, node_id: str, envelope: Envelope) -> bool:
-        """Queue an envelope for ``node_id``; False when the queue is full (Redis is down)."""
+        """Queue an envelope for ``node_id``; False when the queue is full (Redis is down), in
+        which case lost message frames are owed to the node as a ``Resync``."""
         if len(self._pending) >= MAX_PENDING:
+            self.dropped += 1
+            if isinstance(envelope, Deliver) and envelope.conversation_id:
+                self._owe(node_id, envelope.conversation_id, envelope.users)
             return False
         self._pending.append((node_id, envelope))
         self._wake.set()
         return True
+
+    def _owe(self, node_id: str, conversation_id: int, users: list[int]) -> None:
+        if node_id in self._owed_all:
+            return
+        owed = self._owed.setdefault(node_id, {})
+        before = len(owed.get(conversation_id, ()))
+        owed.setdefault(conversation_id, set()).update(users)
+        self._owed_pairs += len(owed[conversation_id]) - before
+        if self._owed_pairs > MAX_OWED:  # too much to list: everyone there resyncs everything
+            for node in list(self._owed):
+                self._owed_all.add(node)
+            self._owed.clear()
+            self._owed_pairs = 0
+
+    def _settle_debts(self) -> None:
+        """Queue the owed resyncs (behind what was queued before them)."""
+        for node in self._owed_all:
+            self._pending.append((node, Resync()))
+        for node, owed in self._owed.items():
+            by_users: dict[tuple[int, ...], list[int]] = {}
+            for conversation_id, users in owed.items():
+                by_users.setdefault(tuple(sorted(users)), []).append(conversation_id)
+            for users_key, conversations in by_users.items():
+                self._pending.append((node, Resync(list(users_key), sorted(conversations))))
+        self._owed_all.clear()
+        self._owed.clear()
+        self._owed_pairs = 0
 
     async def _flush_loop(self) -> None:
         while True:
@@ -123,24 +202,56 @@ class Inbox:
                 self._wake.set()
 
     async def _flush(self) -> None:
+        if (self._owed or self._owed_all) and len(self._pending) < MAX_PENDING // 2:
+            self._settle_debts()
         while self._pending:
             batch, self._pending = self._pending[:5000], self._pending[5000:]
             by_node: dict[str, list[Envelope]] = {}
             for node_id, envelope in batch:
                 by_node.setdefault(node_id, []).append(envelope)
+            me = self.node_id.encode()
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for node_id, envelopes in by_node.items():
+                        number = self._numbers.get(node_id, 0) + 1
                         pipe.xadd(
                             self.keys.inbox(node_id),
-                            {b"e": _encoder.encode(envelopes)},
+                            {
+                                b"v": FORMAT,
+                                b"f": me,
+                                b"n": b"%d" % number,
+                                b"e": _encoder.encode(envelopes),
+                            },
                             maxlen=STREAM_MAXLEN,
                             approximate=True,
                         )
                     await pipe.execute()
             except BaseException:
-                self._pending[:0] = batch  # keep the order for the retry
+                # Keep the order for the retry; entry numbers are taken again (an entry that did
+                # get through is read twice: at least once, and duplicates are harmless).
+                self._pending[:0] = batch
                 raise
+            for node_id in by_node:
+                self._numbers[node_id] = self._numbers.get(node_id, 0) + 1
+
+    def _check_number(self, fields: dict[bytes, bytes]) -> None:
+        """Entries from each sender life are numbered 1, 2, 3...: a skip means some were lost."""
+        sender, raw = fields.get(b"f"), fields.get(b"n")
+        if sender is None or raw is None or not raw.isdigit():
+            return  # an older node's entry: not numbered
+        number = int(raw)
+        last = self._seen.get(sender, 0)
+        if number > last + 1:
+            log.warning(
+                "inbox entries %d..%d from %s were lost; every local session resyncs",
+                last + 1,
+                number - 1,
+                sender.decode(errors="replace"),
+            )
+            self.gaps += 1
+            if self.on_gap is not None:
+                self.on_gap()
+        self._seen[sender] = max(last, number)
 
     async def _read(self, position: bytes) -> None:
         stream = self.keys.inbox(self.node_id)
@@ -156,7 +267,8 @@ class Inbox:
             for entry_id, fields in entries:
                 position = entry_id
                 try:
-                    envelopes = _decoder.decode(fields[b"e"])
+                    self._check_number(fields)
+                    envelopes = decode_entry(fields[b"e"])
                 except (msgspec.DecodeError, KeyError):
                     log.warning("undecodable inbox entry %r", entry_id)
                     continue

@@ -1,8 +1,12 @@
 """The router: the one path by which anything reaches a user's sessions or a conversation's
 owner, on whichever node they are.
 
-- ``deliver(users, frames)``: look up (one Redis round trip) which live nodes hold sessions of
-  these users, push locally, and post one ``Deliver`` per other node to its inbox.
+- ``deliver(users, frames, conversation_id)``: push locally, look up (one Redis round trip) which
+  live nodes hold sessions of these users, and post one ``Deliver`` per other node to its inbox.
+  When the lookup fails, the ``Deliver`` goes to every live node instead (each pushes to the
+  sessions of these users it holds). What cannot be queued for a node is owed to it as a
+  ``Resync`` (see :mod:`agora.cluster.inbox`), so a lost delivery becomes a ``resync`` frame
+  telling the affected sessions to ``sync`` those conversations, never a silent gap.
 - ``submit(conversation_id, op, reply)``: run a command on the conversation's owner: the local
   actor when this node owns it (rendezvous over live nodes), else a ``Command`` in the owner's
   inbox whose ``Answer`` comes back through ours. An owner that does not answer in time (it
@@ -30,6 +34,7 @@ from agora.actors.conversation import (
     sent_decoder,
 )
 from agora.actors.session import SessionRegistry
+from agora.clock import Clock, Timer
 from agora.cluster.inbox import (
     Answer,
     Command,
@@ -38,11 +43,13 @@ from agora.cluster.inbox import (
     Evict,
     Inbox,
     Membership,
+    Resync,
     group_by_node,
 )
-from agora.cluster.nodes import NodeRegistry
+from agora.cluster.nodes import NodeRegistry, rendezvous
 from agora.cluster.presence import Presence
 from agora.errors import AppError, ErrorCode
+from agora.protocol.frames import ResyncFrame, encode
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +81,11 @@ class Router:
         conversations: ConversationDirectory,
         answer_timeout: float = 5.0,
         on_evict: Callable[[str, list[int]], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.registry = registry
+        self.clock = clock or Clock()
+        self.leaving = False  # shutting down: commands go to the other nodes' owners
         self.presence = presence
         self.sessions = sessions
         self.conversations = conversations
@@ -83,7 +93,7 @@ class Router:
         self.on_evict = on_evict
         self.inbox: Inbox | None = None  # set by the app once the inbox exists
         self._rids = itertools.count(1)
-        self._waiting: dict[int, tuple[Reply, asyncio.TimerHandle]] = {}
+        self._waiting: dict[int, tuple[Reply, Timer]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -108,28 +118,47 @@ class Router:
 
     # -- to users ------------------------------------------------------------------------------
 
-    async def deliver(self, users: Iterable[int], frames: list[bytes]) -> None:
-        """Local sessions first (no I/O), then one ``Deliver`` per other node holding sessions."""
+    async def deliver(
+        self, users: Iterable[int], frames: list[bytes], conversation_id: int | None = None
+    ) -> None:
+        """Local sessions first (no I/O), then one ``Deliver`` per other node holding sessions.
+        ``conversation_id`` names the conversation of message frames: if they cannot reach a
+        node, its sessions of these users are told to resync it."""
         users = list(users)
         self.sessions.deliver(users, frames)
         if self.inbox is None:
             return
         try:
-            placements = await self.presence.nodes_of(users)
+            by_node = group_by_node(await self.presence.nodes_of(users))
         except Exception:
-            # Redis is unreachable: sessions on other nodes miss these frames for now and get
-            # them with `sync` (PostgreSQL holds every message); nothing here is lost.
-            log.warning(
-                "could not look up where %d user(s) are; remote delivery skipped", len(users)
-            )
-            return
-        for node, node_users in group_by_node(placements).items():
-            if node != self.node_id and not self.inbox.post(node, Deliver(node_users, frames)):
-                log.warning("inbox queue full; dropped a delivery to %s", node)
+            # Redis did not answer the lookup: every live node gets the frames (the inbox
+            # queues them until Redis is back) and pushes them to whichever of these users'
+            # sessions it holds.
+            log.warning("could not look up where %d user(s) are; sending to every node", len(users))
+            by_node = {node: users for node in self.registry.live}
+        for node, node_users in by_node.items():
+            if node != self.node_id:
+                self.inbox.post(node, Deliver(node_users, frames, conversation_id))
+
+    def resync_local(self, users: list[int] | None, conversation_ids: list[int]) -> None:
+        """Tell local sessions (of ``users``, or all) that frames of these conversations (or of
+        any, when empty) may not have reached them: they ``sync`` from their last seq."""
+        frame = encode(
+            ResyncFrame(conversation_ids=[str(c) for c in conversation_ids] or None)
+        )
+        if users is None:
+            for session in self.sessions.all():
+                session.push(frame)
+        else:
+            self.sessions.deliver(users, [frame])
 
     # -- to conversation owners -------------------------------------------------------------
 
     def owner_of(self, conversation_id: int) -> str:
+        if self.leaving:  # shutting down: the node that will own it once we are gone
+            others = self.registry.live - {self.node_id}
+            if others:
+                return rendezvous(others, conversation_key(conversation_id))
         return self.registry.owner(conversation_key(conversation_id))
 
     def submit(
@@ -140,8 +169,7 @@ class Router:
             self.conversations.submit(conversation_id, op, reply)
             return
         rid = next(self._rids)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.answer_timeout, self._expire, rid)
+        timer = self.clock.call_later(self.answer_timeout, self._expire, rid)
         self._waiting[rid] = (reply or (lambda _result: None), timer)
         command = Command(rid, self.node_id, conversation_id, op_encoder.encode(op), hops + 1)
         if not self.inbox.post(owner, command):
@@ -168,6 +196,8 @@ class Router:
     def handle(self, envelope: Envelope) -> None:
         if isinstance(envelope, Deliver):
             self.sessions.deliver(envelope.users, envelope.frames)
+        elif isinstance(envelope, Resync):
+            self.resync_local(envelope.users or None, envelope.conversation_ids)
         elif isinstance(envelope, Command):
             self._run_remote(envelope)
         elif isinstance(envelope, Evict):

@@ -100,6 +100,13 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     pass
 
 
+class ResyncFrame(msgspec.Struct, tag="resync", tag_field="type"):
+    """Frames of these conversations (``null``: of any) may not have reached this session: send
+    ``sync`` from the last seq seen in each (an extension of the contract; see the README)."""
+
+    conversation_ids: list[str] | None = None
+
+
 class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", omit_defaults=True):
     code: str
     message: str
@@ -118,6 +125,7 @@ ServerFrame = (
     | PostFrame
     | Synced
     | Pong
+    | ResyncFrame
     | ErrorFrame
 )
 

@@ -162,25 +162,36 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     def restarted(kind: str) -> None:
         app[keys.METRICS].actor_restarts.labels(kind).inc()
 
-    committer = Committer(chat_store)
+    committer = Committer(chat_store, clock=clock)
     committer.on_crash = restarted
     committer.start()
     conversations = ConversationDirectory(
-        lambda cid: ConversationActor(
-            cid, chat_store, committer, router_box[0], clock, cc.conversation_idle
+        lambda cid, state: ConversationActor(
+            cid, chat_store, committer, router_box[0], clock, cc.conversation_idle, state=state
         ),
-        app[keys.METRICS].actors.labels("conversation"),
+        chat_store,
+        clock,
+        max_actors=cc.max_conversations,
+        metrics_gauge=app[keys.METRICS].actors.labels("conversation"),
         on_crash=restarted,
     )
     invalidator = app[keys.INVALIDATOR]
     router = Router(
-        nodes, presence, sessions, conversations, cc.answer_timeout, on_evict=invalidator.apply
+        nodes,
+        presence,
+        sessions,
+        conversations,
+        cc.answer_timeout,
+        on_evict=invalidator.apply,
+        clock=clock,
     )
+    conversations.resubmit = router.submit  # an actor's leftovers follow the conversation
     invalidator.cluster = router
     router_box.append(router)
     realtime.router = router
     inbox = Inbox(redis, rkeys, config.node_id, router.handle)
     router.inbox = inbox
+    inbox.on_gap = lambda: router.resync_local(None, [])
 
     async def ownership_changed(old: frozenset[str], new: frozenset[str]) -> None:
         await conversations.stop_where(lambda cid: not nodes.owns(conversation_key(cid)))
@@ -200,14 +211,20 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     app[keys.CONVERSATIONS], app[keys.ROUTER] = conversations, router
     app[keys.CHAT] = ChatService(chat_store, social_store, router)
     yield
+    # Shutdown, in order (sessions were closed by on_shutdown, and no new ones are taken):
+    # leave the cluster so the other nodes own our conversations from now on; pass commands
+    # that still reach us on to them; let each actor finish its batch in hand, its queued
+    # commands following the conversation to its new owner; then the committer, the inbox
+    # (flushing what is queued) and, after this function, the pools.
     unsubscribe()
     await sessions.wait_cleanups()
+    router.leaving = True
+    await nodes.stop()
+    router.announce(joined=False)
     await conversations.stop_all()
     await committer.stop()
     router.fail_pending()
     await presence.stop()
-    await nodes.stop()
-    router.announce(joined=False)
     await inbox.stop()
 
 

@@ -6,6 +6,7 @@ same path as WebSocket ``send``; reads go straight to PostgreSQL.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -23,9 +24,11 @@ from agora.protocol.common import Page
 from agora.protocol.cursor import decode_cursor, encode_cursor, from_micros, to_micros
 from agora.services.presenters import user_out
 from agora.storage.accounts import PublicUser
-from agora.storage.chat import ChatStore, ConversationRow
+from agora.storage.chat import ChatStore, ConversationRow, TooManyMembers
 from agora.storage.db import MAX_ID
 from agora.storage.social import SocialStore
+
+log = logging.getLogger(__name__)
 
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 MAX_MEMBERS = 250
@@ -122,12 +125,21 @@ class ChatService:
         if not new:
             raise invalid({"user_ids": "name at least one other user"})
         await self._require_friends(me, new)
-        current = await self.store.members_of([conversation_id])
-        if len({u.id for u in current[conversation_id]} | set(new)) > MAX_MEMBERS:
-            raise conflict(f"a conversation has at most {MAX_MEMBERS} members")
-        await self.store.add_members(conversation_id, new)
-        await self.router.ask(conversation_id, MembersChangedOp())
+        try:
+            await self.store.add_members(conversation_id, new, MAX_MEMBERS)
+        except TooManyMembers:
+            raise conflict(f"a conversation has at most {MAX_MEMBERS} members") from None
+        self._members_changed(conversation_id)
         return await self.get(me, conversation_id)
+
+    def _members_changed(self, conversation_id: int) -> None:
+        """Tell the owner to reload its member set now. Only a hint: the change is committed
+        and moved ``members_version``, which fences the owner's next commit (it reloads then),
+        so a lost notice costs nothing and never turns the committed change into an error."""
+        try:
+            self.router.submit(conversation_id, MembersChangedOp(), None)
+        except Exception:
+            log.warning("could not tell conversation %d its members changed", conversation_id)
 
     async def remove_member(self, me: int, conversation_id: int, user_id: int) -> None:
         """Anyone may leave; the group's creator may also remove others."""
@@ -138,7 +150,7 @@ class ChatService:
             raise forbidden("only the group's creator can remove other members")
         if not await self.store.remove_member(conversation_id, user_id):
             raise not_found("member")
-        await self.router.ask(conversation_id, MembersChangedOp())
+        self._members_changed(conversation_id)
 
     async def sync(
         self,

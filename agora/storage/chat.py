@@ -34,6 +34,20 @@ SELECT $1, u, (SELECT last_seq FROM chat.conversations WHERE id = $1) FROM unnes
 ON CONFLICT DO NOTHING
 """
 DELETE_MEMBER = "DELETE FROM chat.members WHERE conversation_id = $1 AND user_id = $2"
+# Member changes take the conversation's row lock first: concurrent adds are counted one after
+# another (the cap holds), and a commit racing the change waits for it and then sees the new
+# members_version (its fence fails and the owner reloads the member set).
+LOCK_MEMBERS = """
+SELECT c.members_version, (SELECT count(*) FROM chat.members m WHERE m.conversation_id = c.id)
+FROM chat.conversations c WHERE c.id = $1 FOR UPDATE
+"""
+NEW_MEMBERS = """
+SELECT count(*) FROM unnest($2::bigint[]) u
+WHERE NOT EXISTS (SELECT 1 FROM chat.members m WHERE m.conversation_id = $1 AND m.user_id = u)
+"""
+BUMP_MEMBERS_VERSION = """
+UPDATE chat.conversations SET members_version = members_version + 1 WHERE id = $1
+"""
 CONVERSATION_FOR_MEMBER = f"""
 SELECT {_CONVERSATION_COLUMNS}, m.last_read_seq
 FROM chat.conversations c JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $1
@@ -53,7 +67,7 @@ WHERE m.conversation_id = ANY($1::bigint[])
 ORDER BY m.conversation_id, m.joined_at, m.user_id
 """
 STATE = """
-SELECT c.kind, c.last_seq,
+SELECT c.kind, c.last_seq, c.members_version,
        array_agg(m.user_id ORDER BY m.user_id) FILTER (WHERE m.user_id IS NOT NULL) AS members
 FROM chat.conversations c LEFT JOIN chat.members m ON m.conversation_id = c.id
 WHERE c.id = $1
@@ -68,14 +82,15 @@ WHERE a.conversation_id = $1
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, client_id, text, created_at"
 # One statement for the waiting batches of many conversations: one round trip and one implicit
 # transaction. Per conversation it finds resent client ids, moves last_seq from what its owner
-# believes past the fresh messages (no row when another owner moved it: stale), inserts them
-# with their seqs, and moves the senders' receipts.
+# believes past the fresh messages, but only while the members are the ones the owner checked the
+# senders against (members_version): otherwise no row moves (stale) and the owner reloads. Then
+# it inserts the messages with their seqs and moves the senders' receipts.
 COMMIT = f"""
 WITH batch AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[])
         AS b(conv, sender, client_id, text, ord)
 ), expected AS (
-    SELECT * FROM unnest($6::bigint[], $7::bigint[]) AS x(conv, last_seq)
+    SELECT * FROM unnest($6::bigint[], $7::bigint[], $8::bigint[]) AS x(conv, last_seq, members)
 ), earlier AS (
     SELECT m.{_MESSAGE_COLUMNS.replace(", ", ", m.")}
     FROM chat.messages m
@@ -88,7 +103,7 @@ WITH batch AS (
 ), advanced AS (
     UPDATE chat.conversations c SET last_seq = x.last_seq + k.n, last_activity_at = now()
     FROM expected x JOIN (SELECT conv, count(*) AS n FROM fresh GROUP BY conv) k ON k.conv = x.conv
-    WHERE c.id = x.conv AND c.last_seq = x.last_seq
+    WHERE c.id = x.conv AND c.last_seq = x.last_seq AND c.members_version = x.members
     RETURNING c.id
 ), inserted AS (
     INSERT INTO chat.messages (conversation_id, seq, sender_id, client_id, text)
@@ -125,7 +140,12 @@ WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
 
 
 class StaleOwner(Exception):
-    """``last_seq`` moved under this owner: another node committed; reload and retry."""
+    """``last_seq`` or the members moved under this owner (another node committed, or a member
+    was added or removed): reload and retry."""
+
+
+class TooManyMembers(Exception):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +192,7 @@ class ConversationState:
     kind: str
     last_seq: int
     members: frozenset[int]
+    members_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,14 +247,27 @@ class ChatStore:
             out[row["conversation_id"]].append(PublicUser.of(row))
         return out
 
-    async def add_members(self, conversation_id: int, user_ids: list[int]) -> None:
-        await self.db.execute("add_members", INSERT_MEMBERS, conversation_id, user_ids)
+    async def add_members(self, conversation_id: int, user_ids: list[int], limit: int) -> None:
+        """Add members (those already in are skipped); raises :class:`TooManyMembers` when the
+        conversation would pass ``limit``, counted under the conversation's row lock."""
+        async with self.db.transaction("add_members") as tx:
+            _, count = await tx.fetchrow("lock_members", LOCK_MEMBERS, conversation_id)
+            new = await tx.fetchval("new_members", NEW_MEMBERS, conversation_id, user_ids)
+            if count + new > limit:
+                raise TooManyMembers(limit)
+            if new:
+                await tx.execute("insert_members", INSERT_MEMBERS, conversation_id, user_ids)
+                await tx.execute("bump_members_version", BUMP_MEMBERS_VERSION, conversation_id)
 
     async def remove_member(self, conversation_id: int, user_id: int) -> bool:
-        return (
-            await self.db.execute("remove_member", DELETE_MEMBER, conversation_id, user_id)
-            != "DELETE 0"
-        )
+        async with self.db.transaction("remove_member") as tx:
+            await tx.fetchrow("lock_members", LOCK_MEMBERS, conversation_id)
+            if await tx.execute("remove_member", DELETE_MEMBER, conversation_id, user_id) == (
+                "DELETE 0"
+            ):
+                return False
+            await tx.execute("bump_members_version", BUMP_MEMBERS_VERSION, conversation_id)
+        return True
 
     # -- the owner actor's view -------------------------------------------------------------
 
@@ -241,33 +275,41 @@ class ChatStore:
         row = await self.db.fetchrow("conversation_state", STATE, conversation_id)
         if row is None:
             return None
-        return ConversationState(row["kind"], row["last_seq"], frozenset(row["members"] or ()))
+        return ConversationState(
+            row["kind"], row["last_seq"], frozenset(row["members"] or ()), row["members_version"]
+        )
 
     async def direct_hidden(self, conversation_id: int) -> bool:
         """For a direct conversation: has one of the two blocked the other (or been suspended)?"""
         return bool(await self.db.fetchval("direct_hidden", DIRECT_HIDDEN, conversation_id))
 
-    async def commit(self, conversation_id: int, last_seq: int, batch: list[Outgoing]) -> Committed:
+    async def commit(
+        self, conversation_id: int, last_seq: int, batch: list[Outgoing], members_version: int = 0
+    ) -> Committed:
         """Store one conversation's batch (see :meth:`commit_many`); raises :class:`StaleOwner`."""
-        result = (await self.commit_many([(conversation_id, last_seq, batch)]))[conversation_id]
+        result = (await self.commit_many([(conversation_id, last_seq, members_version, batch)]))[
+            conversation_id
+        ]
         if isinstance(result, StaleOwner):
             raise result
         return result
 
     async def commit_many(
-        self, batches: list[tuple[int, int, list[Outgoing]]]
+        self, batches: list[tuple[int, int, int, list[Outgoing]]]
     ) -> dict[int, Committed | StaleOwner]:
         """Store several conversations' batches in one statement.
 
-        Each entry is ``(conversation_id, last_seq its owner believes, batch)`` with every
-        (sender, client_id) once and each conversation once. Per conversation the answer is the
-        new messages (seqs ``last_seq + 1 ...`` in batch order, resends left out) with the
-        earlier messages of resent client ids, or :class:`StaleOwner` when ``last_seq`` was not
-        the stored one. A conflict between two owners fails the whole statement: every
-        conversation in it then gets StaleOwner and its actor reloads and retries.
+        Each entry is ``(conversation_id, last_seq and members_version its owner believes,
+        batch)`` with every (sender, client_id) once and each conversation once; the owner has
+        checked every sender against the member set of that version. Per conversation the answer
+        is the new messages (seqs ``last_seq + 1 ...`` in batch order, resends left out) with the
+        earlier messages of resent client ids, or :class:`StaleOwner` when ``last_seq`` or
+        ``members_version`` was not the stored one. A conflict between two owners fails the whole
+        statement: every conversation in it then gets StaleOwner and its actor reloads and
+        retries.
         """
         convs, senders, client_ids, texts, ords = [], [], [], [], []
-        for conv, _, batch in batches:
+        for conv, _, _, batch in batches:
             for i, out in enumerate(batch):
                 convs.append(conv)
                 senders.append(out.sender_id)
@@ -283,13 +325,14 @@ class ChatStore:
                 client_ids,
                 texts,
                 ords,
-                [conv for conv, _, _ in batches],
-                [last for _, last, _ in batches],
+                [conv for conv, _, _, _ in batches],
+                [last for _, last, _, _ in batches],
+                [version for _, _, version, _ in batches],
             )
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
-            return {conv: StaleOwner(conv) for conv, _, _ in batches}
+            return {conv: StaleOwner(conv) for conv, _, _, _ in batches}
         results: dict[int, Committed | StaleOwner] = {}
-        grouped: dict[int, Committed] = {conv: Committed([], {}) for conv, _, _ in batches}
+        grouped: dict[int, Committed] = {conv: Committed([], {}) for conv, _, _, _ in batches}
         for row in rows:
             message = MessageRow.of(row, 1)
             found = grouped[message.conversation_id]
@@ -297,7 +340,7 @@ class ChatStore:
                 found.new.append(message)
             else:
                 found.earlier[(message.sender_id, message.client_id)] = message
-        for conv, _, batch in batches:
+        for conv, _, _, batch in batches:
             found = grouped[conv]
             if len(found.new) + len(found.earlier) < len(batch):
                 results[conv] = StaleOwner(conv)
