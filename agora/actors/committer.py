@@ -14,7 +14,8 @@ moved (StaleOwner): the conversation actor reloads and finds its messages stored
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, TypeVar
 
 import asyncpg
 
@@ -29,6 +30,27 @@ MAX_ROWS = 2000  # per statement
 RETRY_FIRST = 0.05  # seconds before the first retry of a failed statement, doubling
 RETRY_MAX = 1.0
 RETRY_FOR = 5.0  # give up (senders hear "retry") after this long
+
+
+T = TypeVar("T")
+
+
+async def through_blips(call: Callable[[], Awaitable[T]], clock: Clock) -> T:
+    """Run a database call, retrying a blip (anything but a refused statement) with backoff
+    for up to ``RETRY_FOR`` seconds; then the last error propagates."""
+    delay, waited = RETRY_FIRST, 0.0
+    while True:
+        try:
+            return await call()
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+            raise
+        except Exception:
+            if waited >= RETRY_FOR:
+                raise
+            log.warning("database call failed; retrying in %.2f s", delay, exc_info=True)
+            await clock.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, RETRY_MAX)
 
 
 class CommitRequest(NamedTuple):

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import msgspec
 
 from agora.actors.base import Actor, ActorStopped, MailboxFull, Reply
-from agora.actors.committer import CommitRequest, Committer
+from agora.actors.committer import CommitRequest, Committer, through_blips
 from agora.clock import Clock
 from agora.errors import AppError, ErrorCode, forbidden, not_found
 from agora.protocol.chat import MessageOut
@@ -226,7 +226,9 @@ class ConversationActor(Actor[ConversationOp]):
             if not accepted:
                 return
             sends = accepted
-            if self.state.kind == "direct" and await self.store.direct_hidden(self.id):
+            if self.state.kind == "direct" and await through_blips(
+                lambda: self.store.direct_hidden(self.id), self.clock
+            ):
                 for _, reply in sends:
                     if reply:
                         reply(forbidden("you cannot message this user"))
@@ -247,7 +249,7 @@ class ConversationActor(Actor[ConversationOp]):
                 # Another node committed under us (ownership moved), or the members changed:
                 # catch up, check the senders against the new member set, and go again.
                 log.info("conversation %d: last_seq or members moved; reloading", self.id)
-                self.state = await self.store.state(self.id)
+                self.state = await through_blips(lambda: self.store.state(self.id), self.clock)
         else:
             for _, reply in sends:
                 if reply:

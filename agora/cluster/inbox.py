@@ -124,16 +124,19 @@ class Inbox:
         self._numbers: dict[str, int] = {}  # target node -> entries written to it
         self._seen: dict[bytes, int] = {}  # sender life -> highest entry number read from it
         self.on_gap: Callable[[], None] | None = None  # entries were lost: resync everyone
+        self.max_pending = MAX_PENDING
         self.dropped = 0  # envelopes refused because the queue was full
         self.gaps = 0
         self._wake = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()  # readers of a previous life, cancelled
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Fix the read position first: whatever is posted to us after this is read."""
-        position = await stream_tail(self.redis, self.keys.inbox(self.node_id))
-        self._reader = asyncio.create_task(self._read(position), name="inbox-reader")
+        stream = self.keys.inbox(self.node_id)
+        position = await stream_tail(self.redis, stream)
+        self._reader = asyncio.create_task(self._read(stream, position), name="inbox-reader")
         self._flusher = asyncio.create_task(self._flush_loop(), name="inbox-flusher")
 
     async def stop(self) -> None:
@@ -152,7 +155,7 @@ class Inbox:
     def post(self, node_id: str, envelope: Envelope) -> bool:
         """Queue an envelope for ``node_id``; False when the queue is full (Redis is down), in
         which case lost message frames are owed to the node as a ``Resync``."""
-        if len(self._pending) >= MAX_PENDING:
+        if len(self._pending) >= self.max_pending:
             self.dropped += 1
             if isinstance(envelope, Deliver) and envelope.conversation_id:
                 self._owe(node_id, envelope.conversation_id, envelope.users)
@@ -202,7 +205,7 @@ class Inbox:
                 self._wake.set()
 
     async def _flush(self) -> None:
-        if (self._owed or self._owed_all) and len(self._pending) < MAX_PENDING // 2:
+        if (self._owed or self._owed_all) and len(self._pending) < self.max_pending // 2:
             self._settle_debts()
         while self._pending:
             batch, self._pending = self._pending[:5000], self._pending[5000:]
@@ -253,8 +256,7 @@ class Inbox:
                 self.on_gap()
         self._seen[sender] = max(last, number)
 
-    async def _read(self, position: bytes) -> None:
-        stream = self.keys.inbox(self.node_id)
+    async def _read(self, stream: str, position: bytes) -> None:
         while True:
             try:
                 entries = await read_stream(self.redis, stream, position, 1000)
@@ -279,8 +281,22 @@ class Inbox:
                         log.exception("inbox handler failed")
 
     async def drop(self, node_id: str) -> None:
-        """Delete a dead node's inbox."""
+        """Delete a dead node life's inbox."""
         await self.redis.delete(self.keys.inbox(node_id))
+
+    def switch(self, node_id: str) -> None:
+        """Read the stream of this node's new life (it was declared dead and came back), from
+        its start: the stream is new, so whatever anyone posted to the new life is read. The
+        old life's stream went with it (the janitor deletes it)."""
+        self.node_id = node_id
+        self._numbers.clear()  # entries from the new life are numbered from 1 again
+        old = self._reader
+        if old is not None:
+            old.cancel()  # stop() gathers only the current reader: keep the old one referenced
+            self._retired.add(old)
+            old.add_done_callback(self._retired.discard)
+        stream = self.keys.inbox(node_id)
+        self._reader = asyncio.create_task(self._read(stream, b"0-0"), name="inbox-reader")
 
 
 def group_by_node(placements: dict[int, set[str]]) -> dict[str, list[int]]:

@@ -36,14 +36,16 @@ ON CONFLICT DO NOTHING
 DELETE_MEMBER = "DELETE FROM chat.members WHERE conversation_id = $1 AND user_id = $2"
 # Member changes take the conversation's row lock first: concurrent adds are counted one after
 # another (the cap holds), and a commit racing the change waits for it and then sees the new
-# members_version (its fence fails and the owner reloads the member set).
-LOCK_MEMBERS = """
-SELECT c.members_version, (SELECT count(*) FROM chat.members m WHERE m.conversation_id = c.id)
-FROM chat.conversations c WHERE c.id = $1 FOR UPDATE
-"""
-NEW_MEMBERS = """
-SELECT count(*) FROM unnest($2::bigint[]) u
-WHERE NOT EXISTS (SELECT 1 FROM chat.members m WHERE m.conversation_id = $1 AND m.user_id = u)
+# members_version (its fence fails and the owner reloads the member set). The count is its own
+# statement: under READ COMMITTED it then sees what the lock's previous holder committed (a
+# sub-select in the locking statement would count from before the wait).
+LOCK_MEMBERS = "SELECT members_version FROM chat.conversations WHERE id = $1 FOR UPDATE"
+COUNT_MEMBERS = """
+SELECT count(*) AS members,
+       (SELECT count(*) FROM unnest($2::bigint[]) u
+        WHERE NOT EXISTS (SELECT 1 FROM chat.members n
+                          WHERE n.conversation_id = $1 AND n.user_id = u)) AS new
+FROM chat.members m WHERE m.conversation_id = $1
 """
 BUMP_MEMBERS_VERSION = """
 UPDATE chat.conversations SET members_version = members_version + 1 WHERE id = $1
@@ -251,8 +253,10 @@ class ChatStore:
         """Add members (those already in are skipped); raises :class:`TooManyMembers` when the
         conversation would pass ``limit``, counted under the conversation's row lock."""
         async with self.db.transaction("add_members") as tx:
-            _, count = await tx.fetchrow("lock_members", LOCK_MEMBERS, conversation_id)
-            new = await tx.fetchval("new_members", NEW_MEMBERS, conversation_id, user_ids)
+            await tx.execute("lock_members", LOCK_MEMBERS, conversation_id)
+            counts = await tx.fetchrow("count_members", COUNT_MEMBERS, conversation_id, user_ids)
+            assert counts is not None
+            count, new = counts["members"], counts["new"]
             if count + new > limit:
                 raise TooManyMembers(limit)
             if new:
@@ -261,7 +265,7 @@ class ChatStore:
 
     async def remove_member(self, conversation_id: int, user_id: int) -> bool:
         async with self.db.transaction("remove_member") as tx:
-            await tx.fetchrow("lock_members", LOCK_MEMBERS, conversation_id)
+            await tx.execute("lock_members", LOCK_MEMBERS, conversation_id)
             if await tx.execute("remove_member", DELETE_MEMBER, conversation_id, user_id) == (
                 "DELETE 0"
             ):
