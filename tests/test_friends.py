@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from agora.storage import social
 from tests.support.api import User, befriend, block, collect, expect_error, get_json, register
 
 
@@ -225,25 +226,31 @@ async def test_friend_list_pagination(client: TestClient) -> None:
     )
 
 
-async def test_friend_limit(client: TestClient, database_url: str) -> None:
-    popular, newcomer = await register(client), await register(client)
+async def add_friends(database_url: str, user: User, count: int) -> None:
+    """``count`` new friends for ``user``, made directly: the limit, not the way there, is
+    under test."""
     conn = await asyncpg.connect(database_url)
     try:
-        # 5,000 friends, made directly: the limit, not the way there, is under test.
         await conn.execute(
             """
             WITH made AS (
                 INSERT INTO accounts.users (username, email, password_hash)
                 SELECT 'l' || $2 || '_' || g, 'l' || $2 || '_' || g || '@x.test', 'x'
-                FROM generate_series(1, 5000) g RETURNING id)
+                FROM generate_series(1, $3::int) g RETURNING id)
             INSERT INTO social.friendships (user_id, friend_id)
             SELECT $1::bigint, id FROM made UNION ALL SELECT id, $1::bigint FROM made
         """,
-            int(popular.id),
-            popular.id[-9:],
+            int(user.id),
+            user.id[-9:],
+            count,
         )
     finally:
         await conn.close()
+
+
+async def test_friend_limit(client: TestClient, database_url: str) -> None:
+    popular, newcomer = await register(client), await register(client)
+    await add_friends(database_url, popular, 5000)
     err = await expect_error(
         await client.post(
             "/api/v1/friends/requests", headers=popular.headers, json={"user_id": newcomer.id}
@@ -264,3 +271,73 @@ async def test_friend_limit(client: TestClient, database_url: str) -> None:
     )
     page = await get_json(client, "/api/v1/friends?limit=100", popular)
     assert len(page["items"]) == 100 and page["next_cursor"]
+
+
+async def test_friend_cap_holds_under_concurrent_acceptances(
+    client: TestClient, database_url: str
+) -> None:
+    """One friend short of the cap, eight friendships race (four accepts of incoming requests,
+    four crossed requests): exactly one gets through, the others are refused with the cap.
+
+    To make them truly concurrent, the test holds the eight pairs' locks until all eight
+    transactions wait for them, then lets them all go at once."""
+    popular = await register(client)
+    await add_friends(database_url, popular, 4999)
+    partners = [await register(client) for _ in range(8)]
+    incoming = []
+    for partner in partners[:4]:
+        resp = await client.post(
+            "/api/v1/friends/requests", headers=partner.headers, json={"user_id": popular.id}
+        )
+        assert resp.status == 201, await resp.text()
+        incoming.append((await resp.json())["id"])
+    for partner in partners[4:]:
+        resp = await client.post(
+            "/api/v1/friends/requests", headers=popular.headers, json={"user_id": partner.id}
+        )
+        assert resp.status == 201, await resp.text()
+
+    gate = await asyncpg.connect(database_url)
+    try:
+        hold = social.LOCK_PAIR.replace("pg_advisory_xact_lock", "pg_advisory_lock")
+        for partner in partners:
+            await gate.execute(hold, int(popular.id), int(partner.id))
+        racing = asyncio.gather(
+            *(
+                client.post(f"/api/v1/friends/requests/{rid}/accept", headers=popular.headers)
+                for rid in incoming
+            ),
+            *(
+                client.post(
+                    "/api/v1/friends/requests", headers=p.headers, json={"user_id": popular.id}
+                )
+                for p in partners[4:]
+            ),
+        )
+        for _ in range(500):
+            waiting = await gate.fetchval(
+                """SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """
+            )
+            if waiting == 8:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 8
+        await gate.execute("SELECT pg_advisory_unlock_all()")
+        answers = await racing
+    finally:
+        await gate.close()
+    assert sorted(r.status for r in answers) == [200] + [409] * 7
+    for resp in answers:
+        if resp.status == 409:
+            err = await expect_error(resp, 409, "conflict")
+            assert err["message"] == "a user can have at most 5000 friends"
+    conn = await asyncpg.connect(database_url)
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM social.friendships WHERE user_id = $1", int(popular.id)
+        )
+    finally:
+        await conn.close()
+    assert count == 5000

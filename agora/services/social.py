@@ -1,6 +1,8 @@
 """Friends and blocks: who may befriend whom, and what a block takes away.
 
 Each mutation of a pair runs in one transaction under the pair's lock (see storage/social.py).
+The friend cap is checked in the transaction that adds the friendship, under both users' row
+locks, so concurrent acceptances with different partners cannot take anyone past it.
 After a friendship starts or ends, both users' cached feeds are dropped and rebuilt on demand.
 """
 
@@ -121,6 +123,8 @@ class SocialService:
         rel = await self.store.relationship(tx, a, b)
         if rel.i_blocked or rel.blocked_me or not rel.other_active:
             raise not_found("friend request")
+        # Other pairs' transactions may be adding friends to a or b right now: wait for them.
+        await self.store.lock_users(tx, a, b)
         for user in (a, b):
             if await self.store.count_friends(tx, user) >= MAX_FRIENDS:
                 raise _friend_limit_error()

@@ -1,7 +1,9 @@
 """The social graph: friend requests, friendships (stored both ways) and blocks.
 
 Every mutation of one pair of users runs in a transaction holding the pair's advisory lock, so
-crossed requests, accept-versus-block and the like are serialised per pair, never lost.
+crossed requests, accept-versus-block and the like are serialised per pair, never lost. Starting
+a friendship also locks both users' rows (in id order, so two such transactions never deadlock),
+so that the friend counts checked in that transaction cannot change before it commits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from agora.storage.visibility import users_hidden
 LOCK_PAIR = """
 SELECT pg_advisory_xact_lock(hashtextextended(
     'agora.pair:' || least($1::bigint, $2::bigint) || ':' || greatest($1::bigint, $2::bigint), 0))
+"""
+# NO KEY UPDATE: exclusive among befriending transactions, yet it does not hold up rows that
+# merely reference the user (their foreign-key checks take KEY SHARE).
+LOCK_USERS = """
+SELECT id FROM accounts.users WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
 """
 RELATIONSHIP = """
 SELECT
@@ -164,6 +171,10 @@ class SocialStore:
 
     async def lock_pair(self, tx: Tx, a: int, b: int) -> None:
         await tx.execute("lock_pair", LOCK_PAIR, a, b)
+
+    async def lock_users(self, tx: Tx, a: int, b: int) -> None:
+        """Hold both users' rows until the transaction ends (before counting their friends)."""
+        await tx.execute("lock_users", LOCK_USERS, [a, b])
 
     async def relationship(self, tx: Tx, me: int, other: int) -> Relationship:
         row = await tx.fetchrow("relationship", RELATIONSHIP, me, other)
