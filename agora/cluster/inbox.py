@@ -205,9 +205,11 @@ class Inbox:
                 self._wake.set()
 
     async def _flush(self) -> None:
-        if (self._owed or self._owed_all) and len(self._pending) < self.max_pending // 2:
-            self._settle_debts()
-        while self._pending:
+        while True:
+            if (self._owed or self._owed_all) and len(self._pending) <= self.max_pending // 2:
+                self._settle_debts()
+            if not self._pending:
+                return
             batch, self._pending = self._pending[:5000], self._pending[5000:]
             by_node: dict[str, list[Envelope]] = {}
             for node_id, envelope in batch:

@@ -1,0 +1,198 @@
+"""Issue 8, points 3 and 7: every way a delivery can be lost between nodes is either retried or
+turned into a ``resync`` frame; messages between nodes decode across versions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
+
+from agora.cluster.inbox import Command, Deliver, Resync, decode_entry
+from agora.config import ClusterConfig, Config
+from agora.server import keys
+from agora.storage.chat import ChatStore, Outgoing
+from tests.support.api import User, befriend, register
+from tests.support.proxy import proxy_redis
+from tests.support.services import ServiceSet
+from tests.support.ws import WsClient
+
+# Long node timeout: the short Redis cuts below must not make anyone look dead.
+STEADY = ClusterConfig(heartbeat=0.3, node_timeout=30, answer_timeout=3.0, presence_debounce=0.5)
+
+
+async def _cluster(make_client: Any, config: Config, alpha_redis: str | None = None) -> Any:
+    alpha_config = {"redis": replace(config.redis, url=alpha_redis)} if alpha_redis else {}
+    alpha = await make_client(node_id="alpha", cluster=STEADY, **alpha_config)
+    beta = await make_client(node_id="beta", cluster=STEADY)
+    for _ in range(100):
+        if all(len(n.server.app[keys.NODES].live) == 2 for n in (alpha, beta)):
+            break
+        await asyncio.sleep(0.05)
+    assert len(alpha.server.app[keys.NODES].live) == 2
+    return alpha, beta
+
+
+async def _group_owned_by(owner: TestClient, size: int = 2) -> tuple[list[User], int]:
+    """A group conversation whose owner is ``owner`` (rendezvous decides: try until it is)."""
+    router = owner.server.app[keys.ROUTER]
+    while True:
+        users = [await register(owner) for _ in range(size)]
+        for other in users[1:]:
+            await befriend(owner, users[0], other)
+        resp = await owner.post(
+            "/api/v1/conversations",
+            headers=users[0].headers,
+            json={"member_ids": [u.id for u in users[1:]], "title": "d"},
+        )
+        assert resp.status == 201
+        cid = int((await resp.json())["id"])
+        if router.owner_of(cid) == router.node_id:
+            return users, cid
+
+
+async def _send(node: TestClient, user: User, cid: int, client_id: str) -> dict[str, Any]:
+    resp = await node.post(
+        f"/api/v1/conversations/{cid}/messages",
+        headers=user.headers,
+        json={"text": f"text {client_id}", "client_id": client_id},
+    )
+    assert resp.status == 201, await resp.text()
+    return await resp.json()  # type: ignore[no-any-return]
+
+
+async def test_a_failed_placement_lookup_still_delivers_once_redis_is_back(
+    make_client: Any, config: Config, services: ServiceSet
+) -> None:
+    proxy, through = await proxy_redis(services.redis_url)
+    try:
+        alpha, beta = await _cluster(make_client, config, through)
+        (sender, reader), cid = await _group_owned_by(alpha)
+        ws = await WsClient.connect(beta, reader.access)
+        await _send(alpha, sender, cid, "before")
+        await ws.expect("message")
+        proxy.cut()  # alpha cannot look up where the reader is, nor post to beta's inbox
+        await _send(alpha, sender, cid, "during")  # stored and acked: PostgreSQL is the record
+        await asyncio.sleep(0.3)
+        proxy.restore()
+        frame = await ws.expect("message", timeout=10)
+        assert frame["message"]["client_id"] == "during"
+        await ws.close()
+    finally:
+        await proxy.close()
+
+
+async def test_deliveries_a_full_queue_drops_come_back_as_a_resync(
+    make_client: Any, config: Config, services: ServiceSet
+) -> None:
+    proxy, through = await proxy_redis(services.redis_url)
+    try:
+        alpha, beta = await _cluster(make_client, config, through)
+        (sender, reader), cid = await _group_owned_by(alpha)
+        ws = await WsClient.connect(beta, reader.access)
+        inbox = alpha.server.app[keys.ROUTER].inbox
+        inbox.max_pending = 1
+        proxy.cut()
+        for n in range(5):  # the first waits in the queue, the next ones find it full
+            await _send(alpha, sender, cid, f"m{n}")
+        assert inbox.dropped >= 1
+        proxy.restore()
+        resync = await ws.expect("resync", timeout=10)
+        assert resync["conversation_ids"] == [str(cid)]
+        # What the client then does: sync from its last seq, and nothing is missing.
+        await ws.send({"type": "sync", "conversation_id": str(cid), "after_seq": 0})
+        synced = await ws.expect("synced")
+        assert synced["last_seq"] == 5
+        seqs = {f["message"]["seq"] for f in ws.of("message")}
+        assert seqs == {1, 2, 3, 4, 5}
+        await ws.close()
+    finally:
+        await proxy.close()
+
+
+async def test_lost_inbox_entries_make_every_session_resync(
+    make_client: Any, config: Config, services: ServiceSet
+) -> None:
+    alpha, beta = await _cluster(make_client, config)
+    user = await register(beta)
+    ws = await WsClient.connect(beta, user.access)
+    stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
+    redis = aioredis.Redis.from_url(services.redis_url)
+    try:
+        entry = msgspec.msgpack.encode([Deliver([], [])])
+        for number in (b"1", b"2"):  # in order: nothing lost
+            await redis.xadd(stream, {b"v": b"2", b"f": b"ghost", b"n": number, b"e": entry})
+        await ws.quiet("resync", 0.3)
+        await redis.xadd(stream, {b"v": b"2", b"f": b"ghost", b"n": b"5", b"e": entry})
+        resync = await ws.expect("resync")
+        assert resync["conversation_ids"] is None  # whom the lost entries were for is unknown
+    finally:
+        await redis.aclose()
+        await ws.close()
+
+
+async def test_a_resend_found_stored_is_fanned_out(client: TestClient) -> None:
+    (sender, reader), cid = await _group_owned_by(client)
+    ws = await WsClient.connect(client, reader.access)
+    await _send(client, sender, cid, "first")
+    await ws.expect("message")
+    # An owner stored this message and died before fanning it out (or its commit's answer was
+    # lost): it is in PostgreSQL, and nobody was told.
+    store = ChatStore(client.server.app[keys.DB])
+    state = await store.state(cid)
+    assert state is not None
+    await store.commit(
+        cid, state.last_seq, [Outgoing(int(sender.id), "lost", "lost")], state.members_version
+    )
+    resp = await client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        headers=sender.headers,
+        json={"text": "lost", "client_id": "lost"},
+    )
+    assert resp.status == 200  # found, not stored twice
+    frame = await ws.expect("message")
+    assert frame["message"]["client_id"] == "lost" and frame["message"]["seq"] == 2
+    await ws.close()
+
+
+# -- point 7: versions ---------------------------------------------------------------------------
+
+
+def test_envelopes_of_the_previous_and_the_next_release_decode() -> None:
+    older = msgspec.msgpack.encode(
+        [
+            ["deliver", [1, 2], [b"{}"]],  # before conversation_id existed
+            ["command", 7, "alpha", 42, b"op"],  # before hops existed
+        ]
+    )
+    deliver, command = decode_entry(older)
+    assert deliver == Deliver([1, 2], [b"{}"], None)
+    assert command == Command(7, "alpha", 42, b"op", 0)
+    newer = msgspec.msgpack.encode(
+        [
+            ["deliver", [3], [b"{}"], 9, "a field of the next release"],
+            ["teleport", 1, 2, 3],  # a kind this release does not know: skipped alone
+            ["resync", [3], [9]],
+        ]
+    )
+    assert decode_entry(newer) == [Deliver([3], [b"{}"], 9), Resync([3], [9])]
+
+
+async def test_an_entry_in_the_previous_format_is_delivered(
+    make_client: Any, config: Config, services: ServiceSet
+) -> None:
+    alpha, beta = await _cluster(make_client, config)
+    user = await register(beta)
+    ws = await WsClient.connect(beta, user.access)
+    stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
+    redis = aioredis.Redis.from_url(services.redis_url)
+    try:  # the previous release wrote only the envelopes (no v, f, n) and Deliver had 2 fields
+        frame = b'{"type":"pong"}'
+        await redis.xadd(stream, {b"e": msgspec.msgpack.encode([["deliver", [int(user.id)], [frame]]])})
+        await ws.expect("pong")
+    finally:
+        await redis.aclose()
+        await ws.close()
