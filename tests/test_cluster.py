@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agora.cluster.inbox import Answer
-from agora.cluster.nodes import rendezvous
+from agora.cluster.nodes import name_of, rendezvous
 from agora.cluster.router import _answer_result, conversation_key
 from agora.config import ClusterConfig
 from agora.errors import AppError, ErrorCode
@@ -36,7 +36,8 @@ async def _two_nodes(make_client: Any) -> tuple[TestClient, TestClient]:
         if all(len(n.server.app[keys.NODES].live) == 2 for n in (n1, n2)):
             break
         await asyncio.sleep(0.1)
-    assert n1.server.app[keys.NODES].live == n2.server.app[keys.NODES].live == {"alpha", "beta"}
+    assert n1.server.app[keys.NODES].live == n2.server.app[keys.NODES].live
+    assert {name_of(life) for life in n1.server.app[keys.NODES].live} == {"alpha", "beta"}
     return n1, n2
 
 
@@ -111,8 +112,8 @@ async def test_members_on_both_nodes_and_senders_on_both(make_client, database_u
         await conn.close()
     assert seqs == list(range(1, total + 1))
     # Only the owner node ran an actor for the conversation.
-    owner_app = (n1 if owner == "alpha" else n2).server.app
-    other_app = (n2 if owner == "alpha" else n1).server.app
+    owner_app = (n1 if name_of(owner) == "alpha" else n2).server.app
+    other_app = (n2 if name_of(owner) == "alpha" else n1).server.app
     assert len(owner_app[keys.CONVERSATIONS]) == 1 and len(other_app[keys.CONVERSATIONS]) == 0
 
 

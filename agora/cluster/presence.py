@@ -1,11 +1,15 @@
 """Presence: which nodes hold each user's sessions, and online/offline transitions.
 
-``where:{user}`` maps node -> session count; readers ignore nodes that are not live, so a dead
-node's entries never route anything even before the janitor removes them. A user is online while
-any live node holds a session. Friends hear of transitions only: ``online:{user}`` records what
-was announced, so "online" is said once however many sessions open, and "offline" is said only
-when, ``debounce`` seconds after the last session closed, none has come back (a reconnect inside
-that window shows no blip).
+``where:{user}`` maps node life -> session count; readers ignore lives that are not live, so a
+dead node's entries never route anything even before the janitor removes them. A user is online
+while any node life registered in ``nodes`` holds a session: whether a life is dead is the
+janitor's judgement (made only by a node that could itself reach Redis all along), never the
+guess of a node that just came back from an outage. Friends hear of transitions only:
+``online:{user}`` records what was announced, so "online" is said once however many sessions
+open, and "offline" is said only when, ``debounce`` seconds after the last session closed, none
+has come back (a reconnect inside that window shows no blip). A node declared dead that comes
+back under a new life places its sessions again (:meth:`Presence.reborn`), so its users stay
+online, or are announced online again if the cut outlasted the timeout and the debounce.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 
+from agora.clock import Clock, Timer
 from agora.cluster.nodes import NodeRegistry
 from agora.storage.redis import Keys
 
@@ -34,12 +39,13 @@ if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then return 1 end
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 0
 """
-# KEYS: where, online; ARGV: live nodes -> 1 when the user just went offline
+# KEYS: where, online, nodes -> 1 when the user just went offline. A node life counts while it
+# is registered and has not left: only the janitor's burial (or its own leaving) ends it, so an
+# offline check made right after an outage does not take silent-but-alive nodes for dead.
 _WENT_OFFLINE = """
-local live = {}
-for i = 1, #ARGV do live[ARGV[i]] = true end
 for _, node in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if live[node] then return 0 end
+    local beat = redis.call('ZSCORE', KEYS[3], node)
+    if beat and tonumber(beat) > 0 then return 0 end
 end
 if redis.call('DEL', KEYS[2]) == 1 then return 1 end
 return 0
@@ -55,22 +61,30 @@ class Presence:
         announce: Announce,
         debounce: float = 5.0,
         ttl: int = 120,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.registry = registry
-        self.node_id = registry.node_id
+        self.clock = clock or registry.clock
         self.announce = announce
         self.debounce = debounce
         self.ttl = ttl
         self.local: dict[int, int] = {}  # user -> sessions on this node
         self.leaving = False  # set by leave(): offline checks are left to the janitor
+        self._stale: set[int] = set()  # gone from here, but Redis could not be told yet
         self._came_online = redis.register_script(_CAME_ONLINE)
         self._went_offline = redis.register_script(_WENT_OFFLINE)
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: set[Timer] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
         self._lookup: tuple[set[int], asyncio.Future[dict[int, set[str]]]] | None = None
+
+    @property
+    def node_id(self) -> str:
+        """This node's current life (it changes when the node is reborn)."""
+        return self.registry.node_id
 
     async def start(self) -> None:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="presence-refresh")
@@ -88,6 +102,7 @@ class Presence:
     async def connected(self, user_id: int) -> None:
         count = self.local.get(user_id, 0) + 1
         self.local[user_id] = count
+        self._stale.discard(user_id)
         if count > 1:
             return
         k = self.keys
@@ -97,6 +112,12 @@ class Presence:
         )
         if int(became):  # told in the background: the session's `ready` need not wait for it
             self._spawn(self.announce(user_id, "online"))
+
+    async def idle(self) -> None:
+        """Wait until the checks and announcements under way are done (tests; nothing that
+        starts meanwhile is waited for beyond them)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -112,13 +133,17 @@ class Presence:
         if self.leaving:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hdel(self.keys.where(user_id), self.node_id)
-                pipe.srem(self.keys.node_users(self.node_id), user_id)
-                await pipe.execute()
+            await self._unplace(user_id)
         except (OSError, aioredis.RedisError):
-            log.warning("could not clear presence of user %d", user_id)
+            log.warning("could not clear presence of user %d; will retry", user_id)
+            self._stale.add(user_id)
         self.check_later(user_id)
+
+    async def _unplace(self, user_id: int) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.keys.where(user_id), self.node_id)
+            pipe.srem(self.keys.node_users(self.node_id), user_id)
+            await pipe.execute()
 
     def leave(self) -> None:
         """The node is shutting down: sessions that close from now on leave their entries to
@@ -130,22 +155,26 @@ class Presence:
         self.leaving = True
 
     def check_later(self, user_id: int) -> None:
-        loop = asyncio.get_running_loop()
-
         def fire() -> None:
-            self._timers.discard(handle)
+            self._timers.discard(timer)
             self._spawn(self._check_offline(user_id))
 
-        handle = loop.call_later(self.debounce, fire)
-        self._timers.add(handle)
+        timer = self.clock.call_later(self.debounce, fire)
+        self._timers.add(timer)
 
     async def _check_offline(self, user_id: int) -> None:
         if user_id in self.local:
             return
-        went = await self._went_offline(
-            keys=[self.keys.where(user_id), self.keys.online(user_id)],
-            args=sorted(self.registry.live),
-        )
+        k = self.keys
+        try:
+            if user_id in self._stale:
+                await self._unplace(user_id)
+                self._stale.discard(user_id)
+            went = await self._went_offline(keys=[k.where(user_id), k.online(user_id), k.nodes])
+        except (OSError, aioredis.RedisError):
+            log.warning("offline check of user %d failed; trying again later", user_id)
+            self.check_later(user_id)
+            return
         if int(went):
             await self.announce(user_id, "offline")
 
@@ -201,7 +230,7 @@ class Presence:
         """The janitor's part: forget a dead node's sessions, then let the debounce decide."""
         key = self.keys.node_users(node_id)
         users = [int(u) for u in await self.redis.smembers(key)]
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:  # all or nothing: retried
             for uid in users:
                 pipe.hdel(self.keys.where(uid), node_id)
             pipe.delete(key)
@@ -209,19 +238,58 @@ class Presence:
         for uid in users:
             self.check_later(uid)
 
-    async def _refresh_loop(self) -> None:
-        """Keep this node's entries from expiring while its sessions are open."""
+    async def reborn(self) -> None:
+        """This node was declared dead and lives on under a new life: place every local session
+        under it (the janitor clears the old life's entries, not these). Retried in the
+        background until Redis takes it."""
+        try:
+            await self._place_all()
+        except (OSError, aioredis.RedisError):
+            log.warning("could not place sessions under the new life yet; retrying")
+            self._spawn(self._place_until_done())
+
+    async def _place_until_done(self) -> None:
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await self.clock.sleep(self.registry.heartbeat)
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for uid in list(self.local):
-                        pipe.hset(self.keys.where(uid), self.node_id, self.local.get(uid, 1))
-                        pipe.expire(self.keys.where(uid), self.ttl)
-                        pipe.expire(self.keys.online(uid), self.ttl)
-                    if self.local:
-                        pipe.sadd(self.keys.node_users(self.node_id), *self.local)
-                    await pipe.execute()
+                await self._place_all()
+                return
+            except (OSError, aioredis.RedisError):
+                log.warning("could not place sessions under the new life yet; retrying")
+
+    async def _place_all(self) -> None:
+        """Write this life's entries for every local session (counts, expiries, the set the
+        janitor reads) and announce "online" for those whose friends were told "offline"."""
+        users = dict(self.local)
+        stale = self._stale - users.keys()
+        if not users and not stale:
+            return
+        k, life = self.keys, self.node_id
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid, count in users.items():
+                pipe.hset(k.where(uid), life, count)
+                pipe.expire(k.where(uid), self.ttl)
+                pipe.set(k.online(uid), "1", nx=True, ex=self.ttl)
+                pipe.expire(k.online(uid), self.ttl)
+            if users:
+                pipe.sadd(k.node_users(life), *users)
+            for uid in stale:
+                pipe.hdel(k.where(uid), life)
+            if stale:
+                pipe.srem(k.node_users(life), *stale)
+            replies = await pipe.execute()
+        self._stale -= stale
+        for i, uid in enumerate(users):
+            if replies[4 * i + 2] and uid in self.local:  # "offline" was said: say "online"
+                self._spawn(self.announce(uid, "online"))
+
+    async def _refresh_loop(self) -> None:
+        """Keep this node's entries from expiring while its sessions are open (and put back
+        any that expired while Redis was out of reach)."""
+        while True:
+            await self.clock.sleep(self.ttl / 3)
+            try:
+                await self._place_all()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -156,7 +156,9 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
 
     nodes = NodeRegistry(redis, rkeys, config.node_id, clock, cc.heartbeat, cc.node_timeout)
     sessions = SessionRegistry()
-    presence = Presence(redis, rkeys, nodes, realtime.presence_changed, cc.presence_debounce)
+    presence = Presence(
+        redis, rkeys, nodes, realtime.presence_changed, cc.presence_debounce, clock=clock
+    )
     router_box: list[Router] = []
 
     def restarted(kind: str) -> None:
@@ -189,7 +191,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     invalidator.cluster = router
     router_box.append(router)
     realtime.router = router
-    inbox = Inbox(redis, rkeys, config.node_id, router.handle)
+    inbox = Inbox(redis, rkeys, nodes.node_id, router.handle)  # this life's stream
     router.inbox = inbox
     inbox.on_gap = lambda: router.resync_local(None, [])
 
@@ -199,6 +201,17 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     nodes.on_change(ownership_changed)
     nodes.on_dead(presence.clear_node)
     nodes.on_dead(inbox.drop)
+
+    async def reborn(old: str, new: str) -> None:
+        # Declared dead while out of touch with Redis: what was posted to the old life is gone
+        # with its inbox, so read the new one, place our sessions again, say we are here, and
+        # have every session sync what it may have missed.
+        inbox.switch(new)
+        await presence.reborn()
+        router.announce(joined=True)
+        router.resync_local(None, [])
+
+    nodes.on_reborn(reborn)
     await inbox.start()  # read position fixed before anyone can route to us
     await nodes.start()
     router.announce(joined=True)

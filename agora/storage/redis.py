@@ -45,21 +45,29 @@ class Keys:
 
     # -- the cluster ----------------------------------------------------------------------------
 
+    # A node id here is a node *life*, ``name~incarnation`` (see agora.cluster.nodes): what one
+    # run of a node wrote is never mistaken for what its next run writes.
+
     @property
     def nodes(self) -> str:
-        """Sorted set: node id -> last heartbeat (ms since the epoch)."""
+        """Sorted set: node life -> last heartbeat (ms since the epoch; 0 once it left)."""
         return f"{self.prefix}nodes"
 
+    @property
+    def graves(self) -> str:
+        """Sorted set: buried node life -> when (ms), until what it left is surely cleared."""
+        return f"{self.prefix}graves"
+
     def inbox(self, node_id: str) -> str:
-        """Stream a node reads: deliveries, forwarded commands and replies addressed to it."""
+        """Stream a node life reads: deliveries, forwarded commands and replies addressed to it."""
         return f"{self.prefix}inbox:{node_id}"
 
     def where(self, user_id: int) -> str:
-        """Hash: node id -> number of the user's sessions on that node."""
+        """Hash: node life -> number of the user's sessions on it."""
         return f"{self.prefix}where:{user_id}"
 
     def node_users(self, node_id: str) -> str:
-        """Set of users with sessions on a node, so a dead node's presence can be cleared."""
+        """Set of users with sessions on a node life, so a dead life's presence can be cleared."""
         return f"{self.prefix}nodeusers:{node_id}"
 
     def online(self, user_id: int) -> str:
