@@ -343,3 +343,29 @@ async def test_a_node_cut_off_past_the_debounce_too_looks_dead_then_comes_back(c
     assert online["status"] == "online"
     assert await _placements(direct, rkeys, friend) == {b.life}
     await _ends_with_one_offline(ww, friend, fw, a, b, seen=["online", "offline", "online"])
+
+
+async def test_a_node_that_beats_again_before_its_burial_is_not_buried(cluster) -> None:  # type: ignore[no-untyped-def]
+    make, direct, rkeys = cluster
+    a, b = await _two_nodes(make)
+    lives = {a.life, b.life}
+    came_back = asyncio.Event()
+
+    async def b_beats_just_now(old: frozenset[str], new: frozenset[str]) -> None:
+        # a has read b's old beat and dropped it from its live set; before its janitor buries
+        # b, b gets through again and beats.
+        if b.life in old and b.life not in new and not came_back.is_set():
+            b.proxy.restore()
+            await _advance(b, HEARTBEAT)
+            came_back.set()
+
+    a.registry.on_change(b_beats_just_now)
+    b.proxy.cut()
+    for _ in range(2 * int(TIMEOUT / HEARTBEAT)):
+        await step(a, b)
+        if came_back.is_set():
+            break
+    assert came_back.is_set()
+    assert await _members(direct, rkeys) == lives  # the burial saw the new beat and let b be
+    await step(a, b)
+    assert {a.life, b.life} == lives and a.registry.live == lives
