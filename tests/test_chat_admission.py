@@ -116,13 +116,17 @@ async def test_live_actors_are_capped_and_idle_ones_make_room(
     await tx.start()
     try:
         for _, _, cid in pairs[:2]:
-            await conn.execute("SELECT 1 FROM chat.members WHERE conversation_id = $1 FOR UPDATE", int(cid))
+            await conn.execute(
+                "SELECT 1 FROM chat.members WHERE conversation_id = $1 FOR UPDATE", int(cid)
+            )
         readers = [await WsClient.connect(client, b.access) for _, b, _ in pairs[:2]]
         for ws, (_, _, cid) in zip(readers, pairs[:2], strict=True):
             await ws.send({"type": "read", "conversation_id": cid, "seq": 1})
         await asyncio.sleep(0.2)
         third = pairs[2][2]
-        await sockets[2].send({"type": "send", "conversation_id": third, "client_id": "t", "text": "x"})
+        await sockets[2].send(
+            {"type": "send", "conversation_id": third, "client_id": "t", "text": "x"}
+        )
         error = await sockets[2].expect("error")
         assert error["code"] == "unavailable" and error["retry"] is True, error
         assert len(directory) == 2  # the node did not grow
@@ -150,10 +154,14 @@ async def test_a_flood_of_receipts_and_typing_takes_one_place_per_member(
     assert state is not None
 
     class Out:
-        async def deliver(self, users: list[int], frames: list[bytes], cid: int | None = None) -> None:
+        async def deliver(
+            self, users: list[int], frames: list[bytes], cid: int | None = None
+        ) -> None:
             pass
 
-    actor = ConversationActor(cid, store, committer, Out(), ManualClock(), None, mailbox_size=5, state=state)  # type: ignore[arg-type]
+    actor = ConversationActor(
+        cid, store, committer, Out(), ManualClock(), None, mailbox_size=5, state=state
+    )  # type: ignore[arg-type]
     actor.start()
     sent = await actor.ask(SendOp(int(users[0].id), "first", "one"))
     assert isinstance(sent, Sent) and sent.message.seq == 1
@@ -189,7 +197,7 @@ async def test_a_removed_member_cannot_send_or_receive_even_if_the_notice_is_los
     client: TestClient,
 ) -> None:
     users, cid = await _group(client, 3)
-    owner, stays, leaver = users
+    _owner, _stays, leaver = users
     sockets = [await WsClient.connect(client, u.access) for u in users]
     await sockets[0].send({"type": "send", "conversation_id": cid, "client_id": "a", "text": "1"})
     await sockets[0].expect("ack")
@@ -214,7 +222,7 @@ async def test_a_removed_member_cannot_send_or_receive_even_if_the_notice_is_los
 async def test_the_member_cap_holds_under_concurrent_adds(
     client: TestClient, database_url: str
 ) -> None:
-    users, cid_text = await _group(client, 2)
+    _users, cid_text = await _group(client, 2)
     cid = int(cid_text)
     conn = await asyncpg.connect(database_url)
     try:
@@ -262,7 +270,9 @@ async def test_member_changes_answer_success_when_the_owner_does_not_answer(
     assert inbox is not None and inbox._reader is not None
     inbox._reader.cancel()
     started = asyncio.get_running_loop().time()
-    resp = await n1.delete(f"/api/v1/conversations/{cid}/members/{users[2].id}", headers=users[0].headers)
+    resp = await n1.delete(
+        f"/api/v1/conversations/{cid}/members/{users[2].id}", headers=users[0].headers
+    )
     assert resp.status == 204, await resp.text()
     assert asyncio.get_running_loop().time() - started < fast.answer_timeout  # did not wait for it
 
@@ -305,7 +315,9 @@ async def test_an_idle_actor_stops_on_the_clock_and_a_fresh_one_takes_over(
     config: Config, aiohttp_client: Any
 ) -> None:
     clock = ManualClock(start=__import__("time").time())
-    app = create_app(config.with_overrides(cluster=ClusterConfig(conversation_idle=30)), clock=clock)
+    app = create_app(
+        config.with_overrides(cluster=ClusterConfig(conversation_idle=30)), clock=clock
+    )
     client = await aiohttp_client(app)
     a, _, cid = await friends_in_a_direct_conversation(client)
     directory = app[keys.CONVERSATIONS]
@@ -383,3 +395,81 @@ async def test_admission_answers_retry_when_postgresql_is_away(
     finally:
         proxy.restore()
         await proxy.close()
+
+
+async def test_commands_queued_on_a_node_that_shuts_down_go_to_the_new_owner(
+    make_client: Any, database_url: str
+) -> None:
+    steady = ClusterConfig(heartbeat=0.3, node_timeout=30, answer_timeout=10.0)
+    alpha = await make_client(node_id="alpha", cluster=steady)
+    beta = await make_client(node_id="beta", cluster=steady)
+    for _ in range(100):
+        if len(alpha.server.app[keys.NODES].live) == len(beta.server.app[keys.NODES].live) == 2:
+            break
+        await asyncio.sleep(0.05)
+    router = alpha.server.app[keys.ROUTER]
+    while True:
+        users, cid_text = await _group(alpha, 3)
+        cid = int(cid_text)
+        if router.owner_of(cid) == router.node_id:
+            break
+    await router.ask(cid, SendOp(int(users[0].id), "warm", "up"))
+    ws = await WsClient.connect(beta, users[2].access)
+    conn = await asyncpg.connect(database_url)
+    tx = conn.transaction()
+    await tx.start()
+    try:  # alpha's actor holds a stalled receipt; sends from beta queue behind it
+        await conn.execute("SELECT 1 FROM chat.members WHERE conversation_id = $1 FOR UPDATE", cid)
+        stalled = asyncio.ensure_future(router.ask(cid, ReadOp(int(users[1].id), 1)))
+        await asyncio.sleep(0.05)
+        for n in range(5):
+            await ws.send(
+                {"type": "send", "conversation_id": cid_text, "client_id": f"s{n}", "text": "x"}
+            )
+        await asyncio.sleep(0.3)
+        closing = asyncio.ensure_future(alpha.close())  # SIGTERM's path: the app shuts down
+        await asyncio.sleep(0.3)
+    finally:
+        await tx.rollback()
+        await conn.close()
+    await closing
+    await asyncio.gather(stalled, return_exceptions=True)
+    acks = [await ws.expect("ack", timeout=10) for _ in range(5)]
+    assert sorted(a["seq"] for a in acks) == [2, 3, 4, 5, 6]
+    assert not ws.of("error"), ws.of("error")
+    await ws.close()
+
+
+async def test_an_unanswered_command_times_out_on_the_injected_clock(
+    config: Config, aiohttp_client: Any
+) -> None:
+    clock = ManualClock(start=__import__("time").time())
+    cluster = ClusterConfig(heartbeat=1, node_timeout=600, answer_timeout=5.0)
+    alpha = await aiohttp_client(
+        create_app(config.with_overrides(node_id="alpha", cluster=cluster), clock=clock)
+    )
+    beta = await aiohttp_client(
+        create_app(config.with_overrides(node_id="beta", cluster=cluster), clock=clock)
+    )
+    for _ in range(100):
+        if len(alpha.server.app[keys.NODES].live) == 2:
+            break
+        clock.advance(1)
+        await asyncio.sleep(0.02)
+    router = alpha.server.app[keys.ROUTER]
+    while True:
+        users, cid = await _group(alpha, 2)
+        if router.owner_of(int(cid)) != router.node_id:
+            break
+    inbox = beta.server.app[keys.ROUTER].inbox
+    assert inbox is not None and inbox._reader is not None
+    inbox._reader.cancel()  # the owner hears nothing
+    asked = asyncio.ensure_future(router.ask(int(cid), SendOp(int(users[0].id), "c", "x")))
+    await asyncio.sleep(0.2)
+    assert not asked.done()  # real time passes; the clock does not
+    clock.advance(5)
+    with pytest.raises(AppError) as info:
+        await asyncio.wait_for(asked, 1)
+    assert info.value.code.value == "unavailable"
+    for node in (alpha, beta):
+        await node.close()

@@ -116,7 +116,7 @@ async def test_deliveries_a_full_queue_drops_come_back_as_a_resync(
 async def test_lost_inbox_entries_make_every_session_resync(
     make_client: Any, config: Config, services: ServiceSet
 ) -> None:
-    alpha, beta = await _cluster(make_client, config)
+    _alpha, beta = await _cluster(make_client, config)
     user = await register(beta)
     ws = await WsClient.connect(beta, user.access)
     stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
@@ -184,14 +184,16 @@ def test_envelopes_of_the_previous_and_the_next_release_decode() -> None:
 async def test_an_entry_in_the_previous_format_is_delivered(
     make_client: Any, config: Config, services: ServiceSet
 ) -> None:
-    alpha, beta = await _cluster(make_client, config)
+    _alpha, beta = await _cluster(make_client, config)
     user = await register(beta)
     ws = await WsClient.connect(beta, user.access)
     stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
     redis = aioredis.Redis.from_url(services.redis_url)
     try:  # the previous release wrote only the envelopes (no v, f, n) and Deliver had 2 fields
         frame = b'{"type":"pong"}'
-        await redis.xadd(stream, {b"e": msgspec.msgpack.encode([["deliver", [int(user.id)], [frame]]])})
+        await redis.xadd(
+            stream, {b"e": msgspec.msgpack.encode([["deliver", [int(user.id)], [frame]]])}
+        )
         await ws.expect("pong")
     finally:
         await redis.aclose()

@@ -239,9 +239,7 @@ class ConversationActor(Actor[ConversationOp]):
                 if (op.sender_id, op.client_id) not in once:
                     once.add((op.sender_id, op.client_id))
                     batch.append(Outgoing(op.sender_id, op.client_id, op.text))
-            request = CommitRequest(
-                self.id, self.state.last_seq, self.state.members_version, batch
-            )
+            request = CommitRequest(self.id, self.state.last_seq, self.state.members_version, batch)
             try:
                 committed = await self.committer.ask(request)
                 break

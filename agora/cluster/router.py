@@ -72,6 +72,27 @@ def _answer_result(answer: Answer) -> Any:
         return AppError(ErrorCode.INTERNAL_ERROR, "the conversation's node answered oddly")
 
 
+class RemoteReply:
+    """The reply to a command another node sent: an ``Answer`` into the asker's inbox."""
+
+    __slots__ = ("command", "inbox")
+
+    def __init__(self, inbox: Inbox, command: Command) -> None:
+        self.inbox = inbox
+        self.command = command
+
+    def __call__(self, result: Any) -> None:
+        rid, to = self.command.rid, self.command.reply_to
+        if isinstance(result, AppError):
+            answer = Answer(rid, False, code=result.code.value, message=result.message)
+        elif isinstance(result, BaseException):
+            answer = Answer(rid, False, code="internal_error", message="internal error")
+        else:
+            body = _encoder.encode(result) if isinstance(result, Sent) else b""
+            answer = Answer(rid, True, body=body)
+        self.inbox.post(to, answer)
+
+
 class Router:
     def __init__(
         self,
@@ -143,9 +164,7 @@ class Router:
     def resync_local(self, users: list[int] | None, conversation_ids: list[int]) -> None:
         """Tell local sessions (of ``users``, or all) that frames of these conversations (or of
         any, when empty) may not have reached them: they ``sync`` from their last seq."""
-        frame = encode(
-            ResyncFrame(conversation_ids=[str(c) for c in conversation_ids] or None)
-        )
+        frame = encode(ResyncFrame(conversation_ids=[str(c) for c in conversation_ids] or None))
         if users is None:
             for session in self.sessions.all():
                 session.push(frame)
@@ -165,8 +184,20 @@ class Router:
         self, conversation_id: int, op: ConversationOp, reply: Reply | None, hops: int = 0
     ) -> None:
         owner = self.owner_of(conversation_id)
+        if isinstance(reply, RemoteReply):
+            hops = max(hops, reply.command.hops)
         if owner == self.node_id or self.inbox is None or hops > 1:
             self.conversations.submit(conversation_id, op, reply)
+            return
+        if isinstance(reply, RemoteReply):
+            # Another node's command: pass it on as it is, so the answer goes straight back to
+            # the asker (not through this node, which may be shutting down).
+            command = reply.command
+            passed = Command(
+                command.rid, command.reply_to, conversation_id, op_encoder.encode(op), hops + 1
+            )
+            if not self.inbox.post(owner, passed):
+                reply(AppError(ErrorCode.UNAVAILABLE, "the conversation's node is busy; retry"))
             return
         rid = next(self._rids)
         timer = self.clock.call_later(self.answer_timeout, self._expire, rid)
@@ -216,24 +247,8 @@ class Router:
             reply(_answer_result(envelope))
 
     def _run_remote(self, command: Command) -> None:
-        inbox = self.inbox
-        assert inbox is not None
-
-        def answer(result: Any) -> None:
-            if isinstance(result, AppError):
-                inbox.post(
-                    command.reply_to,
-                    Answer(command.rid, False, code=result.code.value, message=result.message),
-                )
-            elif isinstance(result, BaseException):
-                inbox.post(
-                    command.reply_to,
-                    Answer(command.rid, False, code="internal_error", message="internal error"),
-                )
-            else:
-                body = _encoder.encode(result) if isinstance(result, Sent) else b""
-                inbox.post(command.reply_to, Answer(command.rid, True, body=body))
-
+        assert self.inbox is not None
+        answer = RemoteReply(self.inbox, command)
         try:
             op = op_decoder.decode(command.op)
         except msgspec.DecodeError:
