@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agora.storage import accounts, content, social
+from agora.storage import accounts, chat, content, social
 
 NOW = datetime.now(UTC)
-OUR_SCHEMAS = {"accounts", "social", "content"}
+OUR_SCHEMAS = {"accounts", "social", "content", "chat"}
 
 QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "user by login": (accounts.SELECT_USER_BY_LOGIN, ("someone",)),
@@ -37,6 +37,19 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "top feed": (content.TOP_FEED, (1, NOW, 2**53, 0, float("inf"), 2**53, 200, 21, NOW)),
     "comments": (content.LIST_COMMENTS, (1, 2, 0, 20)),
     "comment access": (content.COMMENT_ACCESS, (1, 2)),
+    "conversation for member": (chat.CONVERSATION_FOR_MEMBER, (1, 2)),
+    "conversations": (chat.LIST_CONVERSATIONS, (1, NOW, 2**53, 20)),
+    "conversation members": (chat.MEMBERS_OF, ([1, 2],)),
+    "conversation state": (chat.STATE, (1,)),
+    "direct hidden": (chat.DIRECT_HIDDEN, (1,)),
+    "commit messages": (chat.COMMIT, ([1], [2], ["c"], ["t"], [0], [1], [0], [0])),
+    "mark read": (chat.MARK_READ, (1, 2, 3)),
+    "messages after": (chat.MESSAGES_AFTER, (1, 0, 50)),
+    "messages before": (chat.MESSAGES_BEFORE, (1, 2**53, 50)),
+    "lock members": (chat.LOCK_MEMBERS, (1,)),
+    "count members": (chat.COUNT_MEMBERS, (1, [2, 3])),
+    "remove member": (chat.DELETE_MEMBER, (1, 2)),
+    "direct by key": (chat.DIRECT_BY_KEY, ("1:2",)),
 }
 
 
