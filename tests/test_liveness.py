@@ -90,10 +90,13 @@ async def _advance(node: Node, seconds: float) -> None:
     await node.presence.idle()
 
 
+Cluster = tuple[Callable[[str], Awaitable[Node]], aioredis.Redis, Keys]
+
+
 @pytest.fixture
 async def cluster(
     make_client: Callable[..., Awaitable[Client]], config: Config, redis_prefix: str
-) -> AsyncIterator[tuple[Callable[[str], Awaitable[Node]], aioredis.Redis, Keys]]:
+) -> AsyncIterator[Cluster]:
     """A factory of nodes sharing a fresh key prefix, each behind its own Redis proxy, and a
     direct client to look at what they wrote."""
     assert config.redis.url is not None
@@ -172,7 +175,7 @@ async def _members(direct: aioredis.Redis, rkeys: Keys) -> set[str]:
     return {cast(bytes, m).decode() for m in found}
 
 
-async def test_redis_out_of_reach_for_everyone_buries_nobody(cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_redis_out_of_reach_for_everyone_buries_nobody(cluster: Cluster) -> None:
     make, direct, rkeys = cluster
     a, b = await _two_nodes(make)
     _, friend, ww, fw = await _watcher_and_friend(a, b)
@@ -194,7 +197,7 @@ async def test_redis_out_of_reach_for_everyone_buries_nobody(cluster) -> None:  
     await _ends_with_one_offline(ww, friend, fw, a, b)
 
 
-async def test_an_event_loop_stall_longer_than_the_timeout_buries_nobody(cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_an_event_loop_stall_longer_than_the_timeout_buries_nobody(cluster: Cluster) -> None:
     make, direct, rkeys = cluster
     a, b = await _two_nodes(make)
     lives = {a.life, b.life}
@@ -209,7 +212,7 @@ async def test_an_event_loop_stall_longer_than_the_timeout_buries_nobody(cluster
     assert a.registry.judging and a.registry.live == b.registry.live == lives
 
 
-async def test_a_node_cut_off_longer_than_the_timeout_is_reborn(cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_a_node_cut_off_longer_than_the_timeout_is_reborn(cluster: Cluster) -> None:
     make, direct, rkeys = cluster
     a, b = await _two_nodes(make)
     watcher, friend, ww, fw = await _watcher_and_friend(a, b)
@@ -319,7 +322,9 @@ async def test_a_restart_under_the_same_name_clears_the_previous_life(
         there.kill()
 
 
-async def test_a_node_cut_off_past_the_debounce_too_looks_dead_then_comes_back(cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_a_node_cut_off_past_the_debounce_too_looks_dead_then_comes_back(
+    cluster: Cluster,
+) -> None:
     # Cut off longer than the timeout and the debounce, a node cannot be told from a dead one:
     # its users are announced offline. Once it is back, they are announced online again.
     make, direct, rkeys = cluster
@@ -345,7 +350,7 @@ async def test_a_node_cut_off_past_the_debounce_too_looks_dead_then_comes_back(c
     await _ends_with_one_offline(ww, friend, fw, a, b, seen=["online", "offline", "online"])
 
 
-async def test_a_node_that_beats_again_before_its_burial_is_not_buried(cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_a_node_that_beats_again_before_its_burial_is_not_buried(cluster: Cluster) -> None:
     make, direct, rkeys = cluster
     a, b = await _two_nodes(make)
     lives = {a.life, b.life}
@@ -369,3 +374,24 @@ async def test_a_node_that_beats_again_before_its_burial_is_not_buried(cluster) 
     assert await _members(direct, rkeys) == lives  # the burial saw the new beat and let b be
     await step(a, b)
     assert {a.life, b.life} == lives and a.registry.live == lives
+
+
+async def test_a_session_opened_while_redis_is_out_of_reach_is_placed_once_it_is_back(
+    cluster: Cluster,
+) -> None:
+    make, direct, rkeys = cluster
+    a, b = await _two_nodes(make)
+    watcher, friend = await register(a.client), await register(a.client)
+    await befriend(a.client, watcher, friend)
+    ww = await WsClient.connect(a.client, watcher.access)
+
+    b.proxy.cut()
+    fw = await WsClient.connect(b.client, friend.access)  # b cannot write where it is
+    await step(a, b)
+    assert await _placements(direct, rkeys, friend) == set()
+    b.proxy.restore()
+    await step(a, b)  # well before the periodic refresh: placed, and announced online
+    assert await _placements(direct, rkeys, friend) == {b.life}
+    online = await ww.expect("presence", where=lambda f: f["user_id"] == friend.id)
+    assert online["status"] == "online"
+    await _ends_with_one_offline(ww, friend, fw, a, b)

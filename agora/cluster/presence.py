@@ -79,6 +79,7 @@ class Presence:
         self._timers: set[Timer] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        self._placer: asyncio.Task[None] | None = None  # places every session once Redis is back
         self._lookup: tuple[set[int], asyncio.Future[dict[int, set[str]]]] | None = None
 
     @property
@@ -92,12 +93,10 @@ class Presence:
     async def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        for task in [self._refresher, *self._tasks]:
-            if task:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in [self._refresher, *self._tasks] if t), return_exceptions=True
-        )
+        tasks = [t for t in [self._refresher, self._placer, *self._tasks] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def connected(self, user_id: int) -> None:
         count = self.local.get(user_id, 0) + 1
@@ -106,16 +105,19 @@ class Presence:
         if count > 1:
             return
         k = self.keys
-        became = await self._came_online(
-            keys=[k.where(user_id), k.node_users(self.node_id), k.online(user_id)],
-            args=[self.node_id, user_id, self.ttl],
-        )
+        try:
+            became = await self._came_online(
+                keys=[k.where(user_id), k.node_users(self.node_id), k.online(user_id)],
+                args=[self.node_id, user_id, self.ttl],
+            )
+        except (OSError, aioredis.RedisError):
+            self._place_soon()  # the session is here: say so as soon as Redis listens
+            raise
         if int(became):  # told in the background: the session's `ready` need not wait for it
             self._spawn(self.announce(user_id, "online"))
 
     async def idle(self) -> None:
-        """Wait until the checks and announcements under way are done (tests; nothing that
-        starts meanwhile is waited for beyond them)."""
+        """Wait until no offline check, announcement or lookup is under way (for tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -245,17 +247,22 @@ class Presence:
         try:
             await self._place_all()
         except (OSError, aioredis.RedisError):
-            log.warning("could not place sessions under the new life yet; retrying")
-            self._spawn(self._place_until_done())
+            self._place_soon()
+
+    def _place_soon(self) -> None:
+        """Place every local session once Redis takes it (tried every heartbeat)."""
+        if self._placer is None or self._placer.done():
+            self._placer = asyncio.create_task(self._place_until_done(), name="presence-place")
 
     async def _place_until_done(self) -> None:
+        log.warning("could not place this node's sessions in Redis; retrying every heartbeat")
         while True:
             await self.clock.sleep(self.registry.heartbeat)
             try:
                 await self._place_all()
                 return
             except (OSError, aioredis.RedisError):
-                log.warning("could not place sessions under the new life yet; retrying")
+                pass
 
     async def _place_all(self) -> None:
         """Write this life's entries for every local session (counts, expiries, the set the
