@@ -29,6 +29,7 @@ import aiohttp
 import msgspec
 
 from bench.procs import BenchError, log, own_cpu_seconds
+from bench.rawws import RawWebSocket, connect_all
 from bench.stats import Recorder, per_second
 from bench.wsclient import (
     Frame,
@@ -36,7 +37,6 @@ from bench.wsclient import (
     MessageRef,
     SendFrame,
     client_session,
-    connect_all,
     decode_frame,
     encode,
 )
@@ -113,9 +113,7 @@ class ChatResult:
 
 
 class _Driver:
-    def __init__(
-        self, rooms: list[tuple[str, list[aiohttp.ClientWebSocketResponse]]], result: ChatResult
-    ) -> None:
+    def __init__(self, rooms: list[tuple[str, list[RawWebSocket]]], result: ChatResult) -> None:
         self.rooms = rooms
         self.result = result
         self.expected = result.members - 1  # deliveries owed per send
@@ -157,22 +155,27 @@ class _Driver:
                 log(f"error frame: {frame.code}: {frame.message}")
             self.result.error_frames += 1
 
-    async def read(self, receiver: int, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
+    def attach(self, receiver: int, ws: RawWebSocket) -> None:
+        """Frames are handled as they are parsed, inside the socket's ``data_received``."""
+
+        def on_text(data: bytes) -> None:
             try:
-                frame = decode_frame(msg.data)
+                frame = decode_frame(data)
             except msgspec.DecodeError as exc:  # counted with the error frames
                 if self.result.error_frames < 5:
-                    log(f"undecodable frame ({exc}): {msg.data[:200]!r}")
+                    log(f"undecodable frame ({exc}): {data[:200]!r}")
                 self.result.error_frames += 1
-                continue
+                return
             self.on_frame(receiver, frame, perf_counter())
-        if self.sending:
-            if self.result.closes < 5:
-                log(f"WebSocket closed by the server: code {ws.close_code}")
-            self.result.closes += 1
+
+        def on_close() -> None:
+            if self.sending:
+                if self.result.closes < 5:
+                    log(f"WebSocket closed by the server: code {ws.close_code}")
+                self.result.closes += 1
+
+        ws.on_close = on_close
+        ws.set_on_text(on_text)
 
     async def send_all(self, rate: float, warmup: float, duration: float, senders: int) -> None:
         rng = random.Random()
@@ -195,16 +198,13 @@ class _Driver:
                 if measured:
                     self.result.sends += 1
                     self.result.send_lag.record(perf_counter() - due)
-                if not ws.closed:
-                    await ws.send_frame(
-                        encode(SendFrame(conversation_id, client_id, TEXT)), aiohttp.WSMsgType.TEXT
-                    )
+                ws.send_text(encode(SendFrame(conversation_id, client_id, TEXT)))
                 i += 1
             await asyncio.sleep(max(0.0, start + i / rate - perf_counter()))
 
 
 async def drive_chat(
-    rooms: list[tuple[str, list[aiohttp.ClientWebSocketResponse]]],
+    rooms: list[tuple[str, list[RawWebSocket]]],
     *,
     rate: float,
     duration: float,
@@ -231,11 +231,9 @@ async def drive_chat(
         warmup_s=warmup,
     )
     driver = _Driver(rooms, result)
-    readers = [
-        asyncio.create_task(driver.read(driver.index[id(ws)], ws))
-        for _, sockets in rooms
-        for ws in sockets
-    ]
+    for _, sockets in rooms:
+        for ws in sockets:
+            driver.attach(driver.index[id(ws)], ws)
     try:
         cpu_task = asyncio.create_task(_cpu_over(warmup, duration))
         await driver.send_all(rate, warmup, duration, senders)
@@ -247,9 +245,6 @@ async def drive_chat(
         result.missing_deliveries = driver.owed_deliveries
     finally:
         driver.sending = False
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
     return result
 
 
@@ -300,7 +295,7 @@ async def run_chat(
     async with client_session() as http:
         ids = await create_conversations(http, rooms)
         log(f"{len(ids)} conversations created; opening {sum(map(len, rooms))} WebSockets")
-        sockets = await connect_all(http, [m for room in rooms for m in room])
+        sockets = await connect_all([m for room in rooms for m in room])
         try:
             grouped, at = [], 0
             for conversation_id, room in zip(ids, rooms, strict=False):
