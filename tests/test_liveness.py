@@ -395,3 +395,25 @@ async def test_a_session_opened_while_redis_is_out_of_reach_is_placed_once_it_is
     online = await ww.expect("presence", where=lambda f: f["user_id"] == friend.id)
     assert online["status"] == "online"
     await _ends_with_one_offline(ww, friend, fw, a, b)
+
+
+async def test_a_session_closed_while_redis_is_out_of_reach_goes_offline_once_it_is_back(
+    cluster: Cluster,
+) -> None:
+    make, direct, rkeys = cluster
+    a, b = await _two_nodes(make)
+    _, friend, ww, fw = await _watcher_and_friend(a, b)
+
+    b.proxy.cut()
+    await fw.close()  # b cannot take its placement back, nor check who is offline
+    await _until(lambda: int(friend.id) not in b.presence.local, "the session's end")
+    await step(a, b, beats=2)  # shorter than the timeout: b is not buried
+    assert await _placements(direct, rkeys, friend) == {b.life}
+    b.proxy.restore()
+    for _ in range(3 * int(DEBOUNCE / HEARTBEAT)):
+        await step(a, b)
+        if [f for f in ww.of("presence") if f["status"] == "offline"]:
+            break
+    offline = await ww.expect("presence", where=lambda f: f["status"] == "offline")
+    assert offline["user_id"] == friend.id
+    assert await _placements(direct, rkeys, friend) == set()
