@@ -60,6 +60,11 @@ class AuthConfig:
     refresh_ttl: int = 30 * 24 * 3600
     password_time_cost: int = 3
     password_memory_kib: int = 64 * 1024
+    session_recheck: float = 60.0  # seconds between re-checks of open sessions' logins
+    purge_interval: float = 3600.0  # seconds between purges of old logins and refresh tokens
+    # Revoked and expired logins and used refresh tokens are purged after this long; revoked
+    # ones must outlive their access tokens (nodes reload them at start-up).
+    login_retention: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,23 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     if secret is not None and len(secret.encode()) < MIN_SECRET_LENGTH:
         raise ConfigError("AGORA_JWT_SECRET", f"must be at least {MIN_SECRET_LENGTH} bytes long")
 
+    auth = AuthConfig(
+        jwt_secret=secret,
+        **_set_fields(
+            env,
+            {
+                "session_recheck": ("AGORA_SESSION_RECHECK", SECONDS),
+                "purge_interval": ("AGORA_PURGE_INTERVAL", SECONDS),
+                "login_retention": ("AGORA_LOGIN_RETENTION", SECONDS),
+            },
+        ),
+    )
+    if auth.login_retention < auth.access_ttl + 300:
+        raise ConfigError(
+            "AGORA_LOGIN_RETENTION",
+            f"must be at least {auth.access_ttl + 300}s (an access token's life plus 5 minutes)",
+        )
+
     prefix = _get(env, "AGORA_REDIS_PREFIX") or "agora:"
     if not _PREFIX.match(prefix):
         raise ConfigError("AGORA_REDIS_PREFIX", "must be 1-64 letters, digits or '_.:-'")
@@ -277,7 +299,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         redis=RedisConfig(
             url=_url(env, "AGORA_REDIS_URL", ("redis", "rediss", "unix")), prefix=prefix
         ),
-        auth=AuthConfig(jwt_secret=secret),
+        auth=auth,
         ws=ws,
         cluster=cluster,
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),

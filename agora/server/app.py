@@ -34,6 +34,7 @@ from agora.services.accounts import AccountService
 from agora.services.chat import ChatService
 from agora.services.feed import FeedService
 from agora.services.feed_pages import FeedPages
+from agora.services.housekeeping import housekeeping_jobs
 from agora.services.invalidation import Invalidator
 from agora.services.passwords import Passwords
 from agora.services.posts import PostService
@@ -241,6 +242,23 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     await inbox.stop()
 
 
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """Periodic jobs (services/housekeeping.py); after _realtime, whose sessions they check."""
+    accounts = app[keys.ACCOUNTS]
+    jobs = housekeeping_jobs(
+        app[keys.CONFIG].auth,
+        app[keys.CLOCK],
+        accounts.store,
+        accounts.revocations,
+        app[keys.SESSIONS],
+    )
+    for job in jobs:
+        job.start()
+    yield
+    for job in jobs:
+        await job.stop()
+
+
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """Build a node. ``config`` must be resolved: database and Redis URLs and JWT secret set."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[envelope_middleware])
@@ -248,7 +266,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[keys.CLOCK] = clock or Clock()
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
-    app.cleanup_ctx.extend([_database, _redis, _amqp, _services, _realtime])
+    app.cleanup_ctx.extend([_database, _redis, _amqp, _services, _realtime, _housekeeping])
 
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)

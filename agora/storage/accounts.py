@@ -46,7 +46,8 @@ RETURNING {USER_COLUMNS}
 """
 
 INSERT_SESSION = """
-INSERT INTO accounts.login_sessions (user_id, user_agent) VALUES ($1, $2) RETURNING id
+INSERT INTO accounts.login_sessions (user_id, user_agent, expires_at) VALUES ($1, $2, $3)
+RETURNING id
 """
 INSERT_REFRESH = """
 INSERT INTO accounts.refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)
@@ -63,7 +64,10 @@ WHERE t.token_hash = $1
 FOR UPDATE OF t, s
 """
 MARK_REFRESH_USED = "UPDATE accounts.refresh_tokens SET used_at = now() WHERE token_hash = $1"
-TOUCH_SESSION = "UPDATE accounts.login_sessions SET last_used_at = now() WHERE id = $1"
+# A login expires with its newest refresh token: each rotation moves both.
+TOUCH_SESSION = """
+UPDATE accounts.login_sessions SET last_used_at = now(), expires_at = $2 WHERE id = $1
+"""
 REVOKE_SESSION = """
 UPDATE accounts.login_sessions SET revoked_at = now(), revoked_reason = $2
 WHERE id = $1 AND revoked_at IS NULL
@@ -82,6 +86,44 @@ WHERE id = $2 AND status = 'active'
 RECENTLY_REVOKED = """
 SELECT id FROM accounts.login_sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1
 """
+# Of these logins, the ones no longer valid: revoked, expired, the user suspended, or gone.
+INVALID_LOGINS = """
+SELECT x.id FROM unnest($1::bigint[]) AS x(id)
+LEFT JOIN accounts.login_sessions s ON s.id = x.id
+LEFT JOIN accounts.users u ON u.id = s.user_id
+WHERE s.id IS NULL OR s.revoked_at IS NOT NULL OR s.expires_at <= now() OR u.status <> 'active'
+"""
+
+# Housekeeping. One node purges at a time (the lock is taken by every batch's transaction);
+# each statement deletes at most $2 rows and skips rows a refresh is holding, so a big backlog
+# is worked off in short transactions. $1 is the retention in seconds.
+TRY_PURGE_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended('agora.purge_logins', 0))"
+PURGE_REFRESH_TOKENS = """
+DELETE FROM accounts.refresh_tokens WHERE token_hash = ANY(ARRAY(
+    SELECT token_hash FROM accounts.refresh_tokens
+    WHERE expires_at < now() OR used_at < now() - make_interval(secs => $1)
+    LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
+# Revoked logins are kept for the retention, which is longer than an access token lives: a node
+# starting up reads the recent ones (RECENTLY_REVOKED) to refuse their access tokens.
+PURGE_REVOKED_LOGINS = """
+DELETE FROM accounts.login_sessions WHERE id = ANY(ARRAY(
+    SELECT id FROM accounts.login_sessions
+    WHERE revoked_at IS NOT NULL AND revoked_at < now() - make_interval(secs => $1)
+    LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
+PURGE_EXPIRED_LOGINS = """
+DELETE FROM accounts.login_sessions WHERE id = ANY(ARRAY(
+    SELECT id FROM accounts.login_sessions
+    WHERE revoked_at IS NULL AND expires_at < now() - make_interval(secs => $1)
+    LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
+# In this order: a login's tokens mostly go before the login (its delete cascades to the rest).
+PURGES = {
+    "purge_refresh_tokens": PURGE_REFRESH_TOKENS,
+    "purge_revoked_logins": PURGE_REVOKED_LOGINS,
+    "purge_expired_logins": PURGE_EXPIRED_LOGINS,
+}
 
 
 def public_user_columns(alias: str = "u", prefix: str = "u_") -> str:
@@ -220,7 +262,7 @@ class AccountStore:
     ) -> int:
         async with self.db.transaction("open_login_session") as tx:
             session_id: int = await tx.fetchval(
-                "insert_session", INSERT_SESSION, user_id, user_agent[:300]
+                "insert_session", INSERT_SESSION, user_id, user_agent[:300], expires_at
             )
             await tx.execute("insert_refresh", INSERT_REFRESH, token_hash, session_id, expires_at)
         return session_id
@@ -246,7 +288,7 @@ class AccountStore:
                 return RefreshResult(Refresh.SUSPENDED, session_id, user_id)
             await tx.execute("mark_refresh_used", MARK_REFRESH_USED, token_hash)
             await tx.execute("insert_refresh", INSERT_REFRESH, new_hash, session_id, expires_at)
-            await tx.execute("touch_session", TOUCH_SESSION, session_id)
+            await tx.execute("touch_session", TOUCH_SESSION, session_id, expires_at)
         return RefreshResult(Refresh.ROTATED, session_id, user_id)
 
     async def session_of_token(self, token_hash: bytes) -> int | None:
@@ -263,3 +305,17 @@ class AccountStore:
     async def revoked_since(self, since: datetime) -> list[int]:
         rows = await self.db.fetch("recently_revoked", RECENTLY_REVOKED, since)
         return [r["id"] for r in rows]
+
+    async def invalid_logins(self, session_ids: list[int]) -> list[int]:
+        """Those of ``session_ids`` that are revoked, expired, suspended or gone (one query)."""
+        rows = await self.db.fetch("invalid_logins", INVALID_LOGINS, session_ids)
+        return [r["id"] for r in rows]
+
+    async def purge_batch(self, name: str, retention: float, limit: int) -> int | None:
+        """One batch of the purge ``name`` (a key of :data:`PURGES`): the rows deleted, or None
+        when another node is purging."""
+        async with self.db.transaction(name) as tx:
+            if not await tx.fetchval("try_purge_lock", TRY_PURGE_LOCK):
+                return None
+            status = await tx.execute(name, PURGES[name], retention, limit)
+        return int(status.rpartition(" ")[2])
