@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from agora.clock import ManualClock
-from agora.config import Config
+from agora.config import Config, ConfigError, load_config
 from agora.server.app import create_app
 from agora.services.housekeeping import LoginPurge, Periodic
 from agora.storage import accounts
@@ -185,3 +185,25 @@ async def test_a_failing_periodic_job_runs_again_next_time() -> None:
         assert len(runs) == 3
     finally:
         await periodic.stop()
+
+
+def test_housekeeping_variables() -> None:
+    base = {"AGORA_ENV": "test", "AGORA_JWT_SECRET": "s" * 40}
+    auth = load_config(
+        {
+            **base,
+            "AGORA_SESSION_RECHECK": "15",
+            "AGORA_PURGE_INTERVAL": "600",
+            "AGORA_LOGIN_RETENTION": "86400",
+        }
+    ).auth
+    assert (auth.session_recheck, auth.purge_interval, auth.login_retention) == (15, 600, 86400)
+    defaults = load_config(base).auth
+    assert (defaults.session_recheck, defaults.purge_interval) == (60, 3600)
+    # Revoked logins must outlive their access tokens: nodes reload them at start-up.
+    with pytest.raises(ConfigError) as bad:
+        load_config({**base, "AGORA_LOGIN_RETENTION": "900"})
+    assert bad.value.variable == "AGORA_LOGIN_RETENTION"
+    with pytest.raises(ConfigError) as bad:
+        load_config({**base, "AGORA_SESSION_RECHECK": "0"})
+    assert bad.value.variable == "AGORA_SESSION_RECHECK"
