@@ -16,6 +16,10 @@ from agora.clock import ManualClock
 from agora.config import Config
 from agora.server import keys
 from agora.server.app import create_app
+from agora.services.revocations import RETRY_FIRST, Revocations
+from agora.storage import redis as redis_store
+from agora.storage.accounts import AccountStore
+from agora.storage.db import Database
 from tests.conftest import JWT_SECRET, AppFactory
 from tests.support.api import User, expect_error, register
 from tests.support.proxy import proxy_redis
@@ -34,8 +38,15 @@ async def test_a_logout_broadcast_redis_refused_is_retried(
     try:
         # Only the revoking node loses Redis: a node whose own stream reader fails reloads
         # revocations from PostgreSQL, which would hide a lost broadcast.
+        clock = ManualClock(start=time.time())
         revoking = await make_client(
-            node_id=f"revoking-{secrets.token_hex(3)}", redis=replace(config.redis, url=through)
+            create_app(
+                config.with_overrides(
+                    node_id=f"revoking-{secrets.token_hex(3)}",
+                    redis=replace(config.redis, url=through),
+                ),
+                clock=clock,
+            )
         )
         other = await make_client(node_id=f"other-{secrets.token_hex(3)}")
         user = await register(revoking)
@@ -44,15 +55,46 @@ async def test_a_logout_broadcast_redis_refused_is_retried(
         proxy.cut()
         resp = await revoking.post("/api/v1/auth/logout", json={"refresh_token": user.refresh})
         assert resp.status == 204
-        assert revoking.server.app[keys.ACCOUNTS].revocations.unsent == 1
+        revocations = revoking.server.app[keys.ACCOUNTS].revocations
+        assert revocations.unsent == 1
         proxy.restore()
 
-        assert await ws.closed(timeout=15) == 4001
+        clock.advance(RETRY_FIRST)  # the retry's pause
+        assert await ws.closed(timeout=10) == 4001
+        assert revocations.unsent == 0
         await expect_error(
             await other.get("/api/v1/users/me", headers=user.headers), 401, "unauthorized"
         )
         await revoking.close()  # while Redis is reachable: the node deregisters itself
     finally:
+        await proxy.close()
+
+
+async def test_waiting_revocations_collapse_and_stop_with_the_node(
+    config: Config, database_url: str
+) -> None:
+    assert config.redis.url
+    proxy, through = await proxy_redis(config.redis.url)
+    proxy.cut()
+    client, db = (
+        redis_store.connect(through),
+        await Database.connect(database_url, min_size=1, max_size=1),
+    )
+    clock = ManualClock()
+    revocations = Revocations(
+        client, redis_store.Keys(config.redis.prefix), AccountStore(db), clock, 900
+    )
+    try:
+        await revocations.revoke([1, 2])
+        await revocations.revoke([2, 3])  # while a retry waits: queued, Redis not tried
+        assert revocations.unsent == 3 and revocations.is_revoked(3)
+        await asyncio.sleep(0)  # the retry task starts its pause
+        assert clock.pending == 1  # one retry waiting, however many revocations
+        await revocations.stop()
+        assert clock.pending == 0  # no retry outlives the node
+    finally:
+        await client.aclose()
+        await db.close()
         await proxy.close()
 
 
