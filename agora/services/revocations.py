@@ -15,6 +15,7 @@ node stops. Every node also re-checks its open sessions against PostgreSQL once 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -70,7 +71,7 @@ class Revocations:
         for sid in session_ids:
             self._unsent[sid] = None
         if len(self._unsent) > MAX_UNSENT:
-            for sid in list(self._unsent)[: len(self._unsent) - MAX_UNSENT]:
+            for sid in list(itertools.islice(self._unsent, len(self._unsent) - MAX_UNSENT)):
                 del self._unsent[sid]
             log.error("over %d revocations wait for Redis; dropped the oldest", MAX_UNSENT)
         if self._retrier is not None:
@@ -97,7 +98,7 @@ class Revocations:
     async def _flush(self) -> bool:
         """Append every waiting revocation to the stream; False if Redis failed (they wait)."""
         while self._unsent:
-            batch = list(self._unsent)[:BATCH]
+            batch = list(itertools.islice(self._unsent, BATCH))
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for sid in batch:
