@@ -139,17 +139,19 @@ class Inbox:
         self._reader = asyncio.create_task(self._read(stream, position), name="inbox-reader")
         self._flusher = asyncio.create_task(self._flush_loop(), name="inbox-flusher")
 
-    async def stop(self) -> None:
-        for task in (self._reader, self._flusher):
-            if task:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._reader, self._flusher) if t), return_exceptions=True
-        )
+    async def stop(self, timeout: float = 3.0) -> None:
+        """Stop reading, write what is queued (at most ``timeout`` seconds each: a Redis that
+        does not answer must not hold up the node's shutdown)."""
+        tasks = {t for t in (self._reader, self._flusher) if t}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
         if self._pending:
-            try:
-                await self._flush()
-            except Exception:
+            last = asyncio.ensure_future(self._flush())
+            done, _ = await asyncio.wait({last}, timeout=timeout)
+            if not done or last.exception() is not None:
+                last.cancel()
                 log.warning("dropped %d inbox envelopes at shutdown", len(self._pending))
 
     def post(self, node_id: str, envelope: Envelope) -> bool:
