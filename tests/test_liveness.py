@@ -387,9 +387,8 @@ async def test_a_session_opened_while_redis_is_out_of_reach_is_placed_once_it_is
 
     b.proxy.cut()
     fw = await WsClient.connect(b.client, friend.access)  # b cannot write where it is
-    await step(a, b)
+    b.proxy.restore()  # back before any heartbeat missed it
     assert await _placements(direct, rkeys, friend) == set()
-    b.proxy.restore()
     await step(a, b)  # well before the periodic refresh: placed, and announced online
     assert await _placements(direct, rkeys, friend) == {b.life}
     online = await ww.expect("presence", where=lambda f: f["user_id"] == friend.id)
@@ -417,3 +416,19 @@ async def test_a_session_closed_while_redis_is_out_of_reach_goes_offline_once_it
     offline = await ww.expect("presence", where=lambda f: f["status"] == "offline")
     assert offline["user_id"] == friend.id
     assert await _placements(direct, rkeys, friend) == set()
+
+
+async def test_a_node_back_in_touch_puts_back_what_expired_meanwhile(cluster: Cluster) -> None:
+    make, direct, rkeys = cluster
+    a, b = await _two_nodes(make)
+    _, friend, ww, fw = await _watcher_and_friend(a, b)
+
+    b.proxy.cut()
+    await step(a, b, beats=2)  # shorter than the timeout: b is not buried
+    # Cut off longer than the entries' expiry (two minutes), they would be gone:
+    await direct.delete(rkeys.where(int(friend.id)), rkeys.node_users(b.life))
+    b.proxy.restore()
+    await step(a, b)  # b's first beat back: it places its sessions again at once
+    assert await _placements(direct, rkeys, friend) == {b.life}
+    assert int(friend.id) in {int(u) for u in await direct.smembers(rkeys.node_users(b.life))}
+    await _ends_with_one_offline(ww, friend, fw, a, b)

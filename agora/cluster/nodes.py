@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ChangeListener = Callable[[frozenset[str], frozenset[str]], Awaitable[None]]
 DeadListener = Callable[[str], Awaitable[None]]
 RebornListener = Callable[[str, str], Awaitable[None]]  # (old life, new life)
+RegainedListener = Callable[[], Awaitable[None]]
 
 LIFE_SEPARATOR = "~"  # not allowed in AGORA_NODE_ID
 
@@ -110,6 +111,7 @@ class NodeRegistry:
         self._on_change: list[ChangeListener] = []
         self._on_dead: list[DeadListener] = []
         self._on_reborn: list[RebornListener] = []
+        self._on_regained: list[RegainedListener] = []
         self._task: asyncio.Task[None] | None = None
         self._beating = asyncio.Lock()  # the loop and refresh() never beat at once
 
@@ -135,6 +137,11 @@ class NodeRegistry:
     def on_reborn(self, listener: RebornListener) -> None:
         """``listener(old, new)``: this node was declared dead and now lives on as ``new``."""
         self._on_reborn.append(listener)
+
+    def on_regained(self, listener: RegainedListener) -> None:
+        """``listener()``: this node reached Redis again after losing touch (still the same
+        life); what it wrote with an expiry may have expired meanwhile."""
+        self._on_regained.append(listener)
 
     async def start(self) -> None:
         log.info("node %s starts as life %s", self.name, self.node_id)
@@ -187,7 +194,7 @@ class NodeRegistry:
             pipe.zrange(k.nodes, 0, -1, withscores=True)
             pipe.zrange(k.graves, 0, -1, withscores=True)
             _, raw_members, raw_graves = await pipe.execute()
-        self._touched(started)
+        regained = self._touched(started)
         members = {m.decode(): float(score) for m, score in raw_members}
         graves = {m.decode(): float(score) for m, score in raw_graves}
         if self.node_id not in members:
@@ -224,6 +231,12 @@ class NodeRegistry:
                     await reborn(old_life, self.node_id)
                 except Exception:
                     log.exception("node reborn listener failed")
+        elif regained:
+            for back in self._on_regained:
+                try:
+                    await back()
+                except Exception:
+                    log.exception("node regained listener failed")
         if not self.owns("janitor"):
             return
         for life, score in members.items():
@@ -233,19 +246,23 @@ class NodeRegistry:
         for life, buried in graves.items():  # earlier burials: finish or repeat the clearing
             await self._clear(life, forget=buried < cutoff)
 
-    def _touched(self, started: float) -> None:
-        """A beat that started at ``started`` (monotonic) reached Redis."""
+    def _touched(self, started: float) -> bool:
+        """A beat that started at ``started`` (monotonic) reached Redis; True when that ends a
+        gap (this node was out of touch, or its event loop stalled)."""
         last = self._last_contact
-        if last is None or self.clock.monotonic() - last > self.max_gap:
-            if last is not None:
-                log.warning(
-                    "node %s was out of touch with Redis for %.1f s; it judges nobody for %.0f s",
-                    self.node_id,
-                    self.clock.monotonic() - last,
-                    self.timeout,
-                )
-            self._contact_since = started
         self._last_contact = started
+        if last is not None and self.clock.monotonic() - last <= self.max_gap:
+            return False
+        self._contact_since = started
+        if last is None:
+            return False  # the first beat
+        log.warning(
+            "node %s was out of touch with Redis for %.1f s; it judges nobody for %.0f s",
+            self.node_id,
+            self.clock.monotonic() - last,
+            self.timeout,
+        )
+        return True
 
     async def _reregister(self, now_ms: int) -> None:
         old = self.node_id

@@ -81,6 +81,7 @@ class Presence:
         self._refresher: asyncio.Task[None] | None = None
         self._placer: asyncio.Task[None] | None = None  # places every session once Redis is back
         self._lookup: tuple[set[int], asyncio.Future[dict[int, set[str]]]] | None = None
+        registry.on_regained(self.regained)
 
     @property
     def node_id(self) -> str:
@@ -244,6 +245,15 @@ class Presence:
         """This node was declared dead and lives on under a new life: place every local session
         under it (the janitor clears the old life's entries, not these). Retried in the
         background until Redis takes it."""
+        await self._place_now_or_soon()
+
+    async def regained(self) -> None:
+        """This node reached Redis again after losing touch: its entries may have expired
+        meanwhile (or were never written), so place every local session again now rather
+        than at the next periodic refresh."""
+        await self._place_now_or_soon()
+
+    async def _place_now_or_soon(self) -> None:
         try:
             await self._place_all()
         except (OSError, aioredis.RedisError):
