@@ -18,7 +18,9 @@ clearing is retried if it failed and repeated once nobody can still be posting t
 A node that finds its own life gone (it was buried while it could not reach Redis) takes a new
 incarnation, registers again and tells its ``on_reborn`` listeners, which restore its presence
 and inbox under the new life; the janitor's clearing of the old life cannot touch the new one.
-A node starting buries its own name's previous lives at once: their sessions died with them.
+One that comes back in touch still registered tells its ``on_regained`` listeners, which put
+back what may have expired meanwhile. A node leaving sets its beat to 0 and is buried at once;
+a node starting buries its own name's previous lives at once: their sessions died with them.
 """
 
 from __future__ import annotations
