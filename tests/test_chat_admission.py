@@ -20,6 +20,7 @@ from agora.actors.conversation import (
     ReadOp,
     SendOp,
     Sent,
+    TypingOp,
 )
 from agora.clock import ManualClock
 from agora.config import ClusterConfig, Config
@@ -27,23 +28,10 @@ from agora.errors import AppError
 from agora.server import keys
 from agora.server.app import create_app
 from agora.storage.chat import ChatStore, TooManyMembers
-from tests.support.api import befriend, friends_in_a_direct_conversation, register
+from tests.support.api import befriend, friends_in_a_direct_conversation, group, register
+from tests.support.cluster import group_owned_by, members_locked, started_together
 from tests.support.proxy import proxy_postgres
 from tests.support.ws import WsClient
-
-
-async def _group(client: TestClient, size: int) -> tuple[list[Any], str]:
-    users = [await register(client) for _ in range(size)]
-    for other in users[1:]:
-        await befriend(client, users[0], other)
-    resp = await client.post(
-        "/api/v1/conversations",
-        headers=users[0].headers,
-        json={"member_ids": [u.id for u in users[1:]], "title": "g"},
-    )
-    assert resp.status == 201, await resp.text()
-    return users, (await resp.json())["id"]
-
 
 # -- point 1: admission -----------------------------------------------------------------------
 
@@ -79,7 +67,7 @@ async def test_strangers_and_unknown_ids_start_no_actor(client: TestClient) -> N
 
 
 async def test_refusals_are_remembered_but_an_added_member_gets_in(client: TestClient) -> None:
-    users, cid = await _group(client, 3)
+    users, cid = await group(client, 3)
     newcomer = await register(client)
     await befriend(client, users[0], newcomer)
     directory = client.server.app[keys.CONVERSATIONS]
@@ -111,14 +99,7 @@ async def test_live_actors_are_capped_and_idle_ones_make_room(
         await ws.expect("ack")
     assert len(directory) == 2
     # Both live actors busy: a row lock held here stalls their read receipts in PostgreSQL.
-    conn = await asyncpg.connect(database_url)
-    tx = conn.transaction()
-    await tx.start()
-    try:
-        for _, _, cid in pairs[:2]:
-            await conn.execute(
-                "SELECT 1 FROM chat.members WHERE conversation_id = $1 FOR UPDATE", int(cid)
-            )
+    async with members_locked(database_url, *(int(cid) for _, _, cid in pairs[:2])):
         readers = [await WsClient.connect(client, b.access) for _, b, _ in pairs[:2]]
         for ws, (_, _, cid) in zip(readers, pairs[:2], strict=True):
             await ws.send({"type": "read", "conversation_id": cid, "seq": 1})
@@ -130,9 +111,6 @@ async def test_live_actors_are_capped_and_idle_ones_make_room(
         error = await sockets[2].expect("error")
         assert error["code"] == "unavailable" and error["retry"] is True, error
         assert len(directory) == 2  # the node did not grow
-    finally:
-        await tx.rollback()
-        await conn.close()
     await asyncio.sleep(0.2)  # the receipts finish; both actors are idle now
     await sockets[2].send({"type": "send", "conversation_id": third, "client_id": "t", "text": "x"})
     assert (await sockets[2].expect("ack"))["seq"] == 1
@@ -144,7 +122,7 @@ async def test_live_actors_are_capped_and_idle_ones_make_room(
 async def test_a_flood_of_receipts_and_typing_takes_one_place_per_member(
     client: TestClient, database_url: str
 ) -> None:
-    users, cid_text = await _group(client, 3)
+    users, cid_text = await group(client, 3)
     cid = int(cid_text)
     flooder, other = int(users[1].id), int(users[2].id)
     store = ChatStore(client.server.app[keys.DB])
@@ -165,24 +143,17 @@ async def test_a_flood_of_receipts_and_typing_takes_one_place_per_member(
     actor.start()
     sent = await actor.ask(SendOp(int(users[0].id), "first", "one"))
     assert isinstance(sent, Sent) and sent.message.seq == 1
-    conn = await asyncpg.connect(database_url)
-    tx = conn.transaction()
-    await tx.start()
-    try:  # the flooder's first receipt is in hand, stalled on this lock
-        await conn.execute("SELECT 1 FROM chat.members WHERE conversation_id = $1 FOR UPDATE", cid)
+    async with members_locked(
+        database_url, cid
+    ):  # the flooder's first receipt is in hand, stalled on this lock
         first = actor.ask(ReadOp(flooder, 1))
         await asyncio.sleep(0.05)
         for _ in range(500):  # far more than the mailbox holds
             actor.tell(ReadOp(flooder, 1))
-        from agora.actors.conversation import TypingOp
-
         for _ in range(500):
             actor.tell(TypingOp(flooder))
         # The others still have room.
         theirs = actor.ask(SendOp(other, "mine", "still here"))
-    finally:
-        await tx.rollback()
-        await conn.close()
     await first
     message = await theirs
     assert message.message.seq == 2
@@ -196,7 +167,7 @@ async def test_a_flood_of_receipts_and_typing_takes_one_place_per_member(
 async def test_a_removed_member_cannot_send_or_receive_even_if_the_notice_is_lost(
     client: TestClient,
 ) -> None:
-    users, cid = await _group(client, 3)
+    users, cid = await group(client, 3)
     _owner, _stays, leaver = users
     sockets = [await WsClient.connect(client, u.access) for u in users]
     await sockets[0].send({"type": "send", "conversation_id": cid, "client_id": "a", "text": "1"})
@@ -222,7 +193,7 @@ async def test_a_removed_member_cannot_send_or_receive_even_if_the_notice_is_los
 async def test_the_member_cap_holds_under_concurrent_adds(
     client: TestClient, database_url: str
 ) -> None:
-    _users, cid_text = await _group(client, 2)
+    _users, cid_text = await group(client, 2)
     cid = int(cid_text)
     conn = await asyncpg.connect(database_url)
     try:
@@ -256,16 +227,9 @@ async def test_member_changes_answer_success_when_the_owner_does_not_answer(
     fast = ClusterConfig(heartbeat=0.3, node_timeout=30, answer_timeout=3.0)
     n1 = await make_client(node_id="one", cluster=fast)
     n2 = await make_client(node_id="two", cluster=fast)
-    for _ in range(50):
-        if len(n1.server.app[keys.NODES].live) == 2:
-            break
-        await asyncio.sleep(0.1)
-    router = n1.server.app[keys.ROUTER]
+    await started_together(n1, n2)
     # A group owned by node two, whose inbox reader we stop: it hears nothing from now on.
-    while True:
-        users, cid = await _group(n1, 3)
-        if router.owner_of(int(cid)) != router.node_id:
-            break
+    users, cid = await group_owned_by(n1, 3, owned=False)
     inbox = n2.server.app[keys.ROUTER].inbox
     assert inbox is not None and inbox._reader is not None
     inbox._reader.cancel()
@@ -283,16 +247,14 @@ async def test_member_changes_answer_success_when_the_owner_does_not_answer(
 async def test_commands_queued_behind_a_stopping_actor_go_to_a_fresh_one(
     client: TestClient, database_url: str
 ) -> None:
-    users, cid_text = await _group(client, 3)
+    users, cid_text = await group(client, 3)
     cid = int(cid_text)
     directory: ConversationDirectory = client.server.app[keys.CONVERSATIONS]
     router = client.server.app[keys.ROUTER]
     await router.ask(cid, SendOp(int(users[0].id), "warm", "up"))
-    conn = await asyncpg.connect(database_url)
-    tx = conn.transaction()
-    await tx.start()
-    try:  # a receipt in hand stalls on this lock while sends queue behind it
-        await conn.execute("SELECT 1 FROM chat.members WHERE conversation_id = $1 FOR UPDATE", cid)
+    async with members_locked(
+        database_url, cid
+    ):  # a receipt in hand stalls on this lock while sends queue behind it
         stalled = asyncio.ensure_future(router.ask(cid, ReadOp(int(users[1].id), 1)))
         await asyncio.sleep(0.05)
         queued = [
@@ -302,9 +264,6 @@ async def test_commands_queued_behind_a_stopping_actor_go_to_a_fresh_one(
         await asyncio.sleep(0.05)
         stopping = asyncio.ensure_future(directory.stop_where(lambda c: c == cid))
         await asyncio.sleep(0.05)
-    finally:
-        await tx.rollback()
-        await conn.close()
     await stopping
     await stalled
     results = await asyncio.gather(*queued)
@@ -350,7 +309,7 @@ async def test_a_database_blip_is_retried_not_failed(
         if kind == "direct":
             a, _, cid = await friends_in_a_direct_conversation(client)
         else:
-            users, cid = await _group(client, 3)
+            users, cid = await group(client, 3)
             a = users[0]
         ws = await WsClient.connect(client, a.access)
         await ws.send({"type": "send", "conversation_id": cid, "client_id": "1", "text": "x"})
@@ -403,35 +362,22 @@ async def test_commands_queued_on_a_node_that_shuts_down_go_to_the_new_owner(
     steady = ClusterConfig(heartbeat=0.3, node_timeout=30, answer_timeout=10.0)
     alpha = await make_client(node_id="alpha", cluster=steady)
     beta = await make_client(node_id="beta", cluster=steady)
-    for _ in range(100):
-        if len(alpha.server.app[keys.NODES].live) == len(beta.server.app[keys.NODES].live) == 2:
-            break
-        await asyncio.sleep(0.05)
+    await started_together(alpha, beta)
     router = alpha.server.app[keys.ROUTER]
-    while True:
-        users, cid_text = await _group(alpha, 3)
-        cid = int(cid_text)
-        if router.owner_of(cid) == router.node_id:
-            break
+    users, cid = await group_owned_by(alpha, 3)
     await router.ask(cid, SendOp(int(users[0].id), "warm", "up"))
     ws = await WsClient.connect(beta, users[2].access)
-    conn = await asyncpg.connect(database_url)
-    tx = conn.transaction()
-    await tx.start()
-    try:  # alpha's actor holds a stalled receipt; sends from beta queue behind it
-        await conn.execute("SELECT 1 FROM chat.members WHERE conversation_id = $1 FOR UPDATE", cid)
+    # Alpha's actor holds a stalled receipt; sends from beta queue behind it.
+    async with members_locked(database_url, cid):
         stalled = asyncio.ensure_future(router.ask(cid, ReadOp(int(users[1].id), 1)))
         await asyncio.sleep(0.05)
         for n in range(5):
             await ws.send(
-                {"type": "send", "conversation_id": cid_text, "client_id": f"s{n}", "text": "x"}
+                {"type": "send", "conversation_id": str(cid), "client_id": f"s{n}", "text": "x"}
             )
         await asyncio.sleep(0.3)
         closing = asyncio.ensure_future(alpha.close())  # SIGTERM's path: the app shuts down
         await asyncio.sleep(0.3)
-    finally:
-        await tx.rollback()
-        await conn.close()
     await closing
     await asyncio.gather(stalled, return_exceptions=True)
     acks = [await ws.expect("ack", timeout=10) for _ in range(5)]
@@ -457,10 +403,7 @@ async def test_an_unanswered_command_times_out_on_the_injected_clock(
         clock.advance(1)
         await asyncio.sleep(0.02)
     router = alpha.server.app[keys.ROUTER]
-    while True:
-        users, cid = await _group(alpha, 2)
-        if router.owner_of(int(cid)) != router.node_id:
-            break
+    users, cid = await group_owned_by(alpha, 2, owned=False)
     inbox = beta.server.app[keys.ROUTER].inbox
     assert inbox is not None and inbox._reader is not None
     inbox._reader.cancel()  # the owner hears nothing

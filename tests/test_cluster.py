@@ -21,7 +21,7 @@ from agora.config import ClusterConfig
 from agora.errors import AppError, ErrorCode
 from agora.server import keys
 from tests.conftest import JWT_SECRET
-from tests.support.api import PASSWORD, User, befriend, register
+from tests.support.api import PASSWORD, User, befriend, group, register
 from tests.support.node import NodeProcess
 from tests.support.services import ServiceSet
 from tests.support.ws import WsClient
@@ -41,19 +41,6 @@ async def _two_nodes(make_client: Any) -> tuple[TestClient, TestClient]:
     return n1, n2
 
 
-async def _group(client: TestClient, size: int) -> tuple[list[User], str]:
-    users = [await register(client) for _ in range(size)]
-    for other in users[1:]:
-        await befriend(client, users[0], other)
-    resp = await client.post(
-        "/api/v1/conversations",
-        headers=users[0].headers,
-        json={"member_ids": [u.id for u in users[1:]], "title": "cluster"},
-    )
-    assert resp.status == 201
-    return users, (await resp.json())["id"]
-
-
 def _check_stream(ws: WsClient, total: int) -> None:
     """Every message exactly once after dropping duplicates by id, in seq order, from 1."""
     seen: dict[str, int] = {}
@@ -68,7 +55,7 @@ def _check_stream(ws: WsClient, total: int) -> None:
 
 async def test_members_on_both_nodes_and_senders_on_both(make_client, database_url: str) -> None:  # type: ignore[no-untyped-def]
     n1, n2 = await _two_nodes(make_client)
-    users, cid = await _group(n1, 6)
+    users, cid = await group(n1, 6)
     owner = n1.server.app[keys.ROUTER].owner_of(int(cid))
     assert owner == n2.server.app[keys.ROUTER].owner_of(int(cid))
     # Members spread over both nodes; some with a session on each.
@@ -130,7 +117,7 @@ async def test_revoked_login_closes_sessions_on_both_nodes(make_client) -> None:
 
 async def test_typing_and_receipts_cross_nodes(make_client) -> None:  # type: ignore[no-untyped-def]
     n1, n2 = await _two_nodes(make_client)
-    (a, b), cid = await _group(n1, 2)
+    (a, b), cid = await group(n1, 2)
     wa, wb = await WsClient.connect(n1, a.access), await WsClient.connect(n2, b.access)
     await wa.send({"type": "typing", "conversation_id": cid})
     assert (await wb.expect("typing"))["user_id"] == a.id

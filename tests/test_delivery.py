@@ -4,6 +4,8 @@ turned into a ``resync`` frame; messages between nodes decode across versions.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -15,8 +17,9 @@ from agora.cluster.inbox import Command, Deliver, Resync, decode_entry
 from agora.config import ClusterConfig, Config
 from agora.server import keys
 from agora.storage.chat import ChatStore, Outgoing
-from tests.support.api import User, befriend, register
-from tests.support.proxy import proxy_redis
+from tests.support.api import User, register
+from tests.support.cluster import group_owned_by, started_together
+from tests.support.proxy import TCPProxy, proxy_redis
 from tests.support.services import ServiceSet
 from tests.support.ws import WsClient
 
@@ -28,30 +31,8 @@ async def _cluster(make_client: Any, config: Config, alpha_redis: str | None = N
     alpha_config = {"redis": replace(config.redis, url=alpha_redis)} if alpha_redis else {}
     alpha = await make_client(node_id="alpha", cluster=STEADY, **alpha_config)
     beta = await make_client(node_id="beta", cluster=STEADY)
-    for _ in range(100):
-        if all(len(n.server.app[keys.NODES].live) == 2 for n in (alpha, beta)):
-            break
-        await asyncio.sleep(0.05)
-    assert len(alpha.server.app[keys.NODES].live) == 2
+    await started_together(alpha, beta)
     return alpha, beta
-
-
-async def _group_owned_by(owner: TestClient, size: int = 2) -> tuple[list[User], int]:
-    """A group conversation whose owner is ``owner`` (rendezvous decides: try until it is)."""
-    router = owner.server.app[keys.ROUTER]
-    while True:
-        users = [await register(owner) for _ in range(size)]
-        for other in users[1:]:
-            await befriend(owner, users[0], other)
-        resp = await owner.post(
-            "/api/v1/conversations",
-            headers=users[0].headers,
-            json={"member_ids": [u.id for u in users[1:]], "title": "d"},
-        )
-        assert resp.status == 201
-        cid = int((await resp.json())["id"])
-        if router.owner_of(cid) == router.node_id:
-            return users, cid
 
 
 async def _send(node: TestClient, user: User, cid: int, client_id: str) -> dict[str, Any]:
@@ -64,14 +45,33 @@ async def _send(node: TestClient, user: User, cid: int, client_id: str) -> dict[
     return await resp.json()  # type: ignore[no-any-return]
 
 
-async def test_a_failed_placement_lookup_still_delivers_once_redis_is_back(
+@asynccontextmanager
+async def _alpha_behind_a_proxy(
     make_client: Any, config: Config, services: ServiceSet
-) -> None:
+) -> AsyncIterator[tuple[TCPProxy, TestClient, User, int, WsClient]]:
+    """Alpha (its Redis through a proxy the test can cut) owns a group whose second member
+    listens on beta: (proxy, alpha, the sender, the conversation, the reader's socket)."""
     proxy, through = await proxy_redis(services.redis_url)
     try:
         alpha, beta = await _cluster(make_client, config, through)
-        (sender, reader), cid = await _group_owned_by(alpha)
+        (sender, reader), cid = await group_owned_by(alpha)
         ws = await WsClient.connect(beta, reader.access)
+        yield proxy, alpha, sender, cid, ws
+        await ws.close()
+    finally:
+        await proxy.close()
+
+
+async def test_a_failed_placement_lookup_still_delivers_once_redis_is_back(
+    make_client: Any, config: Config, services: ServiceSet
+) -> None:
+    async with _alpha_behind_a_proxy(make_client, config, services) as (
+        proxy,
+        alpha,
+        sender,
+        cid,
+        ws,
+    ):
         await _send(alpha, sender, cid, "before")
         await ws.expect("message")
         proxy.cut()  # alpha cannot look up where the reader is, nor post to beta's inbox
@@ -80,19 +80,18 @@ async def test_a_failed_placement_lookup_still_delivers_once_redis_is_back(
         proxy.restore()
         frame = await ws.expect("message", timeout=10)
         assert frame["message"]["client_id"] == "during"
-        await ws.close()
-    finally:
-        await proxy.close()
 
 
 async def test_deliveries_a_full_queue_drops_come_back_as_a_resync(
     make_client: Any, config: Config, services: ServiceSet
 ) -> None:
-    proxy, through = await proxy_redis(services.redis_url)
-    try:
-        alpha, beta = await _cluster(make_client, config, through)
-        (sender, reader), cid = await _group_owned_by(alpha)
-        ws = await WsClient.connect(beta, reader.access)
+    async with _alpha_behind_a_proxy(make_client, config, services) as (
+        proxy,
+        alpha,
+        sender,
+        cid,
+        ws,
+    ):
         inbox = alpha.server.app[keys.ROUTER].inbox
         inbox.max_pending = 1
         proxy.cut()
@@ -108,9 +107,6 @@ async def test_deliveries_a_full_queue_drops_come_back_as_a_resync(
         assert synced["last_seq"] == 5
         seqs = {f["message"]["seq"] for f in ws.of("message")}
         assert seqs == {1, 2, 3, 4, 5}
-        await ws.close()
-    finally:
-        await proxy.close()
 
 
 async def test_lost_inbox_entries_make_every_session_resync(
@@ -135,7 +131,7 @@ async def test_lost_inbox_entries_make_every_session_resync(
 
 
 async def test_a_resend_found_stored_is_fanned_out(client: TestClient) -> None:
-    (sender, reader), cid = await _group_owned_by(client)
+    (sender, reader), cid = await group_owned_by(client)
     ws = await WsClient.connect(client, reader.access)
     await _send(client, sender, cid, "first")
     await ws.expect("message")

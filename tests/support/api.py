@@ -117,3 +117,17 @@ async def collect(client: TestClient, path: str, user: User | None, limit: int =
         if cursor is None:
             return items
     raise AssertionError("pagination did not end")
+
+
+async def group(client: TestClient, size: int, title: str = "group") -> tuple[list[User], str]:
+    """``size`` new users, all friends of the first, in a group conversation (its id)."""
+    users = [await register(client) for _ in range(size)]
+    for other in users[1:]:
+        await befriend(client, users[0], other)
+    resp = await client.post(
+        "/api/v1/conversations",
+        headers=users[0].headers,
+        json={"member_ids": [u.id for u in users[1:]], "title": title},
+    )
+    assert resp.status == 201, await resp.text()
+    return users, (await resp.json())["id"]
