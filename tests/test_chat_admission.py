@@ -397,11 +397,7 @@ async def test_an_unanswered_command_times_out_on_the_injected_clock(
     beta = await aiohttp_client(
         create_app(config.with_overrides(node_id="beta", cluster=cluster), clock=clock)
     )
-    for _ in range(100):
-        if len(alpha.server.app[keys.NODES].live) == 2:
-            break
-        clock.advance(1)
-        await asyncio.sleep(0.02)
+    await started_together(alpha, beta)  # beta announces itself: no beat (no clock) needed
     router = alpha.server.app[keys.ROUTER]
     users, cid = await group_owned_by(alpha, 2, owned=False)
     inbox = beta.server.app[keys.ROUTER].inbox
