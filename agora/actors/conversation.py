@@ -455,17 +455,22 @@ class ConversationDirectory:
 
     def _make_room(self) -> bool:
         """True when one more actor may start: under the cap, or after stopping the least
-        recently used idle actor (none idle among the oldest: False, the caller retries)."""
-        for cid, actor in list(self._actors.items()):
-            if len(self._actors) < self.max_actors:
-                return True
-            if not actor.alive:
-                del self._actors[cid]
-            elif not actor.busy and not actor.queued:
-                del self._actors[cid]
-                self._spawn(actor.stop())
-            elif len(self._actors) - self.max_actors > 64:
+        recently used idle actor among the oldest 64 (none idle: False, the caller retries)."""
+        if len(self._actors) < self.max_actors:
+            return True
+        victim = None
+        for scanned, (cid, actor) in enumerate(self._actors.items()):
+            if not actor.alive or (not actor.busy and not actor.queued):
+                victim = cid, actor
                 break
+            if scanned >= 64:
+                break
+        if victim is None:
+            return False
+        del self._actors[victim[0]]
+        if victim[1].alive:
+            self._spawn(victim[1].stop())
+        self._count()
         return len(self._actors) < self.max_actors
 
     def _spawn(self, work: Any) -> None:
