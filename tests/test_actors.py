@@ -202,3 +202,33 @@ async def test_crashes_are_counted_in_the_metrics(make_client) -> None:  # type:
         json={"text": "still works", "client_id": "c1"},
     )
     assert resp.status == 201 and (await resp.json())["seq"] == 2
+
+
+class _Capture(asyncio.Transport):
+    """Keeps what is written (aiohttp's writer is given this instead of a socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+async def test_batched_frame_headers_are_the_ones_aiohttp_writes(length: int) -> None:
+    """The session writer builds text-frame headers itself (one write for many frames): they
+    must be byte for byte what aiohttp's own writer sends, at every length boundary."""
+    from aiohttp._websocket.writer import WebSocketWriter
+    from aiohttp.base_protocol import BaseProtocol
+
+    from agora.actors.session import text_frame_header
+
+    transport = _Capture()
+    writer = WebSocketWriter(BaseProtocol(asyncio.get_running_loop()), transport, limit=1 << 30)
+    payload = b"x" * length
+    await writer.send_frame(payload, aiohttp.WSMsgType.TEXT)
+    assert bytes(transport.written) == text_frame_header(length) + payload
