@@ -327,8 +327,12 @@ async def test_a_node_cut_off_past_the_debounce_too_looks_dead_then_comes_back(
 ) -> None:
     # Cut off longer than the timeout and the debounce, a node cannot be told from a dead one:
     # its users are announced offline. Once it is back, they are announced online again.
-    make, direct, rkeys = cluster
-    a, b = await _two_nodes(make)
+    a, b = await _two_nodes(cluster[0])
+    await _looks_dead_then_comes_back(cluster, a, b)
+
+
+async def _looks_dead_then_comes_back(cluster: Cluster, a: Node, b: Node) -> None:
+    _, direct, rkeys = cluster
     _, friend, ww, fw = await _watcher_and_friend(a, b)
     old = b.life
 
@@ -348,6 +352,54 @@ async def test_a_node_cut_off_past_the_debounce_too_looks_dead_then_comes_back(
     assert online["status"] == "online"
     assert await _placements(direct, rkeys, friend) == {b.life}
     await _ends_with_one_offline(ww, friend, fw, a, b, seen=["online", "offline", "online"])
+
+
+class _ReplyTakenByTheCut:
+    """A node's inbox client whose next pipeline (the XADD of the friend's "online") Redis runs,
+    but whose reply the cut takes: what a loaded machine does when the cut comes between
+    Redis's replies to the reader's XREAD and to the writer's XADD."""
+
+    def __init__(self, real: aioredis.Redis, proxy: TCPProxy) -> None:
+        self.real, self.proxy, self.taken = real, proxy, False
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = self.real.pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def execute_then_cut(*a: Any, **kw: Any) -> Any:
+            replies = await execute(*a, **kw)
+            if not self.taken:
+                self.taken = True
+                self.proxy.cut()
+                raise aioredis.ConnectionError("the cut took the reply")
+            return replies
+
+        pipe.execute = execute_then_cut  # type: ignore[method-assign]
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="agora/cluster/inbox.py sends a batch whose reply was lost again (renumbered under "
+    "the reborn life), and the reader takes it twice: the watcher hears 'online' twice",
+)
+async def test_an_announcement_whose_inbox_reply_the_cut_took_is_heard_once(
+    cluster: Cluster,
+) -> None:
+    # The full-suite failure of the test above, made deterministic: ['online', 'offline',
+    # 'online', 'online', 'offline'], the second "online" being the first one read again.
+    make, _, _ = cluster
+    a, b = await _two_nodes(make)
+    inbox = b.app[keys.ROUTER].inbox
+    assert inbox is not None
+    lossy = _ReplyTakenByTheCut(inbox.redis, b.proxy)
+    inbox.redis = cast(aioredis.Redis, lossy)
+    await _looks_dead_then_comes_back(cluster, a, b)
+    assert lossy.taken
 
 
 async def test_a_node_that_beats_again_before_its_burial_is_not_buried(cluster: Cluster) -> None:
