@@ -194,3 +194,24 @@ async def test_an_entry_in_the_previous_format_is_delivered(
     finally:
         await redis.aclose()
         await ws.close()
+
+
+async def test_an_entry_written_twice_is_read_once(
+    make_client: Any, config: Config, services: ServiceSet
+) -> None:
+    # A write retried after its reply was lost (it had got through): same sender, same number.
+    _alpha, beta = await _cluster(make_client, config)
+    user = await register(beta)
+    ws = await WsClient.connect(beta, user.access)
+    stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
+    redis = aioredis.Redis.from_url(services.redis_url)
+    try:
+        entry = msgspec.msgpack.encode([Deliver([int(user.id)], [b'{"type":"pong"}'])])
+        for _ in range(2):
+            await redis.xadd(stream, {b"v": b"2", b"f": b"twice", b"n": b"1", b"e": entry})
+        await ws.expect("pong")
+        await ws.quiet("pong", 0.3)
+        assert not ws.of("resync")
+    finally:
+        await redis.aclose()
+        await ws.close()

@@ -381,12 +381,6 @@ class _ReplyTakenByTheCut:
         return getattr(self.real, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="agora/cluster/inbox.py sends a batch whose reply was lost again (renumbered under "
-    "the reborn life), and the reader takes it twice: the watcher hears 'online' twice",
-)
 async def test_an_announcement_whose_inbox_reply_the_cut_took_is_heard_once(
     cluster: Cluster,
 ) -> None:

@@ -14,8 +14,11 @@ Nothing is lost without somebody hearing of it:
   pairs the debt becomes "everyone there resyncs everything"). A dropped ``Command`` is answered
   "retry" by the router's timer; an ``Evict`` only ages out of a 10-second cache.
 - Each entry carries its sender's life and a number counting that sender's entries to this
-  reader. A number that skips (the stream was trimmed, or entries were lost in Redis) makes the
-  reader tell every local session to resync: it cannot know whom the lost entries were for.
+  reader, fixed when the entry is built: a write retried after its reply was lost writes the
+  same entry, and the reader drops a number it has seen (at most once per entry, so presence
+  transitions are not told twice). A number that skips (the stream was trimmed, or entries
+  were lost in Redis) makes the reader tell every local session to resync: it cannot know whom
+  the lost entries were for.
 
 Versions: an entry says its format (``v``); envelopes are tagged arrays whose new fields are
 added at the end with defaults, so a node decodes the previous release's envelopes (missing
@@ -98,6 +101,8 @@ _encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 Handler = Callable[[Envelope], None]
+_Field = bytes | bytearray | memoryview | str | int | float
+Entry = dict[_Field, _Field]  # a stream entry's fields, as redis-py types them
 
 
 def decode_entry(data: bytes) -> list[Envelope]:
@@ -118,6 +123,7 @@ class Inbox:
         self.node_id = node_id
         self.handler = handler
         self._pending: list[tuple[str, Envelope]] = []
+        self._unsent: list[tuple[str, Entry]] = []  # numbered, not yet written
         self._owed: dict[str, dict[int, set[int]]] = {}  # node -> conversation -> users
         self._owed_all: set[str] = set()  # nodes whose every session must resync everything
         self._owed_pairs = 0
@@ -147,7 +153,7 @@ class Inbox:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-        if self._pending:
+        if self._pending or self._unsent:
             last = asyncio.ensure_future(self._flush())
             done, _ = await asyncio.wait({last}, timeout=timeout)
             if not done or last.exception() is not None:
@@ -208,46 +214,54 @@ class Inbox:
 
     async def _flush(self) -> None:
         while True:
-            if (self._owed or self._owed_all) and len(self._pending) <= self.max_pending // 2:
-                self._settle_debts()
-            if not self._pending:
-                return
-            batch, self._pending = self._pending[:5000], self._pending[5000:]
-            by_node: dict[str, list[Envelope]] = {}
-            for node_id, envelope in batch:
-                by_node.setdefault(node_id, []).append(envelope)
-            me = self.node_id.encode()
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for node_id, envelopes in by_node.items():
-                        number = self._numbers.get(node_id, 0) + 1
-                        pipe.xadd(
-                            self.keys.inbox(node_id),
-                            {
-                                b"v": FORMAT,
-                                b"f": me,
-                                b"n": b"%d" % number,
-                                b"e": _encoder.encode(envelopes),
-                            },
-                            maxlen=STREAM_MAXLEN,
-                            approximate=True,
-                        )
-                    await pipe.execute()
-            except BaseException:
-                # Keep the order for the retry; entry numbers are taken again (an entry that did
-                # get through is read twice: at least once, and duplicates are harmless).
-                self._pending[:0] = batch
-                raise
-            for node_id in by_node:
-                self._numbers[node_id] = self._numbers.get(node_id, 0) + 1
+            if not self._unsent:
+                if (self._owed or self._owed_all) and len(self._pending) <= self.max_pending // 2:
+                    self._settle_debts()
+                if not self._pending:
+                    return
+                self._unsent = self._entries()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for node_id, fields in self._unsent:
+                    pipe.xadd(
+                        self.keys.inbox(node_id), fields, maxlen=STREAM_MAXLEN, approximate=True
+                    )
+                await pipe.execute()
+            # Until here a failure leaves the same entries, numbers included, to be written
+            # again: one that got through is then read twice, and its reader drops the repeat.
+            self._unsent = []
 
-    def _check_number(self, fields: dict[bytes, bytes]) -> None:
-        """Entries from each sender life are numbered 1, 2, 3...: a skip means some were lost."""
+    def _entries(self) -> list[tuple[str, Entry]]:
+        """The next batch of queued envelopes as stream entries: one per target node, numbered
+        (per target) once and for all, so a retry writes exactly the same entries."""
+        batch, self._pending = self._pending[:5000], self._pending[5000:]
+        by_node: dict[str, list[Envelope]] = {}
+        for node_id, envelope in batch:
+            by_node.setdefault(node_id, []).append(envelope)
+        me = self.node_id.encode()
+        entries: list[tuple[str, Entry]] = []
+        for node_id, envelopes in by_node.items():
+            number = self._numbers.get(node_id, 0) + 1
+            self._numbers[node_id] = number
+            fields: Entry = {
+                b"v": FORMAT,
+                b"f": me,
+                b"n": b"%d" % number,
+                b"e": _encoder.encode(envelopes),
+            }
+            entries.append((node_id, fields))
+        return entries
+
+    def _fresh(self, fields: dict[bytes, bytes]) -> bool:
+        """Entries from each sender life are numbered 1, 2, 3...: a number seen before is a
+        repeat (a retried write that had got through) and is dropped; one that skips means
+        entries were lost, and every local session is told to resync."""
         sender, raw = fields.get(b"f"), fields.get(b"n")
         if sender is None or raw is None or not raw.isdigit():
-            return  # an older node's entry: not numbered
+            return True  # an older node's entry: not numbered
         number = int(raw)
         last = self._seen.get(sender, 0)
+        if number <= last:
+            return False
         if number > last + 1:
             log.warning(
                 "inbox entries %d..%d from %s were lost; every local session resyncs",
@@ -258,7 +272,8 @@ class Inbox:
             self.gaps += 1
             if self.on_gap is not None:
                 self.on_gap()
-        self._seen[sender] = max(last, number)
+        self._seen[sender] = number
+        return True
 
     async def _read(self, stream: str, position: bytes) -> None:
         while True:
@@ -273,7 +288,8 @@ class Inbox:
             for entry_id, fields in entries:
                 position = entry_id
                 try:
-                    self._check_number(fields)
+                    if not self._fresh(fields):
+                        continue
                     envelopes = decode_entry(fields[b"e"])
                 except (msgspec.DecodeError, KeyError):
                     log.warning("undecodable inbox entry %r", entry_id)
@@ -294,6 +310,7 @@ class Inbox:
         old life's stream went with it (the janitor deletes it)."""
         self.node_id = node_id
         self._numbers.clear()  # entries from the new life are numbered from 1 again
+        self._seen.clear()  # and so are the entries others write to the new life's stream
         old = self._reader
         if old is not None:
             old.cancel()  # stop() gathers only the current reader: keep the old one referenced
