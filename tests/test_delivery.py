@@ -65,13 +65,8 @@ async def _alpha_behind_a_proxy(
 async def test_a_failed_placement_lookup_still_delivers_once_redis_is_back(
     make_client: Any, config: Config, services: ServiceSet
 ) -> None:
-    async with _alpha_behind_a_proxy(make_client, config, services) as (
-        proxy,
-        alpha,
-        sender,
-        cid,
-        ws,
-    ):
+    async with _alpha_behind_a_proxy(make_client, config, services) as setup:
+        proxy, alpha, sender, cid, ws = setup
         await _send(alpha, sender, cid, "before")
         await ws.expect("message")
         proxy.cut()  # alpha cannot look up where the reader is, nor post to beta's inbox
@@ -85,13 +80,8 @@ async def test_a_failed_placement_lookup_still_delivers_once_redis_is_back(
 async def test_deliveries_a_full_queue_drops_come_back_as_a_resync(
     make_client: Any, config: Config, services: ServiceSet
 ) -> None:
-    async with _alpha_behind_a_proxy(make_client, config, services) as (
-        proxy,
-        alpha,
-        sender,
-        cid,
-        ws,
-    ):
+    async with _alpha_behind_a_proxy(make_client, config, services) as setup:
+        proxy, alpha, sender, cid, ws = setup
         inbox = alpha.server.app[keys.ROUTER].inbox
         inbox.max_pending = 1
         proxy.cut()
@@ -109,15 +99,28 @@ async def test_deliveries_a_full_queue_drops_come_back_as_a_resync(
         assert seqs == {1, 2, 3, 4, 5}
 
 
-async def test_lost_inbox_entries_make_every_session_resync(
+@asynccontextmanager
+async def _beta_inbox(
     make_client: Any, config: Config, services: ServiceSet
-) -> None:
+) -> AsyncIterator[tuple[User, WsClient, str, aioredis.Redis]]:
+    """A user listening on beta, beta's inbox stream, and a Redis client to write into it as
+    another node (or a fault) would."""
     _alpha, beta = await _cluster(make_client, config)
     user = await register(beta)
     ws = await WsClient.connect(beta, user.access)
     stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
     redis = aioredis.Redis.from_url(services.redis_url)
     try:
+        yield user, ws, stream, redis
+    finally:
+        await redis.aclose()
+        await ws.close()
+
+
+async def test_lost_inbox_entries_make_every_session_resync(
+    make_client: Any, config: Config, services: ServiceSet
+) -> None:
+    async with _beta_inbox(make_client, config, services) as (_user, ws, stream, redis):
         entry = msgspec.msgpack.encode([Deliver([], [])])
         for number in (b"1", b"2"):  # in order: nothing lost
             await redis.xadd(stream, {b"v": b"2", b"f": b"ghost", b"n": number, b"e": entry})
@@ -125,9 +128,6 @@ async def test_lost_inbox_entries_make_every_session_resync(
         await redis.xadd(stream, {b"v": b"2", b"f": b"ghost", b"n": b"5", b"e": entry})
         resync = await ws.expect("resync")
         assert resync["conversation_ids"] is None  # whom the lost entries were for is unknown
-    finally:
-        await redis.aclose()
-        await ws.close()
 
 
 async def test_a_resend_found_stored_is_fanned_out(client: TestClient) -> None:
@@ -180,38 +180,23 @@ def test_envelopes_of_the_previous_and_the_next_release_decode() -> None:
 async def test_an_entry_in_the_previous_format_is_delivered(
     make_client: Any, config: Config, services: ServiceSet
 ) -> None:
-    _alpha, beta = await _cluster(make_client, config)
-    user = await register(beta)
-    ws = await WsClient.connect(beta, user.access)
-    stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
-    redis = aioredis.Redis.from_url(services.redis_url)
-    try:  # the previous release wrote only the envelopes (no v, f, n) and Deliver had 2 fields
+    # The previous release wrote only the envelopes (no v, f, n), and Deliver had 2 fields.
+    async with _beta_inbox(make_client, config, services) as (user, ws, stream, redis):
         frame = b'{"type":"pong"}'
         await redis.xadd(
             stream, {b"e": msgspec.msgpack.encode([["deliver", [int(user.id)], [frame]]])}
         )
         await ws.expect("pong")
-    finally:
-        await redis.aclose()
-        await ws.close()
 
 
 async def test_an_entry_written_twice_is_read_once(
     make_client: Any, config: Config, services: ServiceSet
 ) -> None:
     # A write retried after its reply was lost (it had got through): same sender, same number.
-    _alpha, beta = await _cluster(make_client, config)
-    user = await register(beta)
-    ws = await WsClient.connect(beta, user.access)
-    stream = beta.server.app[keys.REDIS_KEYS].inbox(beta.server.app[keys.NODES].node_id)
-    redis = aioredis.Redis.from_url(services.redis_url)
-    try:
+    async with _beta_inbox(make_client, config, services) as (user, ws, stream, redis):
         entry = msgspec.msgpack.encode([Deliver([int(user.id)], [b'{"type":"pong"}'])])
         for _ in range(2):
             await redis.xadd(stream, {b"v": b"2", b"f": b"twice", b"n": b"1", b"e": entry})
         await ws.expect("pong")
         await ws.quiet("pong", 0.3)
         assert not ws.of("resync")
-    finally:
-        await redis.aclose()
-        await ws.close()
