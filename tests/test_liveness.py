@@ -244,6 +244,9 @@ async def test_a_node_cut_off_longer_than_the_timeout_is_reborn(cluster: Cluster
     await step(a, b, beats=int(DEBOUNCE / HEARTBEAT) + 1)  # past a's offline check
     assert await direct.exists(rkeys.online(int(friend.id)))
     assert await fw.expect("resync")  # whatever b missed meanwhile, the session syncs
+    # ... and again once every node has beaten twice (one that had not yet seen the burial may
+    # have posted to the old life after the first).
+    assert await fw.expect("resync")
 
     await ww.send({"type": "send", "conversation_id": cid, "client_id": "after", "text": "hi"})
     await ww.expect("ack")

@@ -211,6 +211,9 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
         await presence.reborn()
         router.announce(joined=True)
         router.resync_local(None, [])
+        # Nodes that had not yet seen the burial may have posted to the old life meanwhile:
+        # once each has beaten twice, they all post to the new one; sync once more then.
+        clock.call_later(2 * cc.heartbeat, router.resync_local, None, [])
 
     nodes.on_reborn(reborn)
     await inbox.start()  # read position fixed before anyone can route to us
