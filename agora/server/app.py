@@ -6,9 +6,11 @@ order; aiohttp closes them in reverse on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -53,6 +55,21 @@ from agora.storage.migrations import migrate
 from agora.storage.social import SocialStore
 
 log = logging.getLogger(__name__)
+
+STEP_TIMEOUT = 3.0  # seconds one shutdown step may take before the node goes on without it
+
+
+async def bounded(step: Coroutine[Any, Any, Any], what: str) -> None:
+    """Run one shutdown step for at most ``STEP_TIMEOUT`` seconds (not waiting for it to
+    acknowledge a cancellation either: a step stuck in I/O must not keep the node up)."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=STEP_TIMEOUT)
+    if not done:
+        task.cancel()
+        log.warning("shutdown: %s took over %.0f s; going on without it", what, STEP_TIMEOUT)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown: %s failed", what, exc_info=task.exception())
+
 
 HERE = Path(__file__).parent
 API_PREFIX = "/api/v1"
@@ -144,7 +161,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         on_created=app[keys.REALTIME].post_created,
     )
     yield
-    await revocations.stop()
+    await bounded(revocations.stop(), "stopping revocations")
     passwords.close()
 
 
@@ -233,16 +250,18 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     # that still reach us on to them; let each actor finish its batch in hand, its queued
     # commands following the conversation to its new owner; then the committer, the inbox
     # (flushing what is queued) and, after this function, the pools.
+    # Each step is bounded: one that hangs (a Redis reply that never comes) is logged and left
+    # behind, so the node still stops and closes its pools.
     unsubscribe()
-    await sessions.wait_cleanups()
+    await sessions.wait_cleanups(STEP_TIMEOUT)
     router.leaving = True
-    await nodes.stop()
+    await bounded(nodes.stop(), "leaving the cluster")
     router.announce(joined=False)
-    await conversations.stop_all()
-    await committer.stop()
+    await bounded(conversations.stop_all(), "draining conversation actors")
+    await bounded(committer.stop(), "stopping the committer")
     router.fail_pending()
-    await presence.stop()
-    await inbox.stop()
+    await bounded(presence.stop(), "stopping presence")
+    await bounded(inbox.stop(), "stopping the inbox")
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
@@ -259,7 +278,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         job.start()
     yield
     for job in jobs:
-        await job.stop()
+        await bounded(job.stop(), f"stopping {job.name}")
 
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
