@@ -68,7 +68,6 @@ class Committer(Actor[CommitRequest]):
     ) -> None:
         super().__init__("committer", mailbox_size, clock)
         self.store = store
-        self.retries = 0  # statements retried after a database error (for tests and logs)
 
     async def receive_many(self, items: list[tuple[CommitRequest, Reply | None]]) -> None:
         # Each statement holds a conversation once and at most MAX_ROWS messages.
@@ -94,34 +93,28 @@ class Committer(Actor[CommitRequest]):
         requests = [
             (r.conversation_id, r.last_seq, r.members_version, r.batch) for r, _ in batch.values()
         ]
-        delay, waited = RETRY_FIRST, 0.0
-        while True:
-            try:
-                results = await self.store.commit_many(requests)
-                break
-            except asyncpg.DataError:
-                if len(batch) > 1:
-                    # One conversation's bad row must not fail the others it shared a statement
-                    # with (and again on every retry): each goes alone, only the bad one fails.
-                    log.warning("a statement of %d conversations failed; each alone", len(batch))
-                    for cid, item in batch.items():
-                        await self._commit({cid: item})
-                    return
-                log.exception("conversation %d: PostgreSQL refused a message", next(iter(batch)))
-            except Exception:
-                if waited < RETRY_FOR:
-                    # A blip: every conversation of the statement waits, then all go again.
-                    self.retries += 1
-                    log.warning("commit failed; retrying in %.2f s", delay, exc_info=True)
-                    await self.clock.sleep(delay)
-                    waited += delay
-                    delay = min(delay * 2, RETRY_MAX)
-                    continue
-                log.exception("committing conversation %d failed", next(iter(batch)))
-            for _, reply in batch.values():
-                if reply:
-                    reply(AppError(ErrorCode.UNAVAILABLE, "could not store the message; retry"))
+        try:
+            # A blip is retried for every conversation of the statement at once.
+            results = await through_blips(lambda: self.store.commit_many(requests), self.clock)
+        except asyncpg.DataError:
+            if len(batch) > 1:
+                # One conversation's bad row must not fail the others it shared a statement
+                # with (and again on every retry): each goes alone, only the bad one fails.
+                log.warning("a statement of %d conversations failed; each alone", len(batch))
+                for cid, item in batch.items():
+                    await self._commit({cid: item})
+                return
+            self._fail(batch, "PostgreSQL refused a message of conversation %d")
+            return
+        except Exception:
+            self._fail(batch, "committing conversation %d failed")
             return
         for conv, (_, reply) in batch.items():
             if reply:
                 reply(results[conv])
+
+    def _fail(self, batch: dict[int, tuple[CommitRequest, Reply | None]], why: str) -> None:
+        log.exception(why, next(iter(batch)))
+        for _, reply in batch.values():
+            if reply:
+                reply(AppError(ErrorCode.UNAVAILABLE, "could not store the message; retry"))
