@@ -66,7 +66,9 @@ def config(
             "AGORA_ENV": "test",
             "AGORA_DATABASE_URL": database_url,
             "AGORA_REDIS_URL": services.redis_url,
-            "AGORA_REDIS_PREFIX": redis_prefix,
+            # Each test its own namespace inside the session's: a node a test left registered
+            # (killed, or stopped on a manual clock) must not be a live peer of the next test's.
+            "AGORA_REDIS_PREFIX": f"{redis_prefix}{secrets.token_hex(3)}:",
             "AGORA_JWT_SECRET": JWT_SECRET,
             "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("var")),
             "AGORA_DB_POOL_MIN": "1",
