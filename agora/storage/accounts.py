@@ -10,14 +10,17 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from agora.events.types import UserRegistered, UserUpdated
 from agora.protocol.accounts import Role
 from agora.storage.db import Database, Record
+from agora.storage.events import append
 from agora.storage.visibility import users_hidden
 
 USER_COLUMNS = (
     "id, username, email, password_hash, display_name, bio, avatar_media_id, role, "
     "status, created_at"
 )
+_USER_FIELDS = len(USER_COLUMNS.split(", "))
 
 INSERT_USER = f"""
 INSERT INTO accounts.users (username, email, password_hash, display_name, role)
@@ -30,14 +33,19 @@ SELECT {USER_COLUMNS} FROM accounts.users
 WHERE lower(username) = lower($1) OR lower(email) = lower($1)
 LIMIT 1
 """
+PROFILE_FIELDS = ("display_name", "bio", "avatar_media_id")
+# The profile after the change and (from the locked row it replaced) before it: the user.updated
+# event names the fields that changed.
 UPDATE_PROFILE = f"""
-UPDATE accounts.users SET
-    display_name = CASE WHEN $2 THEN $3 ELSE display_name END,
-    bio = CASE WHEN $4 THEN $5 ELSE bio END,
-    avatar_media_id = CASE WHEN $6 THEN $7 ELSE avatar_media_id END,
+UPDATE accounts.users u SET
+    display_name = CASE WHEN $2 THEN $3 ELSE u.display_name END,
+    bio = CASE WHEN $4 THEN $5 ELSE u.bio END,
+    avatar_media_id = CASE WHEN $6 THEN $7 ELSE u.avatar_media_id END,
     updated_at = now()
-WHERE id = $1
-RETURNING {USER_COLUMNS}
+FROM (SELECT id, {", ".join(PROFILE_FIELDS)} FROM accounts.users WHERE id = $1 FOR UPDATE) old
+WHERE u.id = old.id
+RETURNING {", ".join(f"u.{c}" for c in USER_COLUMNS.split(", "))},
+          {", ".join(f"old.{c} AS old_{c}" for c in PROFILE_FIELDS)}
 """
 UPDATE_PASSWORD_HASH = "UPDATE accounts.users SET password_hash = $2 WHERE id = $1"
 SET_ROLE = f"""
@@ -181,7 +189,7 @@ class UserRecord:
 
     @classmethod
     def of(cls, row: Record) -> UserRecord:
-        return cls(*row.values())
+        return cls(*list(row.values())[:_USER_FIELDS])
 
 
 class Refresh(Enum):
@@ -214,14 +222,23 @@ class AccountStore:
         self, username: str, email: str, password_hash: str, display_name: str, role: str = "user"
     ) -> UserRecord:
         try:
-            row = await self.db.fetchrow(
-                "create_user", INSERT_USER, username, email, password_hash, display_name, role
-            )
+            async with self.db.transaction("create_user") as tx:
+                row = await tx.fetchrow(
+                    "insert_user", INSERT_USER, username, email, password_hash, display_name, role
+                )
+                assert row is not None
+                user = UserRecord.of(row)
+                await append(
+                    tx,
+                    UserRegistered(
+                        user_id=user.id, username=user.username, display_name=user.display_name
+                    ),
+                    user.id,
+                )
         except asyncpg.UniqueViolationError as exc:
             field = "email" if "email" in (exc.constraint_name or "") else "username"
             raise DuplicateUser(field) from None
-        assert row is not None
-        return UserRecord.of(row)
+        return user
 
     async def get_user(self, user_id: int) -> UserRecord | None:
         row = await self.db.fetchrow("get_user", SELECT_USER, user_id)
@@ -237,18 +254,38 @@ class AccountStore:
         return UserRecord.of(row) if row else None
 
     async def update_profile(self, user_id: int, changes: dict[str, Any]) -> UserRecord | None:
-        row = await self.db.fetchrow(
-            "update_profile",
-            UPDATE_PROFILE,
-            user_id,
-            "display_name" in changes,
-            changes.get("display_name"),
-            "bio" in changes,
-            changes.get("bio"),
-            "avatar_media_id" in changes,
-            changes.get("avatar_media_id"),
-        )
-        return UserRecord.of(row) if row else None
+        """Apply ``changes`` (profile fields) as the user; with a user.updated event when a
+        field's value actually changed."""
+        async with self.db.transaction("update_profile") as tx:
+            row = await tx.fetchrow(
+                "update_profile",
+                UPDATE_PROFILE,
+                user_id,
+                "display_name" in changes,
+                changes.get("display_name"),
+                "bio" in changes,
+                changes.get("bio"),
+                "avatar_media_id" in changes,
+                changes.get("avatar_media_id"),
+            )
+            if row is None:
+                return None
+            user = UserRecord.of(row)
+            changed = [f for f in PROFILE_FIELDS if row[f] != row[f"old_{f}"]]
+            if changed:
+                await append(
+                    tx,
+                    UserUpdated(
+                        user_id=user.id,
+                        username=user.username,
+                        display_name=user.display_name,
+                        bio=user.bio,
+                        avatar_media_id=user.avatar_media_id,
+                        changed=changed,
+                    ),
+                    user.id,
+                )
+        return user
 
     async def update_password_hash(self, user_id: int, password_hash: str) -> None:
         await self.db.execute("rehash_password", UPDATE_PASSWORD_HASH, user_id, password_hash)
