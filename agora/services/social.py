@@ -94,7 +94,7 @@ class SocialService:
             parties = await self.store.request_parties(tx, request_id)
             if parties is None or parties[2] != "pending":
                 raise conflict("this friend request is no longer pending")
-            await self.store.set_request_status(tx, request_id, "declined")
+            await self.store.set_request_status(tx, request_id, "declined", me)
         return await self._request_out(request_id)
 
     async def cancel(self, me: int, request_id: int) -> None:
@@ -109,7 +109,7 @@ class SocialService:
             parties = await self.store.request_parties(tx, request_id)
             if parties is None or parties[2] != "pending":
                 raise conflict("this friend request is no longer pending")
-            await self.store.set_request_status(tx, request_id, "cancelled")
+            await self.store.set_request_status(tx, request_id, "cancelled", me)
 
     async def _pending_for_recipient(self, tx: Tx, me: int, request_id: int) -> int:
         parties = await self.store.request_parties(tx, request_id)
@@ -120,6 +120,7 @@ class SocialService:
         return parties[0]
 
     async def _accept_locked(self, tx: Tx, request_id: int, a: int, b: int) -> None:
+        """``a`` accepts the request ``b`` sent."""
         rel = await self.store.relationship(tx, a, b)
         if rel.i_blocked or rel.blocked_me or not rel.other_active:
             raise not_found("friend request")
@@ -128,7 +129,7 @@ class SocialService:
         for user in (a, b):
             if await self.store.count_friends(tx, user) >= MAX_FRIENDS:
                 raise _friend_limit_error()
-        await self.store.set_request_status(tx, request_id, "accepted")
+        await self.store.set_request_status(tx, request_id, "accepted", a)
         await self.store.add_friendship(tx, a, b)
 
     async def _request_out(self, request_id: int) -> FriendRequestOut:
@@ -151,7 +152,7 @@ class SocialService:
     async def unfriend(self, me: int, other: int) -> None:
         async with self.db.transaction("unfriend") as tx:
             await self.store.lock_pair(tx, me, other)
-            if not await self.store.remove_friendship(tx, me, other):
+            if not await self.store.remove_friendship(tx, me, other, "unfriend"):
                 raise not_found("friend")
         await self._friendship_changed(me, other)
 
@@ -179,7 +180,7 @@ class SocialService:
             if not rel.other_exists:
                 raise not_found("user")
             created_at, created = await self.store.add_block(tx, me, other)
-            await self.store.remove_friendship(tx, me, other)
+            await self.store.remove_friendship(tx, me, other, "block")
             await self.store.cancel_pending_between(tx, me, other)
         if created:
             await self._friendship_changed(me, other)

@@ -12,8 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from agora.events.types import (
+    FriendRequestAccepted,
+    FriendRequestCancelled,
+    FriendRequestDeclined,
+    FriendRequestSent,
+    FriendshipEnded,
+    UserBlocked,
+    UserUnblocked,
+)
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser, public_user_columns
 from agora.storage.db import Database, Record, Tx
+from agora.storage.events import append
 from agora.storage.visibility import users_hidden
 
 LOCK_PAIR = """
@@ -54,6 +64,7 @@ REQUEST_PARTIES = (
 )
 SET_REQUEST_STATUS = """
 UPDATE social.friend_requests SET status = $2, updated_at = now() WHERE id = $1
+RETURNING from_user_id, to_user_id
 """
 LIST_INCOMING = (
     _REQUEST_SELECT
@@ -76,6 +87,7 @@ UPDATE social.friend_requests SET status = 'cancelled', updated_at = now()
 WHERE status = 'pending'
   AND least(from_user_id, to_user_id) = least($1::bigint, $2::bigint)
   AND greatest(from_user_id, to_user_id) = greatest($1::bigint, $2::bigint)
+RETURNING id, from_user_id, to_user_id
 """
 ADD_FRIENDSHIP = """
 INSERT INTO social.friendships (user_id, friend_id) VALUES ($1, $2), ($2, $1)
@@ -115,6 +127,15 @@ WHERE b.blocker_id = $1 AND (b.created_at, b.blocked_id) < ($2::timestamptz, $3:
 ORDER BY b.created_at DESC, b.blocked_id DESC
 LIMIT $4
 """
+
+
+_ANSWERS: dict[
+    str, type[FriendRequestAccepted | FriendRequestDeclined | FriendRequestCancelled]
+] = {
+    "accepted": FriendRequestAccepted,
+    "declined": FriendRequestDeclined,
+    "cancelled": FriendRequestCancelled,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +189,8 @@ class SocialStore:
         self.db = db
 
     # -- inside a pair transaction ------------------------------------------------------------
+    # Each change writes its event (agora.events.types) in the same transaction, after the
+    # change: the pair's lock, held until commit, keeps one pair's events in commit order.
 
     async def lock_pair(self, tx: Tx, a: int, b: int) -> None:
         await tx.execute("lock_pair", LOCK_PAIR, a, b)
@@ -193,24 +216,52 @@ class SocialStore:
         request_id: int = await tx.fetchval(
             "create_friend_request", INSERT_REQUEST, from_user, to_user
         )
+        await append(
+            tx,
+            FriendRequestSent(request_id=request_id, from_id=from_user, to_id=to_user),
+            from_user,
+        )
         return request_id
 
     async def request_parties(self, tx: Tx, request_id: int) -> tuple[int, int, str] | None:
         row = await tx.fetchrow("friend_request_parties", REQUEST_PARTIES, request_id)
         return (row["from_user_id"], row["to_user_id"], row["status"]) if row else None
 
-    async def set_request_status(self, tx: Tx, request_id: int, status: str) -> None:
-        await tx.execute("set_friend_request_status", SET_REQUEST_STATUS, request_id, status)
+    async def set_request_status(
+        self,
+        tx: Tx,
+        request_id: int,
+        status: Literal["accepted", "declined", "cancelled"],
+        actor_id: int,
+    ) -> None:
+        """Answer a pending request (the caller holds the pair's lock and saw it pending)."""
+        row = await tx.fetchrow("set_friend_request_status", SET_REQUEST_STATUS, request_id, status)
+        if row is not None:
+            payload = _ANSWERS[status](
+                request_id=request_id, from_id=row["from_user_id"], to_id=row["to_user_id"]
+            )
+            await append(tx, payload, actor_id)
 
     async def cancel_pending_between(self, tx: Tx, a: int, b: int) -> None:
-        await tx.execute("cancel_pending_requests", CANCEL_PENDING_BETWEEN, a, b)
+        """Cancel the pair's pending request, if any, as ``a`` did (a block)."""
+        rows = await tx.fetch("cancel_pending_requests", CANCEL_PENDING_BETWEEN, a, b)
+        for row in rows:
+            payload = FriendRequestCancelled(
+                request_id=row["id"], from_id=row["from_user_id"], to_id=row["to_user_id"]
+            )
+            await append(tx, payload, a)
 
     async def add_friendship(self, tx: Tx, a: int, b: int) -> None:
         await tx.execute("add_friendship", ADD_FRIENDSHIP, a, b)
 
-    async def remove_friendship(self, tx: Tx, a: int, b: int) -> bool:
-        status = await tx.execute("remove_friendship", REMOVE_FRIENDSHIP, a, b)
-        return status != "DELETE 0"
+    async def remove_friendship(
+        self, tx: Tx, a: int, b: int, reason: Literal["unfriend", "block"]
+    ) -> bool:
+        """End the friendship of ``a`` (who acts) and ``b``; False when there was none."""
+        if await tx.execute("remove_friendship", REMOVE_FRIENDSHIP, a, b) == "DELETE 0":
+            return False
+        await append(tx, FriendshipEnded(user_id=a, friend_id=b, reason=reason), a)
+        return True
 
     async def count_friends(self, tx: Tx, user_id: int) -> int:
         count: int = await tx.fetchval("count_friends", COUNT_FRIENDS, user_id)
@@ -219,12 +270,16 @@ class SocialStore:
     async def add_block(self, tx: Tx, blocker: int, blocked: int) -> tuple[datetime, bool]:
         created = await tx.fetchval("add_block", ADD_BLOCK, blocker, blocked)
         if created is not None:
+            await append(tx, UserBlocked(blocker_id=blocker, blocked_id=blocked), blocker)
             return created, True
         existing: datetime = await tx.fetchval("get_block", GET_BLOCK, blocker, blocked)
         return existing, False
 
     async def remove_block(self, tx: Tx, blocker: int, blocked: int) -> bool:
-        return await tx.execute("remove_block", REMOVE_BLOCK, blocker, blocked) != "DELETE 0"
+        if await tx.execute("remove_block", REMOVE_BLOCK, blocker, blocked) == "DELETE 0":
+            return False
+        await append(tx, UserUnblocked(blocker_id=blocker, blocked_id=blocked), blocker)
+        return True
 
     # -- reads ---------------------------------------------------------------------------------
 
