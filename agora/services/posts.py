@@ -70,9 +70,11 @@ class PostService:
             raise forbidden("only the author can edit a post")
         text = None if body.text is msgspec.UNSET else body.text
         visibility = None if body.visibility is msgspec.UNSET else body.visibility
-        await self.posts.update(post_id, text, visibility)
-        if visibility is not None and visibility != access.visibility:
-            await self.feed.visibility_changed(viewer, post_id, access.visibility, visibility)
+        edit = await self.posts.update(post_id, text, visibility, viewer)
+        if edit is not None and edit.visibility != edit.old_visibility:
+            await self.feed.visibility_changed(
+                viewer, post_id, edit.old_visibility, edit.visibility
+            )
         else:
             await self.feed.post_changed(post_id)
         return await self.get(viewer, post_id)
@@ -85,7 +87,7 @@ class PostService:
             if not access.visible:
                 raise not_found("post")
             raise forbidden("only the author or a moderator can delete a post")
-        if await self.posts.delete(post_id):
+        if await self.posts.delete(post_id, viewer):
             await self.feed.post_removed(access.author_id, post_id, access.visibility)
 
     async def by_user(
@@ -151,6 +153,6 @@ class PostService:
             raise forbidden(
                 "only the comment's author, the post's author or a moderator can delete a comment"
             )
-        post_id = await self.comments.post_of(comment_id)
-        if await self.comments.delete(comment_id) and post_id is not None:
+        post_id = await self.comments.delete(comment_id, viewer)
+        if post_id is not None:
             await self.feed.post_changed(post_id)

@@ -12,12 +12,24 @@ from datetime import datetime, timedelta
 import asyncpg
 import msgspec
 
+from agora.events.types import (
+    CommentCreated,
+    CommentDeleted,
+    PostCreated,
+    PostDeleted,
+    PostUpdated,
+    PostVisibilityChanged,
+    ReactionRemoved,
+    ReactionSet,
+)
 from agora.protocol.content import ReactionType, Visibility
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record, Tx, id_floor
+from agora.storage.events import append
 from agora.storage.visibility import can_see, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
+_UPSERT_ATTEMPTS = 5  # see UPSERT_REACTION
 _COUNT_COLUMNS = tuple((t, f"{t}_count") for t in REACTION_TYPES)
 
 
@@ -60,14 +72,18 @@ INSERT_POST = """
 INSERT INTO content.posts (author_id, text, visibility, media_ids) VALUES ($1, $2, $3, $4)
 RETURNING id
 """
+# The post after the edit and (from the locked row it replaced) before it, for its events.
 UPDATE_POST = """
-UPDATE content.posts SET
-    text = CASE WHEN $2 THEN $3 ELSE text END,
-    visibility = CASE WHEN $4 THEN $5 ELSE visibility END,
+UPDATE content.posts p SET
+    text = CASE WHEN $2 THEN $3 ELSE p.text END,
+    visibility = CASE WHEN $4 THEN $5 ELSE p.visibility END,
     updated_at = clock_timestamp()
-WHERE id = $1
+FROM (SELECT id, text, visibility FROM content.posts WHERE id = $1 FOR UPDATE) old
+WHERE p.id = old.id
+RETURNING p.author_id, p.text, p.visibility, old.text AS old_text,
+          old.visibility AS old_visibility
 """
-DELETE_POST = "DELETE FROM content.posts WHERE id = $1"
+DELETE_POST = "DELETE FROM content.posts WHERE id = $1 RETURNING author_id"
 
 # The feed: the viewer's and their friends' posts, newest first, before an id. Per author only
 # the newest `limit` rows are read (index posts_author), so the cost is bounded by the number of
@@ -130,13 +146,28 @@ ORDER BY ranked.score DESC, p.id DESC
 """
 )
 
-CHECK_VISIBLE = f"SELECT {VISIBLE} FROM content.posts p WHERE p.id = $2"
+CHECK_VISIBLE = f"SELECT p.author_id, {VISIBLE} AS visible FROM content.posts p WHERE p.id = $2"
+# Set the user's reaction; `reaction` is the type set (NULL when it already was that type) and
+# `previous` the type it replaced. The user's row is locked before the upsert (prev is read
+# first: the insert's condition needs it), so `previous` is what the update replaced even when
+# another of the user's reactions committed meanwhile. Both NULL: the user's first reaction was
+# inserted by another transaction after prev looked; the update is then skipped and the caller
+# runs the statement again (it then finds and locks that row).
 UPSERT_REACTION = """
-INSERT INTO content.reactions (post_id, user_id, type) VALUES ($1, $2, $3)
-ON CONFLICT (post_id, user_id) DO UPDATE SET type = EXCLUDED.type, created_at = now()
-WHERE content.reactions.type <> EXCLUDED.type
+WITH prev AS MATERIALIZED (
+    SELECT type FROM content.reactions WHERE post_id = $1 AND user_id = $2 FOR UPDATE
+), upsert AS (
+    INSERT INTO content.reactions AS r (post_id, user_id, type)
+    SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT FROM prev WHERE prev.type = $3)
+    ON CONFLICT (post_id, user_id) DO UPDATE SET type = EXCLUDED.type, created_at = now()
+    WHERE r.type <> EXCLUDED.type AND EXISTS (SELECT FROM prev)
+    RETURNING r.type
+)
+SELECT (SELECT type FROM upsert) AS reaction, (SELECT type FROM prev) AS previous
 """
-DELETE_REACTION = "DELETE FROM content.reactions WHERE post_id = $1 AND user_id = $2"
+DELETE_REACTION = """
+DELETE FROM content.reactions WHERE post_id = $1 AND user_id = $2 RETURNING type
+"""
 
 _COMMENT_SELECT = f"""
 SELECT c.id, c.post_id, c.parent_id, c.text, c.created_at, {PUBLIC_USER_COLUMNS}
@@ -144,7 +175,8 @@ FROM content.comments c JOIN accounts.users u ON u.id = c.author_id
 """
 INSERT_COMMENT = """
 INSERT INTO content.comments (post_id, author_id, parent_id, text) VALUES ($1, $2, $3, $4)
-RETURNING id
+RETURNING id, (SELECT author_id FROM content.posts WHERE id = $1) AS post_author_id,
+          (SELECT author_id FROM content.comments WHERE id = $3) AS parent_author_id
 """
 GET_COMMENT = _COMMENT_SELECT + "WHERE c.id = $1"
 COMMENT_POST = "SELECT post_id FROM content.comments WHERE id = $1"
@@ -166,7 +198,7 @@ SELECT c.author_id, p.author_id AS post_author_id,
 FROM content.comments c JOIN content.posts p ON p.id = c.post_id
 WHERE c.id = $2
 """
-DELETE_COMMENT = "DELETE FROM content.comments WHERE id = $1"
+DELETE_COMMENT = "DELETE FROM content.comments WHERE id = $1 RETURNING post_id, author_id"
 
 
 class PostRow(msgspec.Struct, frozen=True, gc=False):
@@ -206,6 +238,14 @@ class PostAccess:
 
 
 @dataclass(frozen=True, slots=True)
+class PostEdit:
+    """A post's visibility before and after an edit."""
+
+    old_visibility: str
+    visibility: str
+
+
+@dataclass(frozen=True, slots=True)
 class CommentRow:
     id: int
     post_id: int
@@ -235,13 +275,29 @@ class CommentAccess:
 
 
 class PostStore:
+    """Every write is one transaction with its events (agora.events.types), each written after
+    the statement of its change: that statement's row lock (the post's, or for reactions the
+    post's counter row) is held until commit, so one aggregate's events are in commit order."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def create(self, author_id: int, text: str, visibility: str, media_ids: list[int]) -> int:
-        post_id: int = await self.db.fetchval(
-            "create_post", INSERT_POST, author_id, text, visibility, media_ids
-        )
+        async with self.db.transaction("create_post") as tx:
+            post_id: int = await tx.fetchval(
+                "insert_post", INSERT_POST, author_id, text, visibility, media_ids
+            )
+            await append(
+                tx,
+                PostCreated(
+                    post_id=post_id,
+                    author_id=author_id,
+                    text=text,
+                    visibility=visibility,
+                    media_ids=media_ids,
+                ),
+                author_id,
+            )
         return post_id
 
     async def get(self, viewer_id: int | None, post_id: int) -> PostRow | None:
@@ -265,19 +321,56 @@ class PostStore:
         row = await self.db.fetchrow("post_access", POST_ACCESS, viewer_id, post_id)
         return PostAccess(row["author_id"], row["visibility"], row["visible"]) if row else None
 
-    async def update(self, post_id: int, text: str | None, visibility: str | None) -> None:
-        await self.db.execute(
-            "update_post",
-            UPDATE_POST,
-            post_id,
-            text is not None,
-            text,
-            visibility is not None,
-            visibility,
-        )
+    async def update(
+        self, post_id: int, text: str | None, visibility: str | None, actor_id: int
+    ) -> PostEdit | None:
+        """Edit the text and/or visibility (None: unchanged); None when the post is gone.
+        A changed text writes post.updated, a changed visibility post.visibility_changed."""
+        async with self.db.transaction("update_post") as tx:
+            row = await tx.fetchrow(
+                "update_post",
+                UPDATE_POST,
+                post_id,
+                text is not None,
+                text,
+                visibility is not None,
+                visibility,
+            )
+            if row is None:
+                return None
+            author_id = row["author_id"]
+            if row["text"] != row["old_text"]:
+                await append(
+                    tx,
+                    PostUpdated(
+                        post_id=post_id,
+                        author_id=author_id,
+                        text=row["text"],
+                        visibility=row["visibility"],
+                    ),
+                    actor_id,
+                )
+            if row["visibility"] != row["old_visibility"]:
+                await append(
+                    tx,
+                    PostVisibilityChanged(
+                        post_id=post_id,
+                        author_id=author_id,
+                        old=row["old_visibility"],
+                        new=row["visibility"],
+                    ),
+                    actor_id,
+                )
+        return PostEdit(row["old_visibility"], row["visibility"])
 
-    async def delete(self, post_id: int) -> bool:
-        return await self.db.execute("delete_post", DELETE_POST, post_id) != "DELETE 0"
+    async def delete(self, post_id: int, actor_id: int) -> bool:
+        """Delete the post (its comments and reactions go with it); False when it was gone."""
+        async with self.db.transaction("delete_post") as tx:
+            author_id = await tx.fetchval("delete_post", DELETE_POST, post_id)
+            if author_id is None:
+                return False
+            await append(tx, PostDeleted(post_id=post_id, author_id=author_id), actor_id)
+        return True
 
     # -- feed ------------------------------------------------------------------------------------
 
@@ -317,29 +410,73 @@ class PostStore:
 
     # -- reactions --------------------------------------------------------------------------
 
-    async def visible(self, tx: Tx | Database, viewer_id: int, post_id: int) -> bool:
-        return bool(await tx.fetchval("check_post_visible", CHECK_VISIBLE, viewer_id, post_id))
+    async def visible_author(self, tx: Tx | Database, viewer_id: int, post_id: int) -> int | None:
+        """The post's author if the viewer may see the post, else None."""
+        row = await tx.fetchrow("check_post_visible", CHECK_VISIBLE, viewer_id, post_id)
+        return row["author_id"] if row is not None and row["visible"] else None
 
     async def react(self, viewer_id: int, post_id: int, kind: str) -> bool:
-        """Set the viewer's reaction; False when the post is gone or not visible."""
+        """Set the viewer's reaction; False when the post is gone or not visible. A new or
+        changed reaction writes reaction.set; the same type again writes nothing."""
         try:
             async with self.db.transaction("react") as tx:
-                if not await self.visible(tx, viewer_id, post_id):
+                author_id = await self.visible_author(tx, viewer_id, post_id)
+                if author_id is None:
                     return False
-                await tx.execute("upsert_reaction", UPSERT_REACTION, post_id, viewer_id, kind)
+                reaction, previous = await self._upsert_reaction(tx, viewer_id, post_id, kind)
+                if reaction is not None:
+                    await append(
+                        tx,
+                        ReactionSet(
+                            post_id=post_id,
+                            post_author_id=author_id,
+                            user_id=viewer_id,
+                            reaction=reaction,
+                            previous=previous,
+                        ),
+                        viewer_id,
+                    )
         except asyncpg.ForeignKeyViolationError:  # deleted meanwhile
             return False
         return True
 
+    @staticmethod
+    async def _upsert_reaction(
+        tx: Tx, viewer_id: int, post_id: int, kind: str
+    ) -> tuple[str | None, str | None]:
+        """(the type set or None when it was already set, the type it replaced)."""
+        reaction, previous = None, None
+        for _ in range(_UPSERT_ATTEMPTS):
+            row = await tx.fetchrow("upsert_reaction", UPSERT_REACTION, post_id, viewer_id, kind)
+            assert row is not None
+            reaction, previous = row["reaction"], row["previous"]
+            if reaction is not None or previous is not None:
+                break
+            # Both NULL: the viewer's first reaction committed meanwhile (see UPSERT_REACTION).
+        return reaction, previous
+
     async def unreact(self, viewer_id: int, post_id: int) -> bool:
+        """Remove the viewer's reaction (reaction.removed when there was one); False when the
+        post is gone or not visible."""
         async with self.db.transaction("unreact") as tx:
-            if not await self.visible(tx, viewer_id, post_id):
+            author_id = await self.visible_author(tx, viewer_id, post_id)
+            if author_id is None:
                 return False
-            await tx.execute("delete_reaction", DELETE_REACTION, post_id, viewer_id)
+            kind = await tx.fetchval("delete_reaction", DELETE_REACTION, post_id, viewer_id)
+            if kind is not None:
+                await append(
+                    tx,
+                    ReactionRemoved(
+                        post_id=post_id, post_author_id=author_id, user_id=viewer_id, reaction=kind
+                    ),
+                    viewer_id,
+                )
         return True
 
 
 class CommentStore:
+    """Like :class:`PostStore`: each write is one transaction with its event."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -351,9 +488,25 @@ class CommentStore:
         self, post_id: int, author_id: int, parent_id: int | None, text: str
     ) -> int | None:
         try:
-            comment_id: int = await self.db.fetchval(
-                "create_comment", INSERT_COMMENT, post_id, author_id, parent_id, text
-            )
+            async with self.db.transaction("create_comment") as tx:
+                row = await tx.fetchrow(
+                    "insert_comment", INSERT_COMMENT, post_id, author_id, parent_id, text
+                )
+                assert row is not None
+                comment_id: int = row["id"]
+                await append(
+                    tx,
+                    CommentCreated(
+                        comment_id=comment_id,
+                        post_id=post_id,
+                        post_author_id=row["post_author_id"],
+                        author_id=author_id,
+                        parent_id=parent_id,
+                        parent_author_id=row["parent_author_id"],
+                        text=text,
+                    ),
+                    author_id,
+                )
         except asyncpg.ForeignKeyViolationError:  # the post (or parent) was deleted meanwhile
             return None
         return comment_id
@@ -378,5 +531,17 @@ class CommentStore:
             row["author_id"], row["post_author_id"], row["post_visible"], row["comment_visible"]
         )
 
-    async def delete(self, comment_id: int) -> bool:
-        return await self.db.execute("delete_comment", DELETE_COMMENT, comment_id) != "DELETE 0"
+    async def delete(self, comment_id: int, actor_id: int) -> int | None:
+        """Delete the comment (its replies go with it); its post's id, or None when it was
+        gone."""
+        async with self.db.transaction("delete_comment") as tx:
+            row = await tx.fetchrow("delete_comment", DELETE_COMMENT, comment_id)
+            if row is None:
+                return None
+            post_id: int = row["post_id"]
+            await append(
+                tx,
+                CommentDeleted(comment_id=comment_id, post_id=post_id, author_id=row["author_id"]),
+                actor_id,
+            )
+        return post_id
