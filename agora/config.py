@@ -88,6 +88,19 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    exchange: str = "agora.events"  # RabbitMQ topic exchange; queues are "<exchange>.<consumer>"
+    relay: bool = True  # this process relays the outbox
+    consumers: bool = True  # this process runs the event consumers (agora worker always does)
+    prefetch: int = 256  # unacknowledged deliveries per consumer
+    max_attempts: int = 5  # attempts before an event goes to the dead-letter queue
+    retry_backoff: float = 0.5  # seconds before the first retry; doubled for each next one
+    lease: float = 120.0  # in-process mode: seconds a taken delivery waits before redelivery
+    retention: float = 7 * 24 * 3600.0  # sent events and handled-event records are kept this long
+    purge_interval: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     env: str
     node_id: str
@@ -99,6 +112,7 @@ class Config:
     auth: AuthConfig
     ws: WebSocketConfig = field(default_factory=WebSocketConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
     metrics_token: str | None = None
@@ -171,6 +185,23 @@ NON_NEGATIVE_INT: _Kind = (_non_negative_int, "a non-negative integer")
 SECONDS: _Kind = (_positive_float, "a positive number of seconds")
 SECONDS_OR_ZERO: _Kind = (_non_negative_float, "a non-negative number of seconds")
 FRAME_RATE: _Kind = (_non_negative_float, "a non-negative number of frames per second")
+
+
+def _switch(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("on", "off", "true", "false", "1", "0"):
+        raise ValueError(raw)
+    return value in ("on", "true", "1")
+
+
+def _exchange(raw: str) -> str:
+    if not _PREFIX.match(raw):
+        raise ValueError(raw)
+    return raw
+
+
+SWITCH: _Kind = (_switch, "on or off")
+EXCHANGE: _Kind = (_exchange, "1-64 letters, digits or '_.:-'")
 
 
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
@@ -289,6 +320,23 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             f"must be at least twice AGORA_CLUSTER_HEARTBEAT ({cluster.heartbeat}s)",
         )
 
+    events = EventsConfig(
+        **_set_fields(
+            env,
+            {
+                "exchange": ("AGORA_EVENTS_EXCHANGE", EXCHANGE),
+                "relay": ("AGORA_EVENTS_RELAY", SWITCH),
+                "consumers": ("AGORA_EVENTS_CONSUMERS", SWITCH),
+                "prefetch": ("AGORA_EVENTS_PREFETCH", POSITIVE_INT),
+                "max_attempts": ("AGORA_EVENTS_MAX_ATTEMPTS", POSITIVE_INT),
+                "retry_backoff": ("AGORA_EVENTS_RETRY_BACKOFF", SECONDS),
+                "lease": ("AGORA_EVENTS_LEASE", SECONDS),
+                "retention": ("AGORA_EVENTS_RETENTION", SECONDS),
+                "purge_interval": ("AGORA_EVENTS_PURGE_INTERVAL", SECONDS),
+            },
+        )
+    )
+
     return Config(
         env=mode,
         node_id=node_id,
@@ -302,6 +350,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         auth=auth,
         ws=ws,
         cluster=cluster,
+        events=events,
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from agora.config import Config, load_config
 from agora.server.app import create_app
 from agora.storage.migrations import migrate
+from tests.support.events import delete_namespace, exchange_name
 from tests.support.services import ServiceSet, create_database, drop_database
 
 JWT_SECRET = "test-secret-" + "x" * 52  # 64 bytes: long enough for HS512 too (a test forges one)
@@ -54,11 +55,21 @@ def redis_prefix(services: ServiceSet) -> Iterator[str]:
     asyncio.run(clean())
 
 
+@pytest.fixture(scope="session")
+def amqp_exchange(services: ServiceSet) -> Iterator[str]:
+    """This session's RabbitMQ exchange (its queues are named after it), deleted at the end."""
+    exchange = exchange_name()
+    yield exchange
+    if services.amqp_url is not None:
+        asyncio.run(delete_namespace(services.amqp_url, exchange))
+
+
 @pytest.fixture
 def config(
     services: ServiceSet,
     database_url: str,
     redis_prefix: str,
+    amqp_exchange: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Config:
     base = load_config(
@@ -73,6 +84,7 @@ def config(
             "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("var")),
             "AGORA_DB_POOL_MIN": "1",
             "AGORA_DB_POOL_MAX": "10",
+            "AGORA_EVENTS_EXCHANGE": amqp_exchange,
         }
     )
     # Cheap argon2 parameters: the hashing itself is argon2-cffi's business, not ours.

@@ -320,6 +320,13 @@ class Inbox:
         self._reader = asyncio.create_task(self._read(stream, b"0-0"), name="inbox-reader")
 
 
+def unnumbered_entry(envelopes: list[Envelope]) -> Entry:
+    """An entry from a process that is not a node (``agora worker``): it has no life that
+    readers number entries by, so its entries are unnumbered (read as they come, never taken
+    for a gap)."""
+    return {b"v": FORMAT, b"e": _encoder.encode(envelopes)}
+
+
 def group_by_node(placements: dict[int, set[str]]) -> dict[str, list[int]]:
     """user -> nodes  ==>  node -> users."""
     by_node: dict[str, list[int]] = defaultdict(list)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,12 @@ from agora.clock import Clock
 from agora.cluster.inbox import Inbox
 from agora.cluster.nodes import NodeRegistry
 from agora.cluster.presence import Presence
+from agora.cluster.reach import RouterReach
 from agora.cluster.router import Router, conversation_key
 from agora.config import Config, redact
+from agora.events.bus import EventBus
+from agora.events.consumer import Consumer, Reach
+from agora.events.metrics import EventMetrics
 from agora.handlers import auth, conversations, docs, feed, friends, posts, users, ws
 from agora.protocol.frames import CloseCode
 from agora.server import keys, ops
@@ -281,14 +285,53 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         await bounded(job.stop(), f"stopping {job.name}")
 
 
-def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
-    """Build a node. ``config`` must be resolved: database and Redis URLs and JWT secret set."""
+def consumers_of(app: web.Application, reach: Reach) -> list[Consumer]:
+    """The event consumers a process runs (a node's, or ``agora worker``'s)."""
+    return []
+
+
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    """Outbox relay and event consumers (after _realtime: consumers push through the router)."""
+    config = app[keys.CONFIG]
+    assert config.database.url
+    reach = RouterReach(app[keys.ROUTER], app[keys.PRESENCE])
+    bus = EventBus(
+        config.events,
+        app[keys.DB],
+        config.database.url,
+        app[keys.AMQP],
+        [*consumers_of(app, reach), *app[keys.EXTRA_CONSUMERS]],
+        app[keys.CLOCK],
+        EventMetrics(app[keys.METRICS].registry),
+        relay=config.events.relay,
+        consume=config.events.consumers,
+    )
+    bus.start()
+    app[keys.EVENTS] = bus
+    log.info(
+        "events: %s%s%s",
+        bus.transport,
+        ", relaying" if bus.relay else "",
+        f", consumers {', '.join(r.name for r in bus.runners)}" if bus.runners else "",
+    )
+    yield
+    await bounded(bus.stop(), "stopping the event relay and consumers")
+
+
+def create_app(
+    config: Config, *, clock: Clock | None = None, consumers: Sequence[Consumer] = ()
+) -> web.Application:
+    """Build a node. ``config`` must be resolved: database and Redis URLs and JWT secret set.
+    ``consumers`` run beside the node's own event consumers (tests, extensions)."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[envelope_middleware])
     app[keys.CONFIG] = config
     app[keys.CLOCK] = clock or Clock()
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
-    app.cleanup_ctx.extend([_database, _redis, _amqp, _services, _realtime, _housekeeping])
+    app[keys.EXTRA_CONSUMERS] = list(consumers)
+    app.cleanup_ctx.extend(
+        [_database, _redis, _amqp, _services, _realtime, _housekeeping, _events]
+    )
 
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)

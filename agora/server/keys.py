@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from agora.cluster.nodes import NodeRegistry
     from agora.cluster.presence import Presence
     from agora.cluster.router import Router
+    from agora.events.bus import EventBus
+    from agora.events.consumer import Consumer
     from agora.server.amqp import Amqp
     from agora.server.metrics import Metrics
     from agora.server.middleware import InFlight
@@ -53,3 +55,5 @@ NODES: web.AppKey[NodeRegistry] = web.AppKey("nodes")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
+EVENTS: web.AppKey[EventBus] = web.AppKey("events")
+EXTRA_CONSUMERS: web.AppKey[list[Consumer]] = web.AppKey("extra_consumers")

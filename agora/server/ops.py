@@ -30,12 +30,24 @@ async def readyz(request: web.Request) -> web.Response:
     amqp = app.get(keys.AMQP)
     if amqp is not None:
         checks["rabbitmq"] = asyncio.ensure_future(amqp.ensure())
-    await asyncio.gather(*checks.values(), return_exceptions=True)
-    results = {
+    bus = app.get(keys.EVENTS)
+    events = asyncio.ensure_future(bus.health()) if bus is not None else None
+    await asyncio.gather(*checks.values(), *([events] if events else []), return_exceptions=True)
+    results: dict[str, object] = {
         name: ("ok" if (not f.exception() and f.result()) else "unavailable")
         for name, f in checks.items()
     }
-    ready = all(v == "ok" for v in results.values())
+    if events is not None:
+        # Events wait in the outbox while the broker is away: writes still succeed, but the
+        # node is not ready (what others react to is not flowing) and says how much waits.
+        if events.exception() is not None:
+            results["events"] = "unavailable"
+        else:
+            flowing, detail = events.result()
+            results["events"] = {"status": "ok" if flowing else "waiting", **detail}
+    ready = all(
+        v == "ok" or (isinstance(v, dict) and v.get("status") == "ok") for v in results.values()
+    )
     body = {"status": "ready" if ready else "unavailable", "checks": results}
     return web.Response(
         body=encode(body), status=200 if ready else 503, content_type="application/json"

@@ -141,7 +141,8 @@ def _envelope(row: Record) -> bytes:
             "version": row["version"],
         }
     )
-    return head[:-1] + b',"payload":' + row["payload"].encode() + b"}"
+    payload: str = row["payload"]
+    return head[:-1] + b',"payload":' + payload.encode() + b"}"
 
 
 class OutboxStore:
@@ -200,7 +201,9 @@ class OutboxStore:
     async def ack(self, delivery_ids: list[int]) -> None:
         await self.db.execute("ack_deliveries", ACK, delivery_ids)
 
-    async def dead_letter(self, delivery_id: int, event_type: str, error: str, attempts: int) -> None:
+    async def dead_letter(
+        self, delivery_id: int, event_type: str, error: str, attempts: int
+    ) -> None:
         await self.db.execute(
             "dead_letter_delivery", DEAD_LETTER, delivery_id, event_type, error, attempts
         )

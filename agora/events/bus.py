@@ -1,0 +1,148 @@
+"""The event layer of one process, put together once: relay, consumers, purge, dead letters.
+
+Built the same way by ``agora serve`` (the app factory) and ``agora worker``; the only choice
+is the transport: RabbitMQ when ``AGORA_AMQP_URL`` is set, otherwise the in-process queues in
+PostgreSQL (:mod:`agora.events.local`). Consumers and the runner are the same code either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from agora.clock import Clock
+from agora.config import EventsConfig
+from agora.events.amqp import AmqpDeadLetters, AmqpOutlet, AmqpSource
+from agora.events.consumer import Consumer
+from agora.events.local import LocalDeadLetters, LocalOutlet, LocalSource, bindings_of
+from agora.events.metrics import EventMetrics
+from agora.events.relay import Outlet, Relay
+from agora.events.runner import Runner, Source
+from agora.server.amqp import Amqp
+from agora.services.housekeeping import Periodic
+from agora.storage.db import Database
+from agora.storage.events import DeadLetter, OutboxStore
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetters(Protocol):
+    async def waiting(self, consumer: str | None) -> list[DeadLetter]: ...
+
+    async def replay(self, consumer: str | None, event_ids: list[int] | None) -> int: ...
+
+    async def depths(self) -> dict[str, int]: ...
+
+
+class EventBus:
+    def __init__(
+        self,
+        config: EventsConfig,
+        db: Database,
+        dsn: str,
+        amqp: Amqp | None,
+        consumers: list[Consumer],
+        clock: Clock,
+        metrics: EventMetrics | None,
+        *,
+        relay: bool,
+        consume: bool,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.store = OutboxStore(db)
+        self.amqp = amqp
+        self.consumers = consumers
+        self.clock = clock
+        self.metrics = metrics
+        outlet: Outlet
+        if amqp is not None:
+            outlet = AmqpOutlet(amqp, config.exchange, consumers)
+            self.dead_letters: DeadLetters = AmqpDeadLetters(amqp, config.exchange, consumers)
+        else:
+            outlet = LocalOutlet(self.store, bindings_of(consumers))
+            self.dead_letters = LocalDeadLetters(self.store)
+        self.outlet = outlet
+        self.relay = Relay(db, self.store, outlet, dsn, clock, metrics) if relay else None
+        self.runners = [self._runner(c, dsn) for c in consumers] if consume else []
+        self.purge = Periodic("events-purge", config.purge_interval, clock, self.purge_once)
+        self.gauges = Periodic("events-gauges", 15.0, clock, self.observe)
+
+    @property
+    def transport(self) -> str:
+        return self.outlet.name
+
+    def _runner(self, consumer: Consumer, dsn: str) -> Runner:
+        source: Source
+        if self.amqp is not None:
+            source = AmqpSource(self.amqp, self.config.exchange, consumer, self.config.prefetch)
+        else:
+            source = LocalSource(self.store, consumer.name, dsn, lease=self.config.lease)
+        return Runner(
+            consumer,
+            source,
+            self.db,
+            self.store,
+            self.clock,
+            self.metrics,
+            prefetch=self.config.prefetch,
+            max_attempts=self.config.max_attempts,
+            backoff=self.config.retry_backoff,
+        )
+
+    def start(self) -> None:
+        if self.relay is not None:
+            self.relay.start()
+            self.purge.start()
+        for runner in self.runners:
+            runner.start()
+        self.gauges.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(
+            *(r.stop() for r in self.runners),
+            *([self.relay.stop(), self.purge.stop()] if self.relay else []),
+            self.gauges.stop(),
+            return_exceptions=True,
+        )
+
+    async def purge_once(self) -> int:
+        total = 0
+        while (deleted := await self.store.purge(self.config.retention)) > 0:
+            total += deleted
+        if total:
+            log.info("purged %d sent events and handled-event records", total)
+        return total
+
+    async def observe(self) -> None:
+        """Dead-letter depths for the metrics (every 15 s)."""
+        if self.metrics is None:
+            return
+        try:
+            found = await self.dead_letters.depths()
+        except Exception:
+            return
+        for name, n in ({c.name: 0 for c in self.consumers} | found).items():
+            self.metrics.dead_letters.labels(name).set(n)
+
+    async def health(self) -> tuple[bool, dict[str, object]]:
+        """For /readyz: whether events flow, with the backlog."""
+        unsent, oldest = await self.store.backlog()
+        ready = await self.outlet.ready() if self.amqp is not None else True
+        detail: dict[str, object] = {"transport": self.transport, "unsent": unsent}
+        if oldest is not None:
+            detail["oldest_unsent_age_s"] = round(self.clock.time() - oldest.timestamp(), 3)
+        return ready, detail
+
+    async def settled(self) -> bool:
+        """Nothing committed waits: the outbox is relayed and every consumer is idle."""
+        unsent, _ = await self.store.backlog()
+        if unsent:
+            if self.relay is not None:
+                self.relay.wake()
+            return False
+        for runner in self.runners:
+            if not await runner.idle():
+                return False
+        return True

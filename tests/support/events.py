@@ -1,0 +1,94 @@
+"""Waiting for the event layer in tests, a RabbitMQ namespace per test, and a recording consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiormq
+from aiohttp.test_utils import TestClient
+
+from agora.events.consumer import AfterCommit
+from agora.events.types import Event
+from agora.server import keys
+from agora.storage.db import Tx
+
+
+async def settled(*clients: TestClient, timeout: float = 15.0) -> None:
+    """Wait until every event committed so far has been relayed and handled by the consumers
+    of these nodes (each polled in turn)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        states = [await c.app[keys.EVENTS].settled() for c in clients]
+        if all(states):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"events did not settle within {timeout}s: {states}")
+        await asyncio.sleep(0.02)
+
+
+def exchange_name() -> str:
+    """A fresh exchange (and so fresh queue names) for one test on the shared broker."""
+    return f"agoratest{secrets.token_hex(4)}.events"
+
+
+# Consumers whose queues a test namespace may hold (Agora's own and the tests' recorder).
+CONSUMERS = ("notifications", "recorder")
+
+
+async def delete_namespace(url: str, exchange: str) -> None:
+    connection = await aiormq.connect(url)
+    channel = await connection.channel()
+    for name in CONSUMERS:
+        await channel.queue_delete(f"{exchange}.{name}")
+        await channel.queue_delete(f"{exchange}.{name}.dead")
+    await channel.exchange_delete(exchange)
+    await connection.close()
+
+
+@asynccontextmanager
+async def amqp_namespace(url: str) -> AsyncIterator[str]:
+    """An exchange name for this test; its exchange and queues are deleted afterwards."""
+    exchange = exchange_name()
+    try:
+        yield exchange
+    finally:
+        await delete_namespace(url, exchange)
+
+
+class Recorder:
+    """A consumer that records what it handled (in order) and fails on demand: ``poison``
+    event ids fail every time, ``flaky`` ids fail that many times first."""
+
+    def __init__(self, name: str, handles: frozenset[str]) -> None:
+        self.name = name
+        self.handles = handles
+        self.seen: list[Event] = []
+        self.effects: list[int] = []  # event ids whose effect committed
+        self.poison: set[int] = set()
+        self.flaky: dict[int, int] = {}
+        self.attempts: dict[int, int] = {}
+        self.gate: asyncio.Event | None = None  # when set, handle() waits on it (a slow event)
+        self.entered = asyncio.Event()
+
+    async def handle(self, events: list[Event], tx: Tx) -> AfterCommit | None:
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        for event in events:
+            self.attempts[event.id] = self.attempts.get(event.id, 0) + 1
+            if event.id in self.poison:
+                raise RuntimeError(f"poison {event.id}")
+            if self.flaky.get(event.id, 0) > 0:
+                self.flaky[event.id] -= 1
+                raise RuntimeError(f"flaky {event.id}")
+        await tx.execute("recorder_probe", "SELECT 1")
+        self.seen.extend(events)
+        committed = [e.id for e in events]
+
+        async def after() -> None:
+            self.effects.extend(committed)
+
+        return after

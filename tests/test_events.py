@@ -1,0 +1,292 @@
+"""The event layer: outbox -> relay -> queue -> runner -> consumer, on both transports.
+
+Every test runs twice: in process (the queues in PostgreSQL) and through the machine's
+RabbitMQ, each RabbitMQ test in an exchange and queues of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import aiormq
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from pamqp.commands import Basic
+
+from agora.config import Config
+from agora.events.types import PostUpdated, decode_event
+from agora.server import keys
+from agora.server.app import create_app
+from agora.storage.db import Database
+from agora.storage.events import append
+from tests.conftest import AppFactory
+from tests.support.events import Recorder, amqp_namespace, settled
+from tests.support.services import ServiceSet
+
+pytestmark = pytest.mark.timeout(90)
+
+TYPES = frozenset({"post.created", "post.updated"})
+
+
+def _require_amqp(services: ServiceSet) -> str:
+    import os
+
+    if services.amqp_url is None:
+        reason = f"no RabbitMQ answers at {services.amqp_probe}"
+        if os.environ.get("AGORA_TEST_AMQP_REQUIRED") == "1":
+            pytest.fail(reason + " and AGORA_TEST_AMQP_REQUIRED=1")
+        pytest.skip(reason)
+    return services.amqp_url
+
+
+@pytest.fixture(params=["in-process", "rabbitmq"])
+async def bus_config(
+    request: pytest.FixtureRequest, config: Config, services: ServiceSet
+) -> AsyncIterator[Config]:
+    """The node config for one transport, with fast retries; a unique consumer name."""
+    events = replace(config.events, retry_backoff=0.05, max_attempts=3)
+    if request.param == "in-process":
+        yield config.with_overrides(events=events)
+        return
+    url = _require_amqp(services)
+    async with amqp_namespace(url) as exchange:
+        yield config.with_overrides(amqp_url=url, events=replace(events, exchange=exchange))
+
+
+RECORDER = "recorder"
+
+
+def recorder() -> Recorder:
+    return Recorder(RECORDER, TYPES)
+
+
+async def node(make_client: AppFactory, config: Config, *consumers: Any) -> TestClient:
+    return await make_client(create_app(config, consumers=list(consumers)))
+
+
+def aggregate() -> int:
+    """A fresh aggregate id (nothing else in the session uses it)."""
+    return secrets.randbelow(2**40) + 2**41
+
+
+async def write(db: Database, post_id: int, text: str, *, rollback: bool = False) -> None:
+    """One change's event in its own transaction (rolled back on request)."""
+
+    class Rollback(Exception):
+        pass
+
+    try:
+        async with db.transaction("test_write") as tx:
+            await append(
+                tx,
+                PostUpdated(post_id=post_id, author_id=1, text=text, visibility="public"),
+                actor_id=1,
+            )
+            if rollback:
+                raise Rollback
+    except Rollback:
+        pass
+
+
+def texts(rec: Recorder, post_id: int) -> list[str]:
+    by_id = {e.id: e for e in rec.seen}
+    out = []
+    for event_id in rec.effects:
+        payload = by_id[event_id].payload
+        if isinstance(payload, PostUpdated) and payload.post_id == post_id:
+            out.append(payload.text)
+    return out
+
+
+async def test_committed_events_reach_the_consumer_once_in_commit_order(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    rec = recorder()
+    client = await node(make_client, bus_config, rec)
+    db = client.app[keys.DB]
+    posts = [aggregate() for _ in range(4)]
+
+    async def writer(post_id: int) -> None:
+        for i in range(30):
+            await write(db, post_id, f"{i}", rollback=(i % 10 == 9))
+
+    await asyncio.gather(*(writer(p) for p in posts))
+    await settled(client)
+    for post_id in posts:
+        # Rolled-back changes (9, 19, 29) left no event; the rest arrived once, in order.
+        assert texts(rec, post_id) == [str(i) for i in range(30) if i % 10 != 9]
+    assert len(rec.effects) == len(set(rec.effects))
+
+
+async def test_a_poison_event_goes_to_the_dead_letters_and_the_rest_flow(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    rec = recorder()
+    client = await node(make_client, bus_config, rec)
+    db, bus = client.app[keys.DB], client.app[keys.EVENTS]
+    post_id = aggregate()
+    await write(db, post_id, "before")
+    await settled(client)
+
+    # The next event of this post will fail every time.
+    original = rec.handle
+
+    async def poisoned(events: list[Any], tx: Any) -> Any:
+        for e in events:
+            if isinstance(e.payload, PostUpdated) and e.payload.text == "poison":
+                rec.poison.add(e.id)
+        return await original(events, tx)
+
+    rec.handle = poisoned  # type: ignore[method-assign]
+    for text in ("poison", "after-1", "after-2"):
+        await write(db, post_id, text)
+    await settled(client)
+    assert texts(rec, post_id) == ["before", "after-1", "after-2"]
+    (poison_id,) = rec.poison
+    assert rec.attempts[poison_id] == 3  # AGORA_EVENTS_MAX_ATTEMPTS
+
+    letters = [d for d in await bus.dead_letters.waiting(None) if d.event_id == poison_id]
+    assert len(letters) == 1
+    assert letters[0].consumer == RECORDER and letters[0].type == "post.updated"
+    assert "poison" in letters[0].error and letters[0].attempts == 3
+    assert decode_event(letters[0].body).id == poison_id
+    # Listing leaves them where they are.
+    assert [d.event_id for d in await bus.dead_letters.waiting(RECORDER)] == [poison_id]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'agora_events_dead_lettered_total{consumer="recorder"} 1.0' in metrics
+    assert 'agora_event_consumer_failures_total{consumer="recorder"} 3.0' in metrics
+
+    # Fixed: replay puts it back, and it is handled.
+    rec.poison.clear()
+    rec.handle = original  # type: ignore[method-assign]
+    assert await bus.dead_letters.replay(RECORDER, [poison_id]) == 1
+    await settled(client)
+    assert texts(rec, post_id) == ["before", "after-1", "after-2", "poison"]
+    assert await bus.dead_letters.waiting(RECORDER) == []
+
+
+async def test_a_flaky_event_is_retried_and_handled_once(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    rec = recorder()
+    client = await node(make_client, bus_config, rec)
+    db = client.app[keys.DB]
+    post_id = aggregate()
+    original = rec.handle
+
+    async def flaky(events: list[Any], tx: Any) -> Any:
+        for e in events:
+            if e.id not in rec.attempts:
+                rec.flaky[e.id] = 2  # fails twice, then works
+        return await original(events, tx)
+
+    rec.handle = flaky  # type: ignore[method-assign]
+    await write(db, post_id, "x")
+    await settled(client)
+    assert texts(rec, post_id) == ["x"]
+    assert list(rec.attempts.values()) == [3]
+    assert await client.app[keys.EVENTS].dead_letters.waiting(RECORDER) == []
+
+
+async def test_the_same_event_delivered_twice_has_one_effect(
+    make_client: AppFactory, bus_config: Config, database_url: str
+) -> None:
+    rec = recorder()
+    client = await node(make_client, bus_config, rec)
+    db = client.app[keys.DB]
+    post_id = aggregate()
+    await write(db, post_id, "once")
+    await settled(client)
+    (event,) = [e for e in rec.seen if getattr(e.payload, "post_id", None) == post_id]
+
+    # Deliver it again, as a relay that died between the broker's confirm and its own commit
+    # would: the same message a second time.
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM events.outbox WHERE id = $1", event.id)
+        assert row is not None and row["sent_at"] is not None
+        body = await conn.fetchval(
+            "SELECT convert_to(jsonb_build_object('id', id, 'type', type, 'aggregate', "
+            "aggregate, 'aggregate_id', aggregate_id, 'actor_id', actor_id, 'occurred_at', "
+            "occurred_at, 'version', version, 'payload', payload)::text, 'UTF8') "
+            "FROM events.outbox WHERE id = $1",
+            event.id,
+        )
+        if bus_config.amqp_url is None:
+            await conn.execute(
+                "INSERT INTO events.deliveries (consumer, event_id, body) VALUES ($1, $2, $3)",
+                RECORDER,
+                event.id,
+                body,
+            )
+        else:
+            amqp = await aiormq.connect(bus_config.amqp_url)
+            channel = await amqp.channel()
+            await channel.basic_publish(
+                body,
+                routing_key=f"{bus_config.events.exchange}.{RECORDER}",
+                properties=Basic.Properties(delivery_mode=2, message_id=str(event.id)),
+            )
+            await amqp.close()
+    finally:
+        await conn.close()
+    await settled(client)
+    assert texts(rec, post_id) == ["once"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'agora_events_duplicates_total{consumer="recorder"} 1.0' in metrics
+
+
+async def test_two_relays_publish_every_event_once(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    rec_a, rec_b = recorder(), recorder()
+    a = await node(make_client, bus_config, rec_a)
+    b = await node(make_client, bus_config, rec_b)
+    posts = [aggregate() for _ in range(8)]
+
+    async def writer(db: Database, post_id: int) -> None:
+        for i in range(25):
+            await write(db, post_id, f"{i}")
+
+    await asyncio.gather(
+        *(writer(a.app[keys.DB] if i % 2 else b.app[keys.DB], p) for i, p in enumerate(posts))
+    )
+    await settled(a, b)
+    relays = [a.app[keys.EVENTS].relay, b.app[keys.EVENTS].relay]
+    assert all(r is not None for r in relays)
+    # Both consumers share one queue: between them each event was handled once, and each
+    # post's events in order by whichever consumer took them.
+    handled = rec_a.effects + rec_b.effects
+    ours = [e.id for e in rec_a.seen + rec_b.seen if getattr(e.payload, "post_id", None) in posts]
+    assert len(ours) == 8 * 25 and len(set(ours)) == len(ours)
+    assert len(set(handled)) == len(handled)
+    metrics = await (await a.get("/metrics")).text() + await (await b.get("/metrics")).text()
+    assert "agora_events_duplicates_total{" not in metrics  # no repeat reached a consumer
+
+
+async def test_a_consumer_stopped_mid_event_loses_nothing(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    # The in-process lease is what brings an unacked delivery back: make it short.
+    bus_config = bus_config.with_overrides(events=replace(bus_config.events, lease=1.0))
+    rec = recorder()
+    rec.gate = asyncio.Event()  # handle() blocks: the runner dies mid-event
+    first = await node(make_client, bus_config, rec)
+    post_id = aggregate()
+    await write(first.app[keys.DB], post_id, "mid")
+    await asyncio.wait_for(rec.entered.wait(), 10)
+    runner = first.app[keys.EVENTS].runners[0]
+    await runner.stop()  # the crash: nothing acked, nothing committed
+    assert texts(rec, post_id) == []
+
+    again = recorder()
+    second = await node(make_client, bus_config, again)
+    if bus_config.amqp_url is None:
+        await asyncio.sleep(1.1)  # the dead runner's lease runs out
+    await settled(second)
+    assert texts(again, post_id) == ["mid"]
