@@ -126,7 +126,7 @@ class ChatService:
             raise invalid({"user_ids": "name at least one other user"})
         await self._require_friends(me, new)
         try:
-            await self.store.add_members(conversation_id, new, MAX_MEMBERS)
+            await self.store.add_members(conversation_id, new, MAX_MEMBERS, actor_id=me)
         except TooManyMembers:
             raise conflict(f"a conversation has at most {MAX_MEMBERS} members") from None
         self._members_changed(conversation_id)
@@ -148,7 +148,7 @@ class ChatService:
             raise conflict("a direct conversation keeps its two members")
         if user_id != me and row.created_by != me:
             raise forbidden("only the group's creator can remove other members")
-        if not await self.store.remove_member(conversation_id, user_id):
+        if not await self.store.remove_member(conversation_id, user_id, actor_id=me):
             raise not_found("member")
         self._members_changed(conversation_id)
 

@@ -15,8 +15,10 @@ from typing import Literal
 
 import asyncpg
 
+from agora.events.types import ConversationCreated, MemberAdded, MemberRemoved, MessageStored
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record
+from agora.storage.events import append
 from agora.storage.visibility import users_hidden
 
 _CONVERSATION_COLUMNS = (
@@ -32,6 +34,7 @@ INSERT_MEMBERS = """
 INSERT INTO chat.members (conversation_id, user_id, last_read_seq)
 SELECT $1, u, (SELECT last_seq FROM chat.conversations WHERE id = $1) FROM unnest($2::bigint[]) u
 ON CONFLICT DO NOTHING
+RETURNING user_id
 """
 DELETE_MEMBER = "DELETE FROM chat.members WHERE conversation_id = $1 AND user_id = $2"
 # Member changes take the conversation's row lock first: concurrent adds are counted one after
@@ -82,11 +85,25 @@ JOIN chat.members b ON b.conversation_id = a.conversation_id AND b.user_id > a.u
 WHERE a.conversation_id = $1
 """
 _MESSAGE_COLUMNS = "id, conversation_id, seq, sender_id, client_id, text, created_at"
+# The message.stored payload of an inserted message `i`, built in SQL (msgspec reads the
+# RFC 3339 timestamp as the payload's datetime).
+_STORED_FIELDS = {
+    "conversation_id": "i.conversation_id",
+    "message_id": "i.id",
+    "seq": "i.seq",
+    "sender_id": "i.sender_id",
+    "text": "i.text",
+    "created_at": """to_char(i.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""",
+}
+assert set(_STORED_FIELDS) == set(MessageStored.__struct_fields__)
+_STORED_PAYLOAD = ",\n               ".join(f"'{k}', {v}" for k, v in _STORED_FIELDS.items())
 # One statement for the waiting batches of many conversations: one round trip and one implicit
 # transaction. Per conversation it finds resent client ids, moves last_seq from what its owner
 # believes past the fresh messages, but only while the members are the ones the owner checked the
 # senders against (members_version): otherwise no row moves (stale) and the owner reloads. Then
-# it inserts the messages with their seqs and moves the senders' receipts.
+# it inserts the messages with their seqs and moves the senders' receipts, and writes a
+# message.stored event per message inserted (none for resends) in seq order; the conversation's
+# row, moved by `advanced`, stays locked until commit, so its events are in commit order.
 COMMIT = f"""
 WITH batch AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[])
@@ -119,6 +136,13 @@ WITH batch AS (
           GROUP BY conversation_id, sender_id) r
     WHERE m.conversation_id = r.conversation_id AND m.user_id = r.sender_id
       AND m.last_read_seq < r.seq
+), stored AS (
+    INSERT INTO events.outbox (type, aggregate, aggregate_id, actor_id, version, payload)
+    SELECT '{MessageStored.type}', '{MessageStored.aggregate}', i.conversation_id, i.sender_id, 1,
+           jsonb_build_object(
+               {_STORED_PAYLOAD})
+    FROM inserted i
+    ORDER BY i.conversation_id, i.seq
 )
 SELECT true AS fresh, i.* FROM inserted i
 UNION ALL
@@ -226,7 +250,19 @@ class ChatStore:
             if conv_id is None:
                 existing: int = await tx.fetchval("direct_by_key", DIRECT_BY_KEY, key)
                 return existing, False
-            await tx.execute("insert_members", INSERT_MEMBERS, conv_id, [creator, *members])
+            member_ids = [creator, *members]
+            await tx.execute("insert_members", INSERT_MEMBERS, conv_id, member_ids)
+            await append(
+                tx,
+                ConversationCreated(
+                    conversation_id=conv_id,
+                    kind=kind,
+                    title=title,
+                    created_by=creator,
+                    member_ids=member_ids,
+                ),
+                creator,
+            )
         return conv_id, True
 
     async def for_member(self, user_id: int, conversation_id: int) -> ConversationRow | None:
@@ -249,9 +285,12 @@ class ChatStore:
             out[row["conversation_id"]].append(PublicUser.of(row))
         return out
 
-    async def add_members(self, conversation_id: int, user_ids: list[int], limit: int) -> None:
-        """Add members (those already in are skipped); raises :class:`TooManyMembers` when the
-        conversation would pass ``limit``, counted under the conversation's row lock."""
+    async def add_members(
+        self, conversation_id: int, user_ids: list[int], limit: int, actor_id: int | None = None
+    ) -> None:
+        """Add members (those already in are skipped; a conversation.member_added event for
+        each one added, by ``actor_id``); raises :class:`TooManyMembers` when the conversation
+        would pass ``limit``, counted under the conversation's row lock."""
         async with self.db.transaction("add_members") as tx:
             await tx.execute("lock_members", LOCK_MEMBERS, conversation_id)
             counts = await tx.fetchrow("count_members", COUNT_MEMBERS, conversation_id, user_ids)
@@ -260,10 +299,19 @@ class ChatStore:
             if count + new > limit:
                 raise TooManyMembers(limit)
             if new:
-                await tx.execute("insert_members", INSERT_MEMBERS, conversation_id, user_ids)
+                added = await tx.fetch("insert_members", INSERT_MEMBERS, conversation_id, user_ids)
                 await tx.execute("bump_members_version", BUMP_MEMBERS_VERSION, conversation_id)
+                for row in added:
+                    await append(
+                        tx,
+                        MemberAdded(conversation_id=conversation_id, user_id=row["user_id"]),
+                        actor_id,
+                    )
 
-    async def remove_member(self, conversation_id: int, user_id: int) -> bool:
+    async def remove_member(
+        self, conversation_id: int, user_id: int, actor_id: int | None = None
+    ) -> bool:
+        """Remove a member (conversation.member_removed, by ``actor_id``); False when not one."""
         async with self.db.transaction("remove_member") as tx:
             await tx.execute("lock_members", LOCK_MEMBERS, conversation_id)
             if await tx.execute("remove_member", DELETE_MEMBER, conversation_id, user_id) == (
@@ -271,6 +319,9 @@ class ChatStore:
             ):
                 return False
             await tx.execute("bump_members_version", BUMP_MEMBERS_VERSION, conversation_id)
+            await append(
+                tx, MemberRemoved(conversation_id=conversation_id, user_id=user_id), actor_id
+            )
         return True
 
     # -- the owner actor's view -------------------------------------------------------------
