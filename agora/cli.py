@@ -24,6 +24,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080)
 
     sub.add_parser("migrate", help="apply pending migrations and exit")
+    sub.add_parser("worker", help="run the outbox relay and the event consumers (no HTTP)")
+
+    events = sub.add_parser("events", help="domain events").add_subparsers(
+        dest="events_command", required=True
+    )
+    d = events.add_parser("dead-letters", help="list dead-lettered events (JSON lines)")
+    d.add_argument("--consumer", help="only this consumer's (default: all)")
+    rp = events.add_parser("replay", help="put dead-lettered events back in their queues")
+    rp.add_argument("--consumer", help="only this consumer's (default: all)")
+    rp.add_argument(
+        "--event-id", type=int, action="append", dest="event_ids", help="only these (repeatable)"
+    )
 
     admin = sub.add_parser("admin", help="account administration").add_subparsers(
         dest="admin_command", required=True
@@ -52,7 +64,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agora.server.run import serve
 
         return serve(config, args.host, args.port)
+    if args.command in ("worker", "events"):
+        return _events(config, args)
     return _offline(config, args)
+
+
+def _events(config: Config, args: argparse.Namespace) -> int:
+    """``agora worker`` and ``agora events ...``: they need the configured services."""
+    from agora.server import worker
+    from agora.server.run import run
+
+    problem = worker.needs_services(config)
+    if problem:
+        print(f"agora: {problem}", file=sys.stderr)
+        return 2
+    if args.command == "worker":
+        return run(worker.work(config))
+    if args.events_command == "dead-letters":
+        return run(worker.dead_letters(config, args.consumer))
+    return run(worker.replay(config, args.consumer, args.event_ids))
 
 
 def _offline(config: Config, args: argparse.Namespace) -> int:
