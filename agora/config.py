@@ -96,6 +96,7 @@ class EventsConfig:
     max_attempts: int = 5  # attempts before an event goes to the dead-letter queue
     retry_backoff: float = 0.5  # seconds before the first retry; doubled for each next one
     lease: float = 120.0  # in-process mode: seconds a taken delivery waits before redelivery
+    poll: float = 2.0  # the relay and in-process queues look without a notification this often
     retention: float = 7 * 24 * 3600.0  # sent events and handled-event records are kept this long
     purge_interval: float = 3600.0
 

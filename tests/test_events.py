@@ -290,3 +290,50 @@ async def test_a_consumer_stopped_mid_event_loses_nothing(
         await asyncio.sleep(1.1)  # the dead runner's lease runs out
     await settled(second)
     assert texts(again, post_id) == ["mid"]
+
+
+async def test_commits_wake_the_relay_and_queues_without_polling(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    # Nobody polls for an hour: only LISTEN/NOTIFY can bring the event through.
+    slow = bus_config.with_overrides(events=replace(bus_config.events, poll=3600.0))
+    rec = recorder()
+    client = await node(make_client, slow, rec)
+    await asyncio.sleep(0.3)  # past the first look every loop takes when it starts
+    post_id = aggregate()
+    await write(client.app[keys.DB], post_id, "woken")
+    await settled(client, timeout=10)
+    assert texts(rec, post_id) == ["woken"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'agora_event_lag_seconds_count{consumer="recorder"}' in metrics
+
+
+async def test_sent_events_and_handled_records_are_purged_after_the_retention(
+    make_client: AppFactory, bus_config: Config, database_url: str
+) -> None:
+    rec = recorder()
+    client = await node(make_client, bus_config, rec)
+    post_id = aggregate()
+    await write(client.app[keys.DB], post_id, "old")
+    await settled(client)
+    (event,) = [e for e in rec.seen if getattr(e.payload, "post_id", None) == post_id]
+    conn = await asyncpg.connect(database_url)
+    try:
+        bus = client.app[keys.EVENTS]
+        await bus.purge_once()  # within the retention: kept
+        assert await conn.fetchval("SELECT count(*) FROM events.outbox WHERE id = $1", event.id)
+        await conn.execute(
+            "UPDATE events.outbox SET sent_at = now() - interval '8 days' WHERE id = $1", event.id
+        )
+        await conn.execute(
+            "UPDATE events.processed SET processed_at = now() - interval '8 days' "
+            "WHERE event_id = $1",
+            event.id,
+        )
+        assert await bus.purge_once() >= 2
+        assert not await conn.fetchval("SELECT count(*) FROM events.outbox WHERE id = $1", event.id)
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM events.processed WHERE event_id = $1", event.id
+        )
+    finally:
+        await conn.close()

@@ -80,7 +80,9 @@ async def test_with_the_broker_cut_writes_succeed_events_wait_then_all_flow_in_o
             await settled(client, timeout=30)
             assert texts(rec, post_id) == [str(i) for i in range(40)]
             created = [
-                e for e in rec.seen if e.type == "post.created" and str(e.aggregate_id) == made["id"]
+                e
+                for e in rec.seen
+                if e.type == "post.created" and str(e.aggregate_id) == made["id"]
             ]
             assert len(created) == 1
             assert (await client.get("/readyz")).status == 200
@@ -158,7 +160,8 @@ async def test_a_relay_killed_mid_batch_loses_nothing_and_repeats_nothing_it_had
             ours = {
                 r["id"]
                 for r in await pg.fetch(
-                    "SELECT id FROM events.outbox WHERE aggregate_id BETWEEN $1::bigint AND $1::bigint + 63", base
+                    "SELECT id FROM events.outbox WHERE aggregate_id BETWEEN $1::bigint AND $1::bigint + 63",
+                    base,
                 )
             }
             assert len(ours) == total
@@ -263,10 +266,13 @@ async def test_dead_letter_commands_list_and_replay(
         )
         assert replayed.returncode == 0, replayed.stderr
         assert "replayed 1 event(s)" in replayed.stdout
-        assert await pg.fetchval(
-            "SELECT count(*) FROM events.deliveries WHERE consumer = 'clitest' AND event_id = $1",
-            event_id,
-        ) == 1
+        assert (
+            await pg.fetchval(
+                "SELECT count(*) FROM events.deliveries WHERE consumer = 'clitest' AND event_id = $1",
+                event_id,
+            )
+            == 1
+        )
         assert not await pg.fetchval(
             "SELECT count(*) FROM events.dead_letters WHERE consumer = 'clitest'"
         )

@@ -64,7 +64,9 @@ class EventBus:
             outlet = LocalOutlet(self.store, bindings_of(consumers))
             self.dead_letters = LocalDeadLetters(self.store)
         self.outlet = outlet
-        self.relay = Relay(db, self.store, outlet, dsn, clock, metrics) if relay else None
+        self.relay = (
+            Relay(db, self.store, outlet, dsn, clock, metrics, poll=config.poll) if relay else None
+        )
         self.runners = [self._runner(c, dsn) for c in consumers] if consume else []
         self.purge = Periodic("events-purge", config.purge_interval, clock, self.purge_once)
         self.gauges = Periodic("events-gauges", 15.0, clock, self.observe)
@@ -78,7 +80,9 @@ class EventBus:
         if self.amqp is not None:
             source = AmqpSource(self.amqp, self.config.exchange, consumer, self.config.prefetch)
         else:
-            source = LocalSource(self.store, consumer.name, dsn, lease=self.config.lease)
+            source = LocalSource(
+                self.store, consumer.name, dsn, lease=self.config.lease, poll=self.config.poll
+            )
         return Runner(
             consumer,
             source,

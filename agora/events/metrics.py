@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class EventMetrics:
@@ -20,6 +22,13 @@ class EventMetrics:
             "agora_events_consumed_total",
             "Events handled by a consumer (repeats of handled events not counted)",
             ["consumer", "type"],
+            registry=r,
+        )
+        self.lag = Histogram(
+            "agora_event_lag_seconds",
+            "From an event's commit to the commit of a consumer's effect",
+            ["consumer"],
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self.duplicates = Counter(

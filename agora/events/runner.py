@@ -172,8 +172,11 @@ class Runner:
         if self.metrics is not None:
             if len(events) > len(fresh):
                 self.metrics.duplicates.labels(self.name).inc(len(events) - len(fresh))
+            now = self.clock.time()
+            lag = self.metrics.lag.labels(self.name)
             for event in fresh:
                 self.metrics.count_consumed(self.name, event.type)
+                lag.observe(max(0.0, now - event.occurred_at.timestamp()))
         self.handled += len(fresh)
         return after
 
