@@ -7,6 +7,7 @@ so every query is narrowed to the fresh users and things of its test.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -435,6 +436,36 @@ async def test_reaction_events(client: TestClient, pg: asyncpg.Connection) -> No
         ),
         ReactionRemoved(post_id=pid, post_author_id=uid(author), user_id=uid(fan), reaction="love"),
     ]
+
+
+async def test_a_first_reaction_racing_another_reports_what_it_replaced(
+    client: TestClient, pg: asyncpg.Connection
+) -> None:
+    """The user's first reaction commits in another transaction while ours waits to insert:
+    ours replaces it, and its event says so."""
+    author, fan = await register(client), await register(client)
+    pid = int((await create_post(client, author, "race", "public"))["id"])
+    store = PostStore(client.server.app[keys.DB])
+    other = pg.transaction()
+    await other.start()
+    await pg.execute(
+        "INSERT INTO content.reactions (post_id, user_id, type) VALUES ($1, $2, 'wow')",
+        pid,
+        uid(fan),
+    )
+    ours = asyncio.create_task(store.react(uid(fan), pid, "sad"))
+    await asyncio.sleep(0.3)
+    assert not ours.done()  # waiting for the other insert of the same key
+    await other.commit()
+    assert await ours
+    rows = await events(pg, about=[pid], aggregate="reactions")
+    assert only(rows, "reaction.set", fan.id) == ReactionSet(
+        post_id=pid, post_author_id=uid(author), user_id=uid(fan), reaction="sad", previous="wow"
+    )
+    stats = await pg.fetchrow(
+        "SELECT wow_count, sad_count FROM content.post_stats WHERE post_id = $1", pid
+    )
+    assert tuple(stats) == (0, 1)
 
 
 # -- chat -------------------------------------------------------------------------------------
