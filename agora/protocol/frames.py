@@ -13,6 +13,7 @@ import msgspec
 from agora.protocol.chat import ClientId, MessageOut, MessageText, Seq
 from agora.protocol.common import Id
 from agora.protocol.content import PostOut
+from agora.protocol.notifications import NotificationOut
 
 # -- client -> server ------------------------------------------------------------------------
 
@@ -84,7 +85,10 @@ class PresenceFrame(msgspec.Struct, tag="presence", tag_field="type"):
 
 
 class NotificationFrame(msgspec.Struct, tag="notification", tag_field="type"):
-    notification: dict[str, Any]
+    """A notification that is new, or grew (and so is unread again): the same object as in
+    ``GET /api/v1/notifications``. (The ``dict`` form is what ``Realtime.notify`` still sends.)"""
+
+    notification: NotificationOut | dict[str, Any]
 
 
 class PostFrame(msgspec.Struct, tag="post", tag_field="type"):

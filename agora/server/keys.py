@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agora.services.chat import ChatService
     from agora.services.feed import FeedService
     from agora.services.invalidation import Invalidator
+    from agora.services.notifications import NotificationService
     from agora.services.posts import PostService
     from agora.services.realtime import Realtime
     from agora.services.social import SocialService
@@ -55,5 +56,6 @@ NODES: web.AppKey[NodeRegistry] = web.AppKey("nodes")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
+NOTIFICATIONS: web.AppKey[NotificationService] = web.AppKey("notifications")
 EVENTS: web.AppKey[EventBus] = web.AppKey("events")
 EXTRA_CONSUMERS: web.AppKey[list[Consumer]] = web.AppKey("extra_consumers")

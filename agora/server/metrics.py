@@ -63,6 +63,12 @@ class Metrics:
         self.actor_restarts = Counter(
             "agora_actor_restarts_total", "Actors restarted after a crash", ["kind"], registry=r
         )
+        self.notifications = Counter(
+            "agora_notifications_total",
+            "Notifications created (a grown group counts each notification it gained), by kind",
+            ["kind"],
+            registry=r,
+        )
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count and time a request (label children cached: ``labels()`` is slow per call).
@@ -79,6 +85,10 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def notification_created(self, kind: str) -> None:
+        """The notifications consumer's ``on_created`` (kinds are a fixed set)."""
+        self.notifications.labels(kind).inc()
 
     def observe_db(self, name: str, seconds: float) -> None:
         child = self._db_children.get(name)
