@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from agora.cluster.reach import RouterReach
 from agora.config import Config
 from agora.events.types import (
     CommentCreated,
@@ -50,7 +51,16 @@ from agora.storage import notifications as store_sql
 from agora.storage.db import Database
 from agora.storage.notifications import NotificationStore
 from tests.conftest import AppFactory
-from tests.support.api import User, create_post, expect_error, get_json, register
+from tests.support.api import (
+    User,
+    create_post,
+    expect_error,
+    friends_in_a_direct_conversation,
+    get_json,
+    register,
+)
+from tests.support.events import settled
+from tests.support.ws import WsClient
 
 LIST = "/api/v1/notifications"
 READ = "/api/v1/notifications/read"
@@ -950,3 +960,175 @@ async def test_every_query_has_an_index(database_url: str, name: str) -> None:
         await conn.close()
     plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
     assert _seq_scans(plan) == [], name
+
+
+# -- end to end: REST change -> outbox -> relay -> runner -> the consumer ---------------------------
+
+
+class LateConsumer:
+    """The notifications consumer, built at its first batch (when the node has its pool and
+    router), for nodes whose factory does not run it yet.
+
+    Once the app factory runs its own "notifications" consumer this one only competes with it
+    for the same queue (each event is still handled once: the runner's idempotency is by
+    consumer name and event id), and ``live`` can stop adding it."""
+
+    name = NotificationConsumer.name
+    handles = NotificationConsumer.handles
+
+    def __init__(self) -> None:
+        self.app: web.Application | None = None
+        self.inner: NotificationConsumer | None = None
+
+    async def handle(self, events: list[Event], tx: Any) -> Any:
+        if self.inner is None:
+            assert self.app is not None
+            app = self.app
+            self.inner = NotificationConsumer(
+                NotificationStore(app[keys.DB]),
+                RouterReach(app[keys.ROUTER], app[keys.PRESENCE]),
+                on_created=app[keys.METRICS].notification_created,
+            )
+        return await self.inner.handle(events, tx)
+
+
+@pytest.fixture
+async def live(make_client: AppFactory, config: Config) -> TestClient:
+    late = LateConsumer()
+    app = create_app(config, consumers=[late])
+    late.app = app
+    return await make_client(wire(app))
+
+
+async def settled_items(client: TestClient, user: User, query: str = "") -> list[dict[str, Any]]:
+    await settled(client)
+    page = await get_json(client, LIST + query, user)
+    return page["items"]  # type: ignore[no-any-return]
+
+
+async def test_end_to_end_reactions_comments_replies_and_mentions(live: TestClient) -> None:
+    author, bea, cal = [await register(live) for _ in range(3)]
+    post = await create_post(live, author, f"hello @{cal.username}", "public")
+    [mention] = await settled_items(live, cal)
+    assert mention["kind"] == "mention" and mention["actor"]["id"] == author.id
+    assert mention["subject_id"] == post["id"]
+
+    for user in (bea, cal):
+        resp = await live.put(
+            f"/api/v1/posts/{post['id']}/reactions", headers=user.headers, json={"type": "like"}
+        )
+        assert resp.status == 200
+    resp = await live.put(  # a changed reaction makes nothing new
+        f"/api/v1/posts/{post['id']}/reactions", headers=bea.headers, json={"type": "love"}
+    )
+    assert resp.status == 200
+    [group] = await settled_items(live, author)
+    assert group["kind"] == "reaction" and group["notifications_count"] == 2
+    assert actor_ids(group) == [cal.id, bea.id]
+
+    resp = await live.post(
+        f"/api/v1/posts/{post['id']}/comments", headers=bea.headers, json={"text": "first"}
+    )
+    comment = await resp.json()
+    resp = await live.post(
+        f"/api/v1/posts/{post['id']}/comments",
+        headers=cal.headers,
+        json={"text": f"@{author.username} indeed", "parent_id": comment["id"]},
+    )
+    reply = await resp.json()
+    [item] = await settled_items(live, bea)
+    assert item["kind"] == "reply" and item["subject_id"] == reply["id"]
+    items = await settled_items(live, author)
+    assert [(i["kind"], i["notifications_count"]) for i in items] == [
+        ("comment", 2),  # Bea's and Cal's; Cal's mention of the author is not a second one
+        ("reaction", 2),
+    ]
+    # Deleting the reply: out of the comment group, and Bea's reply notification goes.
+    resp = await live.delete(f"/api/v1/comments/{reply['id']}", headers=cal.headers)
+    assert resp.status == 204
+    assert await settled_items(live, bea) == []
+    assert (await settled_items(live, author))[0]["notifications_count"] == 1
+    # Deleting the post: everything about it goes.
+    resp = await live.delete(f"/api/v1/posts/{post['id']}", headers=author.headers)
+    assert resp.status == 204
+    assert await settled_items(live, author) == [] and await settled_items(live, cal) == []
+    assert (
+        await live.app[keys.DB].fetchval(
+            "test", "SELECT count(*) FROM notifications.groups WHERE post_id = $1", int(post["id"])
+        )
+        == 0
+    )
+
+
+async def test_end_to_end_friends_and_blocks(live: TestClient) -> None:
+    a, b, c = [await register(live) for _ in range(3)]
+    resp = await live.post("/api/v1/friends/requests", headers=a.headers, json={"user_id": b.id})
+    request = await resp.json()
+    [item] = await settled_items(live, b)
+    assert item["kind"] == "friend_request" and item["actor"]["id"] == a.id
+    resp = await live.post(f"/api/v1/friends/requests/{request['id']}/accept", headers=b.headers)
+    assert resp.status == 200
+    [item] = await settled_items(live, a)
+    assert item["kind"] == "friend_accepted" and item["actor"]["id"] == b.id
+
+    post = await create_post(live, a, "p", "public")
+    await live.put(f"/api/v1/posts/{post['id']}/reactions", headers=c.headers, json={"type": "wow"})
+    assert [i["kind"] for i in await settled_items(live, a)] == ["reaction", "friend_accepted"]
+    resp = await live.post("/api/v1/blocks", headers=a.headers, json={"user_id": c.id})
+    assert resp.status == 201
+    assert [i["kind"] for i in await settled_items(live, a)] == ["friend_accepted"]
+    resp = await live.delete(f"/api/v1/blocks/{c.id}", headers=a.headers)
+    assert resp.status == 204
+    assert [i["kind"] for i in await settled_items(live, a)] == ["friend_accepted"]
+
+
+async def test_end_to_end_messages_notify_offline_members_only(live: TestClient) -> None:
+    a, b, cid = await friends_in_a_direct_conversation(live)
+
+    async def send(sender: User, text: str) -> None:
+        resp = await live.post(
+            f"/api/v1/conversations/{cid}/messages",
+            headers=sender.headers,
+            json={"text": text, "client_id": text},
+        )
+        assert resp.status == 201, await resp.text()
+
+    async def messages(user: User) -> list[tuple[str, int]]:
+        return [
+            (i["subject_id"], i["notifications_count"])
+            for i in await settled_items(live, user)
+            if i["kind"] == "message"
+        ]
+
+    await send(a, "m1")
+    await send(a, "m2")
+    assert await messages(b) == [(cid, 2)]
+    # b online: nothing more.
+    ws = await WsClient.connect(live, b.access)
+    try:
+        await send(a, "m3")
+        assert await messages(b) == [(cid, 2)]
+    finally:
+        await ws.close()
+    assert await messages(a) == []  # the sender
+
+
+async def test_the_notification_frame_reaches_the_recipients_sessions(live: TestClient) -> None:
+    author, bea = await register(live), await register(live)
+    post = await create_post(live, author, "p", "public")
+    ws = await WsClient.connect(live, author.access)
+    try:
+        resp = await live.put(
+            f"/api/v1/posts/{post['id']}/reactions", headers=bea.headers, json={"type": "haha"}
+        )
+        assert resp.status == 200
+        frame = await ws.expect("notification", timeout=10)
+        note = frame["notification"]
+        assert note["kind"] == "reaction" and note["actor"]["id"] == bea.id
+        assert note["notifications_count"] == 1 and note["read"] is False
+        [listed] = await settled_items(live, author)
+        assert listed == note
+    finally:
+        await ws.close()
+    text = await (await live.get("/metrics")).text()
+    assert 'agora_notifications_total{kind="reaction"}' in text
