@@ -606,10 +606,14 @@ async def test_a_block_after_the_fact_hides_and_then_removes(client: TestClient)
     [group] = await h.items(author)
     assert actor_ids(group) == [bea.id] and group["actor"]["id"] == bea.id
     assert await h.unread(author) == 1
+    # The group grows meanwhile: its push leaves Cal out too.
+    dan = await register(client)
+    await h.handle(event(reaction(post, author, dan), t0 + timedelta(minutes=3)))
+    assert actor_ids(h.reach.to(author)[-1]) == [dan.id, bea.id]
     # The block's event takes Cal's contributions away for good.
     await h.handle(event(UserBlocked(blocker_id=uid(author), blocked_id=uid(cal))))
     [group] = await h.items(author)
-    assert group["notifications_count"] == 1 and await h.groups_of(author) == 1
+    assert group["notifications_count"] == 2 and await h.groups_of(author) == 1
     await h.sql("DELETE FROM social.blocks WHERE blocker_id = $1", uid(author))
     assert len(await h.items(author)) == 1  # unblocking brings nothing back
 

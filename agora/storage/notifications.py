@@ -154,8 +154,13 @@ _GROUP_COLUMNS = """
 g.id, g.user_id, g.kind, g.base_key, g.subject_type, g.subject_id, g.post_id, g.count,
 g.created_at, g.updated_at, g.read_at, g.sort_key
 """
+# For pushes: each group with the actors its recipient may see (one may have been blocked since
+# they acted).
 GROUPS_BY_IDS = f"""
-SELECT {_GROUP_COLUMNS}, g.actor_ids FROM notifications.groups g WHERE g.id = ANY($1::bigint[])
+SELECT {_GROUP_COLUMNS},
+       ARRAY(SELECT x.a FROM unnest(g.actor_ids) WITH ORDINALITY AS x(a, i)
+             WHERE NOT {users_hidden("g.user_id", "x.a")} ORDER BY x.i) AS actor_ids
+FROM notifications.groups g WHERE g.id = ANY($1::bigint[])
 """
 USERS = f"SELECT {PUBLIC_USER_COLUMNS} FROM accounts.users u WHERE u.id = ANY($1::bigint[])"
 
