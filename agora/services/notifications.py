@@ -30,6 +30,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -62,7 +63,15 @@ from agora.protocol.notifications import (
 from agora.services.presenters import user_out
 from agora.storage.accounts import PublicUser
 from agora.storage.db import MAX_ID, Database, Tx
-from agora.storage.notifications import Candidate, GroupRow, NotificationStore, Setting
+from agora.storage.notifications import (
+    WINDOW_SECONDS,
+    Candidate,
+    GroupRow,
+    NewGroup,
+    NewSource,
+    NotificationStore,
+    Setting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +127,66 @@ class _Removal:
     pair: tuple[int, int] | None = None  # user.blocked
 
 
+class _Slot:
+    """A group a batch adds to: an existing one (``group_id``) or a new one."""
+
+    __slots__ = ("created_at", "first", "group_id", "keys", "read", "sources")
+
+    def __init__(
+        self, first: Candidate, created_at: datetime, read: bool, group_id: int | None
+    ) -> None:
+        self.first = first
+        self.created_at = created_at
+        self.read = read
+        self.group_id = group_id
+        self.keys: set[int] = set()
+        self.sources: list[Candidate] = []
+
+    def open_to(self, c: Candidate) -> bool:
+        if c.mode == "window":
+            return self.created_at > c.at - timedelta(seconds=WINDOW_SECONDS)
+        return not self.read  # 'unread': open until read (a group that grows is unread)
+
+    def add(self, c: Candidate) -> None:
+        if c.source_key not in self.keys:  # the same user reacting twice counts once
+            self.keys.add(c.source_key)
+            self.sources.append(c)
+            self.read = False
+
+    def new_group(self) -> NewGroup:
+        c = self.first
+        newest = sorted(self.sources, key=lambda s: (s.at, s.event_id), reverse=True)
+        actors: list[int] = []
+        for s in newest:
+            if s.actor not in actors:
+                actors.append(s.actor)
+        return NewGroup(
+            user_id=c.recipient,
+            kind=c.kind,
+            base_key=c.base_key,
+            subject_type=c.subject_type,
+            subject_id=c.subject_id,
+            post_id=c.post_id,
+            actor_ids=actors[:3],
+            count=len(self.sources),
+            created_at=self.created_at,
+            updated_at=newest[0].at,
+        )
+
+    def new_sources(self, group: int) -> list[NewSource]:
+        return [
+            NewSource(
+                group=group,
+                source_key=s.source_key,
+                event_id=s.event_id,
+                actor_id=s.actor,
+                comment_id=s.comment_id,
+                at=s.at,
+            )
+            for s in self.sources
+        ]
+
+
 class NotificationConsumer:
     name = "notifications"
     handles = frozenset(
@@ -168,23 +237,61 @@ class NotificationConsumer:
         )
 
         touched: dict[int, None] = {}  # groups new or grown, in order
+        segment: list[Candidate] = []  # the admitted notifications since the last removal
         for step in steps:
             if isinstance(step, _Removal):
+                await self._write(tx, segment, touched)
+                segment = []
                 await self._remove(tx, step)
-                continue
-            for c in step:
-                if id(c) not in admitted:
-                    continue
-                applied = await self.store.apply(tx, c)
-                if applied is None:
-                    continue
-                touched.pop(applied[0], None)
-                touched[applied[0]] = None
-                if self.on_created is not None:
-                    self.on_created(c.kind)
+            else:
+                segment.extend(c for c in step if id(c) in admitted)
+        await self._write(tx, segment, touched)
         if not touched:
             return None
         return await self._pushes(tx, list(touched))
+
+    async def _write(self, tx: Tx, candidates: list[Candidate], touched: dict[int, None]) -> None:
+        """Group ``candidates`` (in order) onto the latest groups or new ones, then write them
+        all in one statement."""
+        if not candidates:
+            return
+        latest = await self.store.latest_groups(
+            tx, ((c.recipient, c.base_key) for c in candidates if c.mode != "single")
+        )
+        slots: dict[tuple[int, str], _Slot] = {}  # the group each key adds to now
+        new: list[_Slot] = []
+        existing: list[_Slot] = []
+        for c in candidates:
+            key = (c.recipient, c.base_key)
+            slot: _Slot | None = None
+            if c.mode != "single":
+                slot = slots.get(key)
+                if slot is None and key in latest:
+                    found = latest.pop(key)
+                    slot = slots[key] = _Slot(c, found.created_at, found.read, found.id)
+                    existing.append(slot)
+                if slot is not None and not slot.open_to(c):
+                    slot = None
+            if slot is None:
+                slot = _Slot(c, c.at, False, None)
+                new.append(slot)
+                if c.mode != "single":
+                    slots[key] = slot
+            slot.add(c)
+        written = await self.store.write(
+            tx,
+            [s.new_group() for s in new],
+            [
+                *(src for i, s in enumerate(new) for src in s.new_sources(-(i + 1))),
+                *(src for s in existing if s.group_id for src in s.new_sources(s.group_id)),
+            ],
+        )
+        for group_id, kind, gained in written:
+            touched.pop(group_id, None)
+            touched[group_id] = None
+            if self.on_created is not None:
+                for _ in range(gained):
+                    self.on_created(kind)
 
     @staticmethod
     def _lookups_needed(events: list[Event]) -> tuple[set[str], set[int]]:

@@ -1,9 +1,10 @@
 """Notifications: groups (a single notification is a group of one), their sources, preferences.
 
 The consumer side (:class:`agora.services.notifications.NotificationConsumer`) works on a batch
-of events inside the runner's transaction: a few set-based statements for the whole batch
-(lookups, the one admission filter, the grouping locks, the rendering of what changed) and one
-statement per notification it adds (:data:`APPLY`). The read side lists, counts and marks read;
+of events inside the runner's transaction with a handful of set-based statements whatever the
+batch's size: lookups, the one admission filter, the grouping locks, the latest groups, one
+:data:`WRITE` of every new group and source, the rendering of what changed (events that delete
+something add their own statements, in their place). The read side lists, counts and marks read;
 both re-check, on every read, that the caller may still see the subject (the one visibility
 rule, :mod:`agora.storage.visibility`) and its actors.
 """
@@ -33,7 +34,9 @@ SELECT conversation_id, user_id FROM chat.members WHERE conversation_id = ANY($1
 # Of the candidate notifications ($1 their indexes), the ones that may be created: the kind is
 # enabled for the recipient (and, with only_friends, the actor is a friend), the recipient is an
 # active user, neither has blocked the other (nor is suspended), the recipient may see the post
-# it is about (which still exists), and the comment it is about still exists.
+# it is about (which still exists), and the comment it is about still exists. (Each check is
+# a per-row subquery, not a join: a semi-join on users made the planner rescan the candidates
+# once per user.)
 ADMISSIBLE = f"""
 SELECT c.i
 FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[])
@@ -44,7 +47,7 @@ WHERE coalesce(s.enabled, true)
   AND (NOT coalesce(s.only_friends, false)
        OR EXISTS (SELECT 1 FROM social.friendships f
                   WHERE f.user_id = c.recipient AND f.friend_id = c.actor))
-  AND EXISTS (SELECT 1 FROM accounts.users u WHERE u.id = c.recipient AND u.status = 'active')
+  AND (SELECT u.status FROM accounts.users u WHERE u.id = c.recipient) = 'active'
   AND NOT {users_hidden("c.recipient", "c.actor")}
   AND (c.post_id IS NULL
        OR (p.id IS NOT NULL AND {can_see("c.recipient", "p.author_id", "p.visibility")}))
@@ -61,50 +64,81 @@ SELECT count(pg_advisory_xact_lock(k)) FROM (
     ORDER BY 1
 ) AS keys
 """
-# One notification: join the open group of (recipient, base key) or open one, and record the
-# source; a source already there (the same user reacting again) changes nothing. A group that
-# grows becomes unread and moves to the top. Mode $9: 'window' (the group is open for $13
-# seconds from its first notification), 'unread' (open until read), 'single' (never grouped).
-# Answers the group's id and whether it is new; no row when nothing changed.
-APPLY = """
-WITH cur AS (
-    SELECT id FROM notifications.groups
-    WHERE $9::text <> 'single' AND user_id = $1::bigint AND base_key = $3::text
-      AND CASE WHEN $9::text = 'window'
-               THEN created_at > $8::timestamptz - make_interval(secs => $13::float8)
-               ELSE read_at IS NULL END
+# The latest group of each (recipient, base key): the one a new notification may join (the
+# consumer decides, from its window or read state, whether it is still open).
+LATEST_GROUPS = """
+SELECT x.u AS user_id, x.b AS base_key, g.id, g.created_at, g.read_at IS NOT NULL AS read
+FROM unnest($1::bigint[], $2::text[]) AS x(u, b)
+CROSS JOIN LATERAL (
+    SELECT id, created_at, read_at FROM notifications.groups
+    WHERE user_id = x.u AND base_key = x.b
     ORDER BY created_at DESC
     LIMIT 1
+) AS g
+"""
+# A batch's notifications in one statement. New groups ($1-$12, one per new group, their
+# count, actors and times as the consumer computed them from their sources) get fresh ids;
+# sources ($13-$19) name an existing group ($13) or a new one (its 1-based index, $14). A
+# source already there (the same user reacting again) is skipped; an existing group that gained
+# sources grows: count, actors (the newest first, at most 3), latest activity, unread again, and
+# a new sort key (to the top). Answers each new or grown group with the sources it gained.
+WRITE = """
+WITH new_ids AS (
+    SELECT x.n, agora.next_id() AS id FROM generate_series(1, cardinality($1::bigint[])) AS x(n)
 ),
 created AS (
-    INSERT INTO notifications.groups (user_id, kind, base_key, subject_type, subject_id, post_id,
-                                      actor_id, actor_ids, count, created_at, updated_at, sort_key)
-    SELECT $1, $2, $3, $4, $5, $6, $7, ARRAY[$7::bigint], 1, $8, $8, agora.next_id($8)
-    WHERE NOT EXISTS (SELECT 1 FROM cur)
-    RETURNING id
+    INSERT INTO notifications.groups (id, user_id, kind, base_key, subject_type, subject_id,
+                                      post_id, actor_id, actor_ids, count, created_at,
+                                      updated_at, sort_key)
+    SELECT ni.id, g.user_id, g.kind, g.base_key, g.subject_type, g.subject_id, g.post_id,
+           g.a1, array_remove(ARRAY[g.a1, g.a2, g.a3], NULL), g.n, g.created_at, g.updated_at,
+           agora.next_id(g.updated_at)
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                $7::bigint[], $8::bigint[], $9::bigint[], $10::int[], $11::timestamptz[],
+                $12::timestamptz[])
+         WITH ORDINALITY AS g(user_id, kind, base_key, subject_type, subject_id, post_id,
+                              a1, a2, a3, n, created_at, updated_at, i)
+    JOIN new_ids ni ON ni.n = g.i
+    RETURNING id, kind, count
 ),
-source AS (
+inserted AS (
     INSERT INTO notifications.sources
         (notification_id, source_key, event_id, actor_id, comment_id, created_at)
-    SELECT t.id, $10, $11, $7, $12, $8 FROM (SELECT id FROM cur UNION ALL SELECT id FROM created) t
+    SELECT coalesce(s.group_id, ni.id), s.source_key, s.event_id, s.actor_id, s.comment_id, s.at
+    FROM unnest($13::bigint[], $14::int[], $15::bigint[], $16::bigint[], $17::bigint[],
+                $18::bigint[], $19::timestamptz[])
+         AS s(group_id, new_index, source_key, event_id, actor_id, comment_id, at)
+    LEFT JOIN new_ids ni ON ni.n = s.new_index
     ON CONFLICT DO NOTHING
-    RETURNING notification_id
+    RETURNING notification_id, actor_id, event_id, created_at
+),
+gains AS (
+    SELECT a.notification_id AS id, sum(a.n)::int AS n, max(a.latest) AS latest,
+           array_agg(a.actor_id ORDER BY a.latest DESC, a.last_event DESC) AS actors
+    FROM (SELECT notification_id, actor_id, count(*) AS n, max(created_at) AS latest,
+                 max(event_id) AS last_event
+          FROM inserted
+          WHERE notification_id = ANY($13::bigint[])
+          GROUP BY notification_id, actor_id) AS a
+    GROUP BY a.notification_id
 ),
 grown AS (
     UPDATE notifications.groups g SET
-        count = g.count + 1,
-        actor_id = $7,
-        actor_ids = (ARRAY[$7::bigint] || array_remove(g.actor_ids, $7::bigint))[1:3],
-        updated_at = greatest(g.updated_at, $8),
+        count = g.count + gains.n,
+        actor_id = gains.actors[1],
+        actor_ids = (gains.actors || ARRAY(
+            SELECT x.a FROM unnest(g.actor_ids) WITH ORDINALITY AS x(a, i)
+            WHERE x.a <> ALL(gains.actors) ORDER BY x.i))[1:3],
+        updated_at = greatest(g.updated_at, gains.latest),
         read_at = NULL,
-        sort_key = greatest(g.sort_key, agora.next_id($8))
-    FROM cur
-    WHERE g.id = cur.id AND EXISTS (SELECT 1 FROM source)
-    RETURNING g.id
+        sort_key = greatest(g.sort_key, agora.next_id(gains.latest))
+    FROM gains
+    WHERE g.id = gains.id
+    RETURNING g.id, g.kind, gains.n
 )
-SELECT id, true AS created FROM created
+SELECT id, kind, count AS gained FROM created
 UNION ALL
-SELECT id, false AS created FROM grown
+SELECT id, kind, n AS gained FROM grown
 """
 # A deleted comment takes its sources away (with the replies deleted along with it: every
 # source of the post's groups whose comment is gone). Answers the groups to recount.
@@ -248,10 +282,43 @@ class Candidate:
     subject_type: str
     subject_id: int
     post_id: int | None
-    mode: str  # 'window' | 'unread' | 'single' (see APPLY)
+    mode: str  # 'window' (open for WINDOW_SECONDS from its first), 'unread', 'single'
     source_key: int
     comment_id: int | None
     event_id: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenGroup:
+    """The latest group of a (recipient, base key)."""
+
+    id: int
+    created_at: datetime
+    read: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewGroup:
+    user_id: int
+    kind: str
+    base_key: str
+    subject_type: str
+    subject_id: int
+    post_id: int | None
+    actor_ids: list[int]  # most recent first, at most 3
+    count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewSource:
+    group: int  # an existing group's id, or -k: the k-th new group of the same write
+    source_key: int
+    event_id: int
+    actor_id: int
+    comment_id: int | None
     at: datetime
 
 
@@ -342,27 +409,59 @@ class NotificationStore:
                 [p[1] for p in pairs],
             )
 
-    async def apply(self, tx: Tx, c: Candidate) -> tuple[int, bool] | None:
-        """Add one notification: (group id, whether the group is new), or None when it changed
-        nothing (its source was already there)."""
-        row = await tx.fetchrow(
-            "notifications_apply",
-            APPLY,
-            c.recipient,
-            c.kind,
-            c.base_key,
-            c.subject_type,
-            c.subject_id,
-            c.post_id,
-            c.actor,
-            c.at,
-            c.mode,
-            c.source_key,
-            c.event_id,
-            c.comment_id,
-            WINDOW_SECONDS,
+    async def latest_groups(
+        self, tx: Tx, keys: Iterable[tuple[int, str]]
+    ) -> dict[tuple[int, str], OpenGroup]:
+        pairs = sorted(set(keys))
+        if not pairs:
+            return {}
+        rows = await tx.fetch(
+            "notifications_latest_groups",
+            LATEST_GROUPS,
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
         )
-        return None if row is None else (row["id"], row["created"])
+        return {
+            (r["user_id"], r["base_key"]): OpenGroup(r["id"], r["created_at"], r["read"])
+            for r in rows
+        }
+
+    async def write(
+        self, tx: Tx, new: Sequence[NewGroup], sources: Sequence[NewSource]
+    ) -> list[tuple[int, str, int]]:
+        """Create ``new`` groups and add ``sources``: (group id, kind, sources it gained) for
+        every new or grown group. A source's ``group`` is an existing group's id, or ``-k`` for the
+        k-th (1-based) of ``new``."""
+        if not sources:
+            return []
+
+        def actor(g: NewGroup, i: int) -> int | None:
+            return g.actor_ids[i] if len(g.actor_ids) > i else None
+
+        rows = await tx.fetch(
+            "notifications_write",
+            WRITE,
+            [g.user_id for g in new],
+            [g.kind for g in new],
+            [g.base_key for g in new],
+            [g.subject_type for g in new],
+            [g.subject_id for g in new],
+            [g.post_id for g in new],
+            [actor(g, 0) for g in new],
+            [actor(g, 1) for g in new],
+            [actor(g, 2) for g in new],
+            [g.count for g in new],
+            [g.created_at for g in new],
+            [g.updated_at for g in new],
+            [s.group if s.group > 0 else None for s in sources],
+            [-s.group if s.group < 0 else None for s in sources],
+            [s.source_key for s in sources],
+            [s.event_id for s in sources],
+            [s.actor_id for s in sources],
+            [s.comment_id for s in sources],
+            [s.at for s in sources],
+        )
+        return [(r["id"], r["kind"], r["gained"]) for r in rows]
 
     async def remove_comments(
         self, tx: Tx, post_ids: Iterable[int], comment_ids: Iterable[int]
