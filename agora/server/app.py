@@ -285,7 +285,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         await bounded(job.stop(), f"stopping {job.name}")
 
 
-def consumers_of(app: web.Application, reach: Reach) -> list[Consumer]:
+def consumers_for(config: Config, db: Database, reach: Reach, clock: Clock) -> list[Consumer]:
     """The event consumers a process runs (a node's, or ``agora worker``'s)."""
     return []
 
@@ -300,7 +300,10 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
         app[keys.DB],
         config.database.url,
         app[keys.AMQP],
-        [*consumers_of(app, reach), *app[keys.EXTRA_CONSUMERS]],
+        [
+            *consumers_for(config, app[keys.DB], reach, app[keys.CLOCK]),
+            *app[keys.EXTRA_CONSUMERS],
+        ],
         app[keys.CLOCK],
         EventMetrics(app[keys.METRICS].registry),
         relay=config.events.relay,
