@@ -8,6 +8,7 @@ that no other event reaches the node's own consumers and each test sees only wha
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterable
@@ -514,6 +515,22 @@ async def test_grouping_within_one_batch(client: TestClient) -> None:
         (2, [cal.id, bea.id]),
     ]
     assert h.created == ["reaction"] * 4
+
+
+async def test_two_batches_racing_for_one_group_make_one_group(client: TestClient) -> None:
+    h = Harness(client)
+    author, bea, cal = [await register(client) for _ in range(3)]
+    post = await post_of(client, author)
+    async with h.db.transaction("test_first_batch") as tx:
+        await h.consumer.handle([event(reaction(post, author, bea))], tx)
+        # Another runner's batch for the same group waits for this one to commit...
+        second = asyncio.create_task(h.handle(event(reaction(post, author, cal))))
+        await asyncio.sleep(0.3)
+        assert not second.done()
+    await asyncio.wait_for(second, 10)
+    # ...and then joins the group it opened.
+    [group] = await h.items(author)
+    assert group["notifications_count"] == 2 and actor_ids(group) == [cal.id, bea.id]
 
 
 async def test_comments_group_and_a_deleted_comment_leaves_its_group(client: TestClient) -> None:
