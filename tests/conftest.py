@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from agora.config import Config, load_config
 from agora.server.app import create_app
 from agora.storage.migrations import migrate
-from tests.support.events import delete_namespace, exchange_name
+from tests.support.events import amqp_namespace, delete_namespace, exchange_name, require_amqp
 from tests.support.services import ServiceSet, create_database, drop_database
 
 JWT_SECRET = "test-secret-" + "x" * 52  # 64 bytes: long enough for HS512 too (a test forges one)
@@ -109,3 +109,19 @@ async def make_client(
 @pytest.fixture
 async def client(make_client: AppFactory) -> TestClient:
     return await make_client()
+
+
+@pytest.fixture(params=["in-process", "rabbitmq"])
+async def transport(
+    request: pytest.FixtureRequest, config: Config, services: ServiceSet
+) -> AsyncIterator[Config]:
+    """The node config for each event transport: in process (queues in PostgreSQL), then
+    through the machine's RabbitMQ in an exchange and queues of this test's own."""
+    if request.param == "in-process":
+        yield config
+        return
+    url = require_amqp(services)
+    async with amqp_namespace(url) as exchange:
+        yield config.with_overrides(
+            amqp_url=url, events=replace(config.events, exchange=exchange)
+        )

@@ -397,3 +397,66 @@ def test_connections_opens_and_measures(bench_env: dict[str, str]) -> None:
     assert out["count"] == 30 and out["users"] == 30
     assert out["rss_before_mib"] > 0 and out["rss_after_mib"] > 0
     assert out["rss_per_connection_kib"] is not None
+
+
+@pytest.mark.slow
+def test_events_measures_writes_relay_and_backlog(
+    seeded: dict[str, Any], bench_env: dict[str, str], database_url: str, services: ServiceSet
+) -> None:
+    # Over RabbitMQ when the test services have it (the bench's own queue then measures the
+    # relay lag), in-process otherwise.
+    amqp = services.amqp_url is not None
+    env = {**bench_env, **({"AGORA_AMQP_URL": services.amqp_url} if amqp else {})}
+    out = report(
+        bench(
+            "events",
+            *(["--amqp"] if amqp else []),
+            "--rate",
+            "40",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--users",
+            "5",
+            "--connections",
+            "2",
+            "--backlog",
+            "300",
+            env=env,
+            timeout=180,
+        )
+    )
+    assert out["target"] == "agora-events"
+    assert out["transport"] == ("rabbitmq" if amqp else "in-process")
+    assert out["parameters"]["rate"] == 40 and out["parameters"]["backlog"] == 300
+    s = out["sustained"]
+    assert s["writes"] == 40 and s["completed"] == 40 and s["errors"] == 0, s
+    assert sum(k["writes"] for k in s["by_kind"].values()) == 40
+    assert_latency(s["latency_ms"])
+    # Every write commits one event (a reaction always changes type), and all were relayed.
+    assert s["events_committed"] > 0 and s["outbox_sent_lag_ms"]["events"] == s["events_committed"]
+    assert s["drained"] and s["events_published_per_s"] > 0
+    if amqp:
+        assert s["relay_lag_ms"]["events"] > 0 and s["relay_lag_ms"]["p50"] is not None
+    else:
+        assert s["relay_lag_ms"] is None and s["broker_events_per_s"] is None
+    lag = s["consumer_lag_ms"]  # null until the app runs the notifications consumer
+    assert lag is None or 0 <= lag["p50"] <= lag["p99"]
+    assert len(s["node_cpu_pct"]) == 1 and s["cpu_pct"]["machine"] is not None
+
+    t = out["throughput"]
+    assert t["relay_alone"]["complete"] and t["relay_alone"]["relay"]["events"] == 300
+    assert t["relay_and_consumer"]["complete"]
+    assert t["relay_and_consumer"]["relay"]["events"] == 300
+    if t["consumer_bound"]:
+        assert t["consumer_alone"]["consumer"]["events"] == 300
+    assert t["outbox_rows_removed"] == 600
+    # Nothing left waiting, and the run's login sessions are gone.
+    [row] = query(
+        database_url,
+        """SELECT (SELECT count(*) FROM events.outbox WHERE sent_at IS NULL) AS unsent,
+                  (SELECT count(*) FROM accounts.login_sessions
+                   WHERE user_agent = 'agora-bench-events') AS sessions""",
+    )
+    assert row["unsent"] == 0 and row["sessions"] == 0

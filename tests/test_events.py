@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -25,37 +24,19 @@ from agora.server.app import create_app
 from agora.storage.db import Database
 from agora.storage.events import append
 from tests.conftest import AppFactory
-from tests.support.events import Recorder, amqp_namespace, settled
-from tests.support.services import ServiceSet
+from tests.support.events import Recorder, settled
 
 pytestmark = pytest.mark.timeout(90)
 
 TYPES = frozenset({"post.created", "post.updated"})
 
 
-def _require_amqp(services: ServiceSet) -> str:
-    import os
-
-    if services.amqp_url is None:
-        reason = f"no RabbitMQ answers at {services.amqp_probe}"
-        if os.environ.get("AGORA_TEST_AMQP_REQUIRED") == "1":
-            pytest.fail(reason + " and AGORA_TEST_AMQP_REQUIRED=1")
-        pytest.skip(reason)
-    return services.amqp_url
-
-
-@pytest.fixture(params=["in-process", "rabbitmq"])
-async def bus_config(
-    request: pytest.FixtureRequest, config: Config, services: ServiceSet
-) -> AsyncIterator[Config]:
-    """The node config for one transport, with fast retries; a unique consumer name."""
-    events = replace(config.events, retry_backoff=0.05, max_attempts=3)
-    if request.param == "in-process":
-        yield config.with_overrides(events=events)
-        return
-    url = _require_amqp(services)
-    async with amqp_namespace(url) as exchange:
-        yield config.with_overrides(amqp_url=url, events=replace(events, exchange=exchange))
+@pytest.fixture
+def bus_config(transport: Config) -> Config:
+    """Each transport, with fast retries."""
+    return transport.with_overrides(
+        events=replace(transport.events, retry_backoff=0.05, max_attempts=3)
+    )
 
 
 RECORDER = "recorder"
@@ -280,7 +261,7 @@ async def test_a_consumer_stopped_mid_event_loses_nothing(
     post_id = aggregate()
     await write(first.app[keys.DB], post_id, "mid")
     await asyncio.wait_for(rec.entered.wait(), 10)
-    runner = first.app[keys.EVENTS].runners[0]
+    (runner,) = [r for r in first.app[keys.EVENTS].runners if r.name == RECORDER]
     await runner.stop()  # the crash: nothing acked, nothing committed
     assert texts(rec, post_id) == []
 

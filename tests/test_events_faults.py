@@ -25,10 +25,10 @@ from agora.server import keys
 from agora.server.app import create_app
 from tests.conftest import AppFactory
 from tests.support.api import create_post, register
-from tests.support.events import Recorder, amqp_namespace, settled
+from tests.support.events import Recorder, amqp_namespace, require_amqp, settled
 from tests.support.proxy import TCPProxy
 from tests.support.services import ServiceSet
-from tests.test_events import RECORDER, TYPES, _require_amqp, aggregate, texts, write
+from tests.test_events import RECORDER, TYPES, aggregate, texts, write
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,7 +43,7 @@ async def proxy_amqp(url: str) -> tuple[TCPProxy, str]:
 async def test_with_the_broker_cut_writes_succeed_events_wait_then_all_flow_in_order(
     make_client: AppFactory, config: Config, services: ServiceSet
 ) -> None:
-    url = _require_amqp(services)
+    url = require_amqp(services)
     proxy, proxied = await proxy_amqp(url)
     rec = Recorder(RECORDER, TYPES | {"post.created"})
     try:
@@ -132,7 +132,7 @@ def start_worker(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[
 async def test_a_relay_killed_mid_batch_loses_nothing_and_repeats_nothing_it_had_confirmed(
     config: Config, services: ServiceSet, database_url: str, tmp_path: Path
 ) -> None:
-    url = _require_amqp(services)
+    url = require_amqp(services)
     total = 30_000
     async with amqp_namespace(url) as exchange:
         cfg = config.with_overrides(events=replace(config.events, exchange=exchange))

@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from agora.cluster.reach import RouterReach
 from agora.config import Config
 from agora.events.types import (
     CommentCreated,
@@ -35,17 +33,11 @@ from agora.events.types import (
     ReactionSet,
     UserBlocked,
 )
-from agora.handlers import docs
-from agora.handlers import notifications as notification_handlers
-from agora.protocol.codec import encode
 from agora.server import keys
-from agora.server.app import API_PREFIX, create_app
+from agora.server.app import create_app
 from agora.server.metrics import Metrics
-from agora.server.openapi import build
-from agora.server.routing import mount
 from agora.services.notifications import (
     NotificationConsumer,
-    NotificationService,
     mentioned_names,
 )
 from agora.storage import notifications as store_sql
@@ -67,29 +59,6 @@ LIST = "/api/v1/notifications"
 READ = "/api/v1/notifications/read"
 SETTINGS = "/api/v1/notifications/settings"
 HOUR = timedelta(hours=1)
-
-
-def wire(app: web.Application) -> web.Application:
-    """The notifications routes and service, unless the app factory already has them."""
-    if not any(ep.path == API_PREFIX + "/notifications" for ep in app[keys.ENDPOINTS]):
-        app[keys.ENDPOINTS] = [
-            *app[keys.ENDPOINTS],
-            *mount(app, API_PREFIX, [notification_handlers.routes]),
-        ]
-        app[docs.SPEC_KEY] = encode(build(app[keys.ENDPOINTS]))
-
-    async def service(app: web.Application) -> AsyncIterator[None]:
-        if keys.NOTIFICATIONS not in app:
-            app[keys.NOTIFICATIONS] = NotificationService(app[keys.DB])
-        yield
-
-    app.cleanup_ctx.append(service)
-    return app
-
-
-@pytest.fixture
-async def client(make_client: AppFactory, config: Config) -> TestClient:
-    return await make_client(wire(create_app(config)))
 
 
 # -- doubles and helpers ------------------------------------------------------------------------
@@ -1023,39 +992,11 @@ async def test_every_query_has_an_index(database_url: str, name: str) -> None:
 # -- end to end: REST change -> outbox -> relay -> runner -> the consumer ---------------------------
 
 
-class LateConsumer:
-    """The notifications consumer, built at its first batch (when the node has its pool and
-    router), for nodes whose factory does not run it yet.
-
-    Once the app factory runs its own "notifications" consumer this one only competes with it
-    for the same queue (each event is still handled once: the runner's idempotency is by
-    consumer name and event id), and ``live`` can stop adding it."""
-
-    name = NotificationConsumer.name
-    handles = NotificationConsumer.handles
-
-    def __init__(self) -> None:
-        self.app: web.Application | None = None
-        self.inner: NotificationConsumer | None = None
-
-    async def handle(self, events: list[Event], tx: Any) -> Any:
-        if self.inner is None:
-            assert self.app is not None
-            app = self.app
-            self.inner = NotificationConsumer(
-                NotificationStore(app[keys.DB]),
-                RouterReach(app[keys.ROUTER], app[keys.PRESENCE]),
-                on_created=app[keys.METRICS].notification_created,
-            )
-        return await self.inner.handle(events, tx)
-
-
 @pytest.fixture
-async def live(make_client: AppFactory, config: Config) -> TestClient:
-    late = LateConsumer()
-    app = create_app(config, consumers=[late])
-    late.app = app
-    return await make_client(wire(app))
+async def live(make_client: AppFactory, transport: Config) -> TestClient:
+    """A node running its own notifications consumer (as every node does), with the events
+    in process and then through RabbitMQ."""
+    return await make_client(create_app(transport))
 
 
 async def settled_items(client: TestClient, user: User, query: str = "") -> list[dict[str, Any]]:

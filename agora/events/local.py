@@ -67,6 +67,7 @@ class LocalDelivery:
         await self.source.store.dead_letter(
             self.id, event_type_of(self.body) or "?", error, attempts
         )
+        self.source.held.discard(self.id)
 
 
 class LocalSource:
@@ -87,9 +88,11 @@ class LocalSource:
         self._listener = Listener(dsn, CHANNEL, self._wake)
         self._acks: list[int] = []
         self._acked = asyncio.Event()
+        self.held: set[int] = set()  # leased by this source, not yet acked or dead-lettered
 
     def settle(self, delivery_id: int) -> None:
         """Acks are deleted in batches by the source's loop (one statement per turn)."""
+        self.held.discard(delivery_id)
         self._acks.append(delivery_id)
         self._acked.set()
 
@@ -101,8 +104,19 @@ class LocalSource:
         try:
             await self._run(deliver, room)
         finally:
+            await asyncio.shield(self._give_back())
             await self._listener.stop()
-            await asyncio.shield(self._flush_acks())
+
+    async def _give_back(self) -> None:
+        """Stopping: delete what was acked and release what was leased but not handled, so
+        the next consumer takes it at once rather than when the lease runs out."""
+        try:
+            await self._flush_acks()
+            if self.held:
+                held, self.held = list(self.held), set()
+                await self.store.release(held)
+        except Exception as exc:
+            log.warning("%s: could not give back its deliveries (%s)", self.consumer, exc)
 
     async def _flush_acks(self) -> None:
         if self._acks:
@@ -113,13 +127,26 @@ class LocalSource:
                 self._acks.extend(acks)
                 raise
 
+    async def _lease(self, limit: int) -> list[tuple[int, bytes]]:
+        """Lease up to ``limit`` deliveries. Cancelled while the statement runs, the rows it
+        leased are still held (and given back on the way out) instead of waiting out the lease."""
+        task = asyncio.ensure_future(self.store.lease(self.consumer, limit, self.lease))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                self.held.update(delivery_id for delivery_id, _ in await task)
+            except Exception:
+                pass
+            raise
+
     async def _run(self, deliver: Callable[[Delivery], None], room: Callable[[], int]) -> None:
         while True:
             try:
                 self._acked.clear()
                 await self._flush_acks()
                 free = room()
-                leased = await self.store.lease(self.consumer, free, self.lease) if free else []
+                leased = await self._lease(free) if free else []
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -127,6 +154,7 @@ class LocalSource:
                 await asyncio.sleep(1.0)
                 continue
             for delivery_id, body in leased:
+                self.held.add(delivery_id)
                 deliver(LocalDelivery(self, delivery_id, body))
             if leased and len(leased) == free:
                 # Full: wait for acks (which also make room).

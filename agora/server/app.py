@@ -29,7 +29,17 @@ from agora.config import Config, redact
 from agora.events.bus import EventBus
 from agora.events.consumer import Consumer, Reach
 from agora.events.metrics import EventMetrics
-from agora.handlers import auth, conversations, docs, feed, friends, posts, users, ws
+from agora.handlers import (
+    auth,
+    conversations,
+    docs,
+    feed,
+    friends,
+    notifications,
+    posts,
+    users,
+    ws,
+)
 from agora.protocol.frames import CloseCode
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
@@ -42,6 +52,7 @@ from agora.services.feed import FeedService
 from agora.services.feed_pages import FeedPages
 from agora.services.housekeeping import housekeeping_jobs
 from agora.services.invalidation import Invalidator
+from agora.services.notifications import NotificationConsumer, NotificationService
 from agora.services.passwords import Passwords
 from agora.services.posts import PostService
 from agora.services.ratelimit import RateLimiter
@@ -56,6 +67,7 @@ from agora.storage.content import CommentStore, PostStore
 from agora.storage.db import Database
 from agora.storage.feed_cache import FeedCache
 from agora.storage.migrations import migrate
+from agora.storage.notifications import NotificationStore
 from agora.storage.social import SocialStore
 
 log = logging.getLogger(__name__)
@@ -85,6 +97,7 @@ REST_TABLES = [
     posts.routes,
     feed.routes,
     conversations.routes,
+    notifications.routes,
 ]
 
 
@@ -156,6 +169,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[keys.FEED] = FeedService(
         post_store, social_store, feed_cache, invalidator.pages, invalidator, clock
     )
+    app[keys.NOTIFICATIONS] = NotificationService(db)
     app[keys.REALTIME] = Realtime(social_store)
     app[keys.POSTS] = PostService(
         post_store,
@@ -285,9 +299,17 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         await bounded(job.stop(), f"stopping {job.name}")
 
 
-def consumers_for(config: Config, db: Database, reach: Reach, clock: Clock) -> list[Consumer]:
+def consumers_for(
+    config: Config, db: Database, reach: Reach, metrics: Metrics | None = None
+) -> list[Consumer]:
     """The event consumers a process runs (a node's, or ``agora worker``'s)."""
-    return []
+    return [
+        NotificationConsumer(
+            NotificationStore(db),
+            reach,
+            on_created=metrics.notification_created if metrics else None,
+        )
+    ]
 
 
 async def _events(app: web.Application) -> AsyncIterator[None]:
@@ -301,7 +323,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
         config.database.url,
         app[keys.AMQP],
         [
-            *consumers_for(config, app[keys.DB], reach, app[keys.CLOCK]),
+            *consumers_for(config, app[keys.DB], reach, app[keys.METRICS]),
             *app[keys.EXTRA_CONSUMERS],
         ],
         app[keys.CLOCK],

@@ -64,7 +64,7 @@ async def event_bus(config: Config, *, relay: bool, consume: bool) -> AsyncItera
             db,
             config.database.url,
             amqp,
-            consumers_for(config, db, reach, clock),
+            consumers_for(config, db, reach),
             clock,
             EventMetrics(CollectorRegistry()),
             relay=relay,

@@ -68,6 +68,7 @@ WHERE d.id IN (SELECT id FROM events.deliveries
 RETURNING d.id, d.body
 """
 ACK = "DELETE FROM events.deliveries WHERE id = ANY($1::bigint[])"
+RELEASE = "UPDATE events.deliveries SET leased_until = '-infinity' WHERE id = ANY($1::bigint[])"
 QUEUE_DEPTH = "SELECT consumer, count(*) AS n FROM events.deliveries GROUP BY consumer"
 DEAD_LETTER = """
 WITH gone AS (DELETE FROM events.deliveries WHERE id = $1 RETURNING consumer, event_id, body)
@@ -200,6 +201,10 @@ class OutboxStore:
 
     async def ack(self, delivery_ids: list[int]) -> None:
         await self.db.execute("ack_deliveries", ACK, delivery_ids)
+
+    async def release(self, delivery_ids: list[int]) -> None:
+        """Give leased deliveries back at once (a consumer stopping cleanly)."""
+        await self.db.execute("release_deliveries", RELEASE, delivery_ids)
 
     async def dead_letter(
         self, delivery_id: int, event_type: str, error: str, attempts: int

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiormq
+import pytest
 from aiohttp.test_utils import TestClient
 
 from agora.events.consumer import AfterCommit
 from agora.events.types import Event
 from agora.server import keys
 from agora.storage.db import Tx
+from tests.support.services import ServiceSet
 
 
 async def settled(*clients: TestClient, timeout: float = 15.0) -> None:
@@ -25,8 +28,36 @@ async def settled(*clients: TestClient, timeout: float = 15.0) -> None:
         if all(states):
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"events did not settle within {timeout}s: {states}")
+            detail = []
+            for c in clients:
+                bus = c.app[keys.EVENTS]
+                detail.append(
+                    {
+                        "backlog": await bus.store.backlog(),
+                        "queues": await bus.store.queue_depths(),
+                        "runners": {r.name: (r.busy, r.handled) for r in bus.runners},
+                        "deliveries": [
+                            dict(r)
+                            for r in await bus.db.fetch(
+                                "debug",
+                                "SELECT id, consumer, event_id, leased_until, now() AS now "
+                                "FROM events.deliveries LIMIT 5",
+                            )
+                        ],
+                    }
+                )
+            raise AssertionError(f"events did not settle within {timeout}s: {detail}")
         await asyncio.sleep(0.02)
+
+
+def require_amqp(services: ServiceSet) -> str:
+    """The machine's RabbitMQ URL; skips (fails in CI: AGORA_TEST_AMQP_REQUIRED=1) without one."""
+    if services.amqp_url is None:
+        reason = f"no RabbitMQ answers at {services.amqp_probe}"
+        if os.environ.get("AGORA_TEST_AMQP_REQUIRED") == "1":
+            pytest.fail(reason + " and AGORA_TEST_AMQP_REQUIRED=1")
+        pytest.skip(reason)
+    return services.amqp_url
 
 
 def exchange_name() -> str:
