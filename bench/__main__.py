@@ -103,6 +103,28 @@ def _connections(a: argparse.Namespace) -> dict[str, Any]:
         )
 
 
+def _events(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.events import EventsOptions, events, parse_mix
+
+    if a.nodes < 1 or a.users < 1 or a.rate <= 0 or a.duration <= 0 or a.backlog < 0:
+        raise BenchError("need --nodes, --users, --rate, --duration > 0 and --backlog >= 0")
+    options = EventsOptions(
+        rate=a.rate,
+        duration=a.duration,
+        warmup=a.warmup,
+        nodes=a.nodes,
+        users=a.users,
+        mix=parse_mix(a.mix),
+        connections=a.connections,
+        max_connections=max(a.connections, a.max_connections),
+        amqp=a.amqp,
+        sustained=not a.no_sustained,
+        backlog=a.backlog,
+    )
+    with resolved_services(need_redis=True) as services:
+        return run(events(services, options))
+
+
 def _load_options(p: argparse.ArgumentParser, concurrency: int = 50, duration: float = 30) -> None:
     p.add_argument("--concurrency", type=int, default=concurrency, help="connections")
     p.add_argument("--duration", type=float, default=duration, help="measured seconds")
@@ -169,6 +191,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--per-user", type=int, default=1, help="connections (sessions) per user")
     s.add_argument("--batch", type=int, default=250, help="connections opened at once")
     s.set_defaults(func=_connections)
+
+    s = sub.add_parser("events", help="domain events: lag under sustained writes, throughput")
+    s.add_argument("--rate", type=float, default=1000, help="REST writes per second")
+    s.add_argument("--duration", type=float, default=20, help="measured seconds")
+    s.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    s.add_argument("--nodes", type=int, default=1, help="nodes for the sustained writes")
+    s.add_argument("--users", type=int, default=200, help="seeded users writing")
+    s.add_argument("--mix", default="60/25/15", help="weights of reactions/comments/posts")
+    s.add_argument("--connections", type=int, default=32, help="connections per node at start")
+    s.add_argument("--max-connections", type=int, default=256, help="connections per node at most")
+    s.add_argument(
+        "--amqp",
+        action="store_true",
+        help="RabbitMQ (AGORA_AMQP_URL or amqp://guest:guest@127.0.0.1:5672/), not in-process",
+    )
+    s.add_argument("--no-sustained", action="store_true", help="skip the sustained writes")
+    s.add_argument(
+        "--backlog", type=int, default=100_000, help="events for the throughput phase (0: skip)"
+    )
+    s.set_defaults(func=_events)
     return p
 
 
