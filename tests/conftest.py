@@ -85,6 +85,9 @@ def config(
             "AGORA_DB_POOL_MIN": "1",
             "AGORA_DB_POOL_MAX": "10",
             "AGORA_EVENTS_EXCHANGE": amqp_exchange,
+            # Node processes killed by tests leave leased deliveries behind: short leases let
+            # the next test's consumers take them over within seconds.
+            "AGORA_EVENTS_LEASE": "5",
         }
     )
     # Cheap argon2 parameters: the hashing itself is argon2-cffi's business, not ours.

@@ -18,6 +18,7 @@ from agora.server.embedded import Embedded, EmbeddedError, EmbeddedPostgres, Emb
 from agora.storage.migrations import MigrationError
 
 log = logging.getLogger("agora.node")
+MAX_REQUEST_LINE = 64 * 1024
 T = TypeVar("T")
 
 
@@ -91,8 +92,14 @@ def serve(config: Config, host: str, port: int) -> int:
 async def _serve(config: Config, host: str, port: int) -> int:
     app = create_app(config)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=1.0
-    )  # drain() already waited for requests
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,  # drain() already waited for requests
+        # A request line up to 64 KiB reaches Agora (a long query answers 400 in the error
+        # envelope); past that aiohttp's parser answers a plain-text 400 itself.
+        max_line_size=MAX_REQUEST_LINE,
+    )
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)

@@ -19,7 +19,7 @@ from agora.storage.db import Tx
 from tests.support.services import ServiceSet
 
 
-async def settled(*clients: TestClient, timeout: float = 15.0) -> None:
+async def settled(*clients: TestClient, timeout: float = 30.0) -> None:
     """Wait until every event committed so far has been relayed and handled by the consumers
     of these nodes (each polled in turn)."""
     deadline = asyncio.get_running_loop().time() + timeout

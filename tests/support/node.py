@@ -22,7 +22,8 @@ def free_port() -> int:
 class NodeProcess:
     def __init__(self, env: dict[str, str], cwd: Path, port: int | None = None) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-        self.env = {**clean, **env}
+        # Killed nodes leave leased event deliveries behind: let others take them soon.
+        self.env = {**clean, "AGORA_EVENTS_LEASE": "5", **env}
         self.cwd = cwd
         self.port = port or free_port()
         self.proc: subprocess.Popen[str] | None = None
