@@ -4,8 +4,6 @@ consumed by ``agora worker`` (a process that is not a node) while the nodes run 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from tests.support.cluster import started_together
 from tests.support.events import settled
 from tests.support.ws import WsClient
 from tests.test_cluster import FAST
+from tests.test_events_faults import start_worker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -84,13 +83,7 @@ async def test_agora_worker_consumes_while_the_nodes_run_no_consumers(
         "AGORA_EVENTS_RELAY": "off",
     }
     log = tmp_path / "worker.log"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "agora", "worker"],
-        env=env,
-        cwd=tmp_path,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_worker(env, tmp_path, log)
     try:
         author, fan = await register(node), await register(node)
         post = await create_post(node, author, "worker", "public")
