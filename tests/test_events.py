@@ -11,11 +11,9 @@ import secrets
 from dataclasses import replace
 from typing import Any
 
-import aiormq
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from pamqp.commands import Basic
 
 from agora.config import Config
 from agora.events.types import PostUpdated, decode_event
@@ -24,7 +22,7 @@ from agora.server.app import create_app
 from agora.storage.db import Database
 from agora.storage.events import append
 from tests.conftest import AppFactory
-from tests.support.events import Recorder, settled
+from tests.support.events import Recorder, redeliver, settled
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -105,7 +103,7 @@ async def test_committed_events_reach_the_consumer_once_in_commit_order(
 
 
 async def test_a_poison_event_goes_to_the_dead_letters_and_the_rest_flow(
-    make_client: AppFactory, bus_config: Config
+    make_client: AppFactory, bus_config: Config, caplog: pytest.LogCaptureFixture
 ) -> None:
     rec = recorder()
     client = await node(make_client, bus_config, rec)
@@ -138,7 +136,12 @@ async def test_a_poison_event_goes_to_the_dead_letters_and_the_rest_flow(
     assert decode_event(letters[0].body).id == poison_id
     # Listing leaves them where they are.
     assert [d.event_id for d in await bus.dead_letters.waiting(RECORDER)] == [poison_id]
+    # One log line with its id and error; the queue's depth in the metrics.
+    (line,) = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert str(poison_id) in line and "RuntimeError: poison" in line
+    await bus.observe()
     metrics = await (await client.get("/metrics")).text()
+    assert 'agora_events_dead_letters{consumer="recorder"} 1.0' in metrics
     assert 'agora_events_dead_lettered_total{consumer="recorder"} 1.0' in metrics
     assert 'agora_event_consumer_failures_total{consumer="recorder"} 3.0' in metrics
 
@@ -185,37 +188,7 @@ async def test_the_same_event_delivered_twice_has_one_effect(
     await settled(client)
     (event,) = [e for e in rec.seen if getattr(e.payload, "post_id", None) == post_id]
 
-    # Deliver it again, as a relay that died between the broker's confirm and its own commit
-    # would: the same message a second time.
-    conn = await asyncpg.connect(database_url)
-    try:
-        row = await conn.fetchrow("SELECT * FROM events.outbox WHERE id = $1", event.id)
-        assert row is not None and row["sent_at"] is not None
-        body = await conn.fetchval(
-            "SELECT convert_to(jsonb_build_object('id', id, 'type', type, 'aggregate', "
-            "aggregate, 'aggregate_id', aggregate_id, 'actor_id', actor_id, 'occurred_at', "
-            "occurred_at, 'version', version, 'payload', payload)::text, 'UTF8') "
-            "FROM events.outbox WHERE id = $1",
-            event.id,
-        )
-        if bus_config.amqp_url is None:
-            await conn.execute(
-                "INSERT INTO events.deliveries (consumer, event_id, body) VALUES ($1, $2, $3)",
-                RECORDER,
-                event.id,
-                body,
-            )
-        else:
-            amqp = await aiormq.connect(bus_config.amqp_url)
-            channel = await amqp.channel()
-            await channel.basic_publish(
-                body,
-                routing_key=f"{bus_config.events.exchange}.{RECORDER}",
-                properties=Basic.Properties(delivery_mode=2, message_id=str(event.id)),
-            )
-            await amqp.close()
-    finally:
-        await conn.close()
+    await redeliver(bus_config, database_url, RECORDER, event.id)
     await settled(client)
     assert texts(rec, post_id) == ["once"]
     metrics = await (await client.get("/metrics")).text()

@@ -52,7 +52,7 @@ from tests.support.api import (
     get_json,
     register,
 )
-from tests.support.events import settled
+from tests.support.events import redeliver, settled
 from tests.support.ws import WsClient
 
 LIST = "/api/v1/notifications"
@@ -1131,3 +1131,26 @@ async def test_the_notification_frame_reaches_the_recipients_sessions(live: Test
         await ws.close()
     text = await (await live.get("/metrics")).text()
     assert 'agora_notifications_total{kind="reaction"}' in text
+
+
+async def test_end_to_end_the_same_event_delivered_twice_makes_one_notification(
+    live: TestClient, transport: Config, database_url: str
+) -> None:
+    author, bea = await register(live), await register(live)
+    post = await create_post(live, author, "p", "public")
+    resp = await live.put(
+        f"/api/v1/posts/{post['id']}/reactions", headers=bea.headers, json={"type": "like"}
+    )
+    assert resp.status == 200
+    [first] = await settled_items(live, author)
+    event_id = await live.app[keys.DB].fetchval(
+        "test_event_id",
+        "SELECT id FROM events.outbox WHERE type = 'reaction.set' AND aggregate_id = $1",
+        int(post["id"]),
+    )
+    await redeliver(transport, database_url, "notifications", event_id)
+    [again] = await settled_items(live, author)
+    assert again == first and again["notifications_count"] == 1
+    text = await (await live.get("/metrics")).text()
+    assert 'agora_events_duplicates_total{consumer="notifications"} 1.0' in text
+    assert 'agora_notifications_total{kind="reaction"} 1.0' in text

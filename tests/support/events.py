@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiormq
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from pamqp.commands import Basic
 
+from agora.config import Config
 from agora.events.consumer import AfterCommit
 from agora.events.types import Event
 from agora.server import keys
@@ -87,6 +90,39 @@ async def amqp_namespace(url: str) -> AsyncIterator[str]:
         yield exchange
     finally:
         await delete_namespace(url, exchange)
+
+
+async def redeliver(config: Config, database_url: str, consumer: str, event_id: int) -> None:
+    """Deliver a relayed event to ``consumer`` once more, as a relay that died between the
+    broker's confirm and its own commit would."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        body = await conn.fetchval(
+            "SELECT convert_to(jsonb_build_object('id', id, 'type', type, 'aggregate', "
+            "aggregate, 'aggregate_id', aggregate_id, 'actor_id', actor_id, 'occurred_at', "
+            "occurred_at, 'version', version, 'payload', payload)::text, 'UTF8') "
+            "FROM events.outbox WHERE id = $1 AND sent_at IS NOT NULL",
+            event_id,
+        )
+        assert body is not None, "not relayed yet"
+        if config.amqp_url is None:
+            await conn.execute(
+                "INSERT INTO events.deliveries (consumer, event_id, body) VALUES ($1, $2, $3)",
+                consumer,
+                event_id,
+                body,
+            )
+            return
+    finally:
+        await conn.close()
+    amqp = await aiormq.connect(config.amqp_url)
+    channel = await amqp.channel()
+    await channel.basic_publish(
+        body,
+        routing_key=f"{config.events.exchange}.{consumer}",
+        properties=Basic.Properties(delivery_mode=2, message_id=str(event_id)),
+    )
+    await amqp.close()
 
 
 class Recorder:
