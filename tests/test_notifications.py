@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -40,7 +39,6 @@ from agora.services.notifications import (
     NotificationConsumer,
     mentioned_names,
 )
-from agora.storage import notifications as store_sql
 from agora.storage.db import Database
 from agora.storage.notifications import NotificationStore
 from tests.conftest import AppFactory
@@ -918,75 +916,6 @@ async def test_the_openapi_document_has_the_endpoints(client: TestClient) -> Non
         p for p in paths["/api/v1/notifications"]["get"]["parameters"] if p["name"] == "unread"
     ]
     assert unread and unread[0]["schema"]["type"] == "boolean"
-
-
-QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "users by name": (store_sql.USERS_BY_NAME, (["bob"],)),
-    "conversation members": (store_sql.CONVERSATION_MEMBERS, ([1, 2],)),
-    "admissible": (store_sql.ADMISSIBLE, ([0], [1], [2], ["reaction"], [3], [None])),
-    "latest groups": (store_sql.LATEST_GROUPS, ([1], ["reaction:post:3"])),
-    "write": (
-        store_sql.WRITE,
-        (
-            [1],
-            ["reaction"],
-            ["reaction:post:3"],
-            ["post"],
-            [3],
-            [3],
-            [2],
-            [None],
-            [None],
-            [1],
-            [datetime.now(UTC)],
-            [datetime.now(UTC)],
-            [None, 7],
-            [1, None],
-            [2, 4],
-            [9, 10],
-            [2, 4],
-            [None, None],
-            [datetime.now(UTC)] * 2,
-        ),
-    ),
-    "remove comment sources": (store_sql.REMOVE_COMMENT_SOURCES, ([3], [4])),
-    "remove pair sources": (store_sql.REMOVE_PAIR_SOURCES, (1, 2)),
-    "recount": (store_sql.RECOUNT, ([1, 2],)),
-    "delete for posts": (store_sql.DELETE_FOR_POSTS, ([3],)),
-    "groups by ids": (store_sql.GROUPS_BY_IDS, ([1],)),
-    "list": (store_sql.LIST, (1, 2**53, 21)),
-    "list unread": (store_sql.LIST_UNREAD, (1, 2**53, 21)),
-    "unread count": (store_sql.UNREAD_COUNT, (1,)),
-    "mark read": (store_sql.MARK_READ, (1, [2, 3])),
-    "mark all read": (store_sql.MARK_ALL_READ, (1,)),
-    "settings": (store_sql.SETTINGS, (1,)),
-    "update settings": (store_sql.UPDATE_SETTINGS, (1, ["comment"], [True], [None])),
-}
-SCHEMAS = {"notifications", "accounts", "social", "content", "chat"}
-
-
-def _seq_scans(plan: dict[str, Any]) -> list[str]:
-    found = []
-    if plan.get("Node Type") == "Seq Scan" and plan.get("Schema") in SCHEMAS:
-        found.append(f"{plan['Schema']}.{plan['Relation Name']}")
-    for child in plan.get("Plans", []):
-        found += _seq_scans(child)
-    return found
-
-
-@pytest.mark.parametrize("name", sorted(QUERIES))
-async def test_every_query_has_an_index(database_url: str, name: str) -> None:
-    sql, args = QUERIES[name]
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL enable_seqscan = off")
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON, VERBOSE) {sql}", *args)
-    finally:
-        await conn.close()
-    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
-    assert _seq_scans(plan) == [], name
 
 
 # -- end to end: REST change -> outbox -> relay -> runner -> the consumer ---------------------------
