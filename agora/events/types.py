@@ -92,8 +92,9 @@ class _PairPayload(Payload, frozen=True, kw_only=True):
         return pair_key(*self._pair())
 
 
-class FriendRequestSent(_PairPayload, frozen=True, kw_only=True):
-    type = "friend_request.sent"
+class _FriendRequest(_PairPayload, frozen=True, kw_only=True):
+    """``from_id`` sent the request to ``to_id``."""
+
     request_id: int
     from_id: int
     to_id: int
@@ -102,36 +103,22 @@ class FriendRequestSent(_PairPayload, frozen=True, kw_only=True):
         return self.from_id, self.to_id
 
 
-class FriendRequestAccepted(_PairPayload, frozen=True, kw_only=True):
-    """``from_id`` sent the request, ``to_id`` accepted it (the actor)."""
+class FriendRequestSent(_FriendRequest, frozen=True, kw_only=True):
+    type = "friend_request.sent"
+
+
+class FriendRequestAccepted(_FriendRequest, frozen=True, kw_only=True):
+    """``to_id`` accepted (the actor)."""
 
     type = "friend_request.accepted"
-    request_id: int
-    from_id: int
-    to_id: int
-
-    def _pair(self) -> tuple[int, int]:
-        return self.from_id, self.to_id
 
 
-class FriendRequestDeclined(_PairPayload, frozen=True, kw_only=True):
+class FriendRequestDeclined(_FriendRequest, frozen=True, kw_only=True):
     type = "friend_request.declined"
-    request_id: int
-    from_id: int
-    to_id: int
-
-    def _pair(self) -> tuple[int, int]:
-        return self.from_id, self.to_id
 
 
-class FriendRequestCancelled(_PairPayload, frozen=True, kw_only=True):
+class FriendRequestCancelled(_FriendRequest, frozen=True, kw_only=True):
     type = "friend_request.cancelled"
-    request_id: int
-    from_id: int
-    to_id: int
-
-    def _pair(self) -> tuple[int, int]:
-        return self.from_id, self.to_id
 
 
 class FriendshipEnded(_PairPayload, frozen=True, kw_only=True):
@@ -146,22 +133,20 @@ class FriendshipEnded(_PairPayload, frozen=True, kw_only=True):
         return self.user_id, self.friend_id
 
 
-class UserBlocked(_PairPayload, frozen=True, kw_only=True):
+class _Block(_PairPayload, frozen=True, kw_only=True):
+    blocker_id: int
+    blocked_id: int
+
+    def _pair(self) -> tuple[int, int]:
+        return self.blocker_id, self.blocked_id
+
+
+class UserBlocked(_Block, frozen=True, kw_only=True):
     type = "user.blocked"
-    blocker_id: int
-    blocked_id: int
-
-    def _pair(self) -> tuple[int, int]:
-        return self.blocker_id, self.blocked_id
 
 
-class UserUnblocked(_PairPayload, frozen=True, kw_only=True):
+class UserUnblocked(_Block, frozen=True, kw_only=True):
     type = "user.unblocked"
-    blocker_id: int
-    blocked_id: int
-
-    def _pair(self) -> tuple[int, int]:
-        return self.blocker_id, self.blocked_id
 
 
 # -- content ----------------------------------------------------------------------------------
@@ -302,24 +287,21 @@ class MessageStored(Payload, frozen=True, kw_only=True):
         return self.conversation_id
 
 
-class MemberAdded(Payload, frozen=True, kw_only=True):
+class _Membership(Payload, frozen=True, kw_only=True):
+    aggregate = "conversation"
+    conversation_id: int
+    user_id: int
+
+    def aggregate_id(self) -> int:
+        return self.conversation_id
+
+
+class MemberAdded(_Membership, frozen=True, kw_only=True):
     type = "conversation.member_added"
-    aggregate = "conversation"
-    conversation_id: int
-    user_id: int
-
-    def aggregate_id(self) -> int:
-        return self.conversation_id
 
 
-class MemberRemoved(Payload, frozen=True, kw_only=True):
+class MemberRemoved(_Membership, frozen=True, kw_only=True):
     type = "conversation.member_removed"
-    aggregate = "conversation"
-    conversation_id: int
-    user_id: int
-
-    def aggregate_id(self) -> int:
-        return self.conversation_id
 
 
 # -- the envelope ------------------------------------------------------------------------------
