@@ -165,17 +165,6 @@ async def test_heartbeats_drop_a_peer_that_stopped_answering(make_client) -> Non
     assert len(sessions) == 0
 
 
-async def test_notifications_reach_every_session_on_every_node(make_client) -> None:  # type: ignore[no-untyped-def]
-    n1 = await make_client(node_id="one", cluster=FAST)
-    n2 = await make_client(node_id="two", cluster=FAST)
-    user = await register(n1)
-    on1, on2 = await WsClient.connect(n1, user.access), await WsClient.connect(n2, user.access)
-    await n1.server.app[keys.REALTIME].notify(int(user.id), {"id": "1", "kind": "message"})
-    for ws in (on1, on2):
-        frame = await ws.expect("notification")
-        assert frame["notification"] == {"id": "1", "kind": "message"}
-
-
 async def test_crashes_are_counted_in_the_metrics(make_client) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(cluster=FAST)
     a, _, cid = await friends_in_a_direct_conversation(client)

@@ -45,7 +45,8 @@ async def test_a_notification_caused_on_one_node_reaches_a_session_on_the_other(
     await started_together(a, b)
     author, fan = await register(a), await register(a)
     post = await create_post(a, author, "on alpha", "public")
-    ws = await WsClient.connect(b, author.access)  # the author's session is on beta
+    here = await WsClient.connect(a, author.access)  # the author has a session on alpha
+    ws = await WsClient.connect(b, author.access)  # and one on beta
     try:
         await asyncio.sleep(0.3)  # placed in Redis
         for _ in range(3):
@@ -62,8 +63,12 @@ async def test_a_notification_caused_on_one_node_reaches_a_session_on_the_other(
         await settled(a, b)
         page = await get_json(b, "/api/v1/notifications", author)
         assert page["unread_count"] == 1 and page["items"] == [frames[-1]["notification"]]
+        # Every session of the recipient hears it, on every node.
+        latest = frames[-1]["notification"]
+        await here.expect("notification", 10, lambda f: f["notification"] == latest)
     finally:
         await ws.close()
+        await here.close()
 
 
 async def test_agora_worker_consumes_while_the_nodes_run_no_consumers(

@@ -121,9 +121,9 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
 def _seq_scans(plan: dict[str, Any]) -> list[str]:
     found = []
     table = f"{plan.get('Schema')}.{plan.get('Relation Name')}"
-    if plan.get("Node Type") == "Seq Scan" and plan.get("Schema") in OUR_SCHEMAS:
-        if table not in WHOLE:
-            found.append(table)
+    seq_scan = plan.get("Node Type") == "Seq Scan" and plan.get("Schema") in OUR_SCHEMAS
+    if seq_scan and table not in WHOLE:
+        found.append(table)
     for child in plan.get("Plans", []):
         found += _seq_scans(child)
     return found

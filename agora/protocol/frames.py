@@ -86,9 +86,9 @@ class PresenceFrame(msgspec.Struct, tag="presence", tag_field="type"):
 
 class NotificationFrame(msgspec.Struct, tag="notification", tag_field="type"):
     """A notification that is new, or grew (and so is unread again): the same object as in
-    ``GET /api/v1/notifications``. (The ``dict`` form is what ``Realtime.notify`` still sends.)"""
+    ``GET /api/v1/notifications``."""
 
-    notification: NotificationOut | dict[str, Any]
+    notification: NotificationOut
 
 
 class PostFrame(msgspec.Struct, tag="post", tag_field="type"):

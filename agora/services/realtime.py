@@ -1,4 +1,5 @@
-"""What the node pushes to users on its own initiative: presence, new posts, notifications.
+"""What the node pushes to users on its own initiative: presence and new posts (notifications
+are pushed by their event consumer, agora/services/notifications.py).
 
 Everything goes through :meth:`Router.deliver`, the same path as chat messages, so it reaches
 each recipient's every session on whichever node it is, and nobody who is offline costs more
@@ -8,11 +9,11 @@ than a Redis lookup.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 from agora.cluster.router import Router
 from agora.protocol.content import PostOut
-from agora.protocol.frames import NotificationFrame, PostFrame, PresenceFrame, encode
+from agora.protocol.frames import PostFrame, PresenceFrame, encode
 from agora.storage.social import SocialStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,3 @@ class Realtime:
         """A new post goes to the online ones among ``readers``: the author's friends, or nobody
         for a private post (the feed fan-out computed them; a friendship excludes a block)."""
         await self._deliver(readers, encode(PostFrame(post=post)))
-
-    async def notify(self, user_id: int, notification: dict[str, Any]) -> None:
-        await self._deliver([user_id], encode(NotificationFrame(notification=notification)))
