@@ -732,7 +732,6 @@ def _sustained_report(
         "client_cpu_pct": client_cpu,
         "cpu_pct": _cpu_figures(before.system, after.system, sum(node_cpu) + client_cpu),
         "node_db_time": _db_time(before.metrics, after.metrics, seconds),
-        "cores": os.cpu_count(),
         "met": met,
     }
 
