@@ -125,6 +125,4 @@ async def transport(
         return
     url = require_amqp(services)
     async with amqp_namespace(url) as exchange:
-        yield config.with_overrides(
-            amqp_url=url, events=replace(config.events, exchange=exchange)
-        )
+        yield config.with_overrides(amqp_url=url, events=replace(config.events, exchange=exchange))

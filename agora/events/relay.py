@@ -167,6 +167,7 @@ class Relay:
                 return total
             sent = await self._batch()
             total += sent
+            await self._observe()  # also while a long drain goes on
             if sent == 0:
                 return total
 

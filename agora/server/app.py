@@ -317,9 +317,14 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     assert config.database.url
     reach = RouterReach(app[keys.ROUTER], app[keys.PRESENCE])
-    # The bus's own view of the pool: its statements are timed under their names like all
-    # others, but not counted in the request path's ``queries`` (tests bound a page's cost).
-    bus_db = Database(app[keys.DB].pool, app[keys.METRICS].observe_db)
+    # The bus has a pool of its own: requests waiting for connections under load must not
+    # hold up the relay and consumers (nor are its statements counted in a request's queries).
+    bus_db = await Database.connect(
+        config.database.url,
+        min_size=1,
+        max_size=config.events.pool,
+        observe=app[keys.METRICS].observe_db,
+    )
     bus = EventBus(
         config.events,
         bus_db,
@@ -344,6 +349,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await bounded(bus.stop(), "stopping the event relay and consumers")
+    await bus_db.close()
 
 
 def create_app(
