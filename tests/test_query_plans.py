@@ -102,7 +102,7 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
         notifications.UPDATE_SETTINGS,
         (1, ["comment"], [True], [None]),
     ),
-    "events: claim partitions": (events.CLAIM_PARTITIONS, (16,)),
+    "events: claim partitions": (events.CLAIM_PARTITIONS, (4, 1)),
     "events: unsent": (events.UNSENT, ([0, 1], 1000)),
     "events: mark sent": (events.MARK_SENT, ([1, 2],)),
     "events: backlog": (events.BACKLOG, ()),

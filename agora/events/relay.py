@@ -4,9 +4,11 @@ One loop per process. It wakes on ``LISTEN agora_outbox`` (the outbox's trigger 
 commit), so the lag from commit to publish is a few milliseconds; a slow poll backs the
 notifications up (a listener connection that dropped, a notification lost with it).
 
-Each batch is one transaction: claim every partition no other relay holds (``FOR UPDATE SKIP
-LOCKED`` on ``events.relay_partitions``), read their oldest unsent events in position order,
-hand them to the outlet (RabbitMQ with publisher confirms, or the in-process queues in the same
+The 16 partitions are spread over ``lanes`` (4) that drain at once, so one batch waiting for
+the broker's confirms does not hold up the others. Each batch is one transaction: claim the
+lane's partitions that no other relay holds (``FOR UPDATE SKIP LOCKED`` on
+``events.relay_partitions``), read their oldest unsent events in position order, hand them to
+the outlet (RabbitMQ with publisher confirms, or the in-process queues in the same
 transaction), mark them sent, commit. So several relays run at once without publishing a row
 twice in normal operation, and one aggregate's events (one partition) leave in commit order.
 A relay killed between a confirm and its commit leaves those rows unsent: the next relay
@@ -27,7 +29,7 @@ import asyncpg
 from agora.clock import Clock
 from agora.events.metrics import EventMetrics
 from agora.storage.db import Database, Tx
-from agora.storage.events import PARTITIONS, OutboxRow, OutboxStore
+from agora.storage.events import OutboxRow, OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class Relay:
         *,
         batch: int = 1000,
         poll: float = 2.0,
+        lanes: int = 4,
     ) -> None:
         self.db = db
         self.store = store
@@ -115,6 +118,7 @@ class Relay:
         self.metrics = metrics
         self.batch = batch
         self.poll = poll
+        self.lanes = lanes
         self.broker_ready = False  # the outlet answered at the last attempt
         self.published = 0
         self._wake = asyncio.Event()
@@ -158,22 +162,26 @@ class Relay:
 
     async def drain(self) -> int:
         """Relay batches until nothing is left that this relay may claim; how many events."""
+        self.broker_ready = await self.outlet.ready()
+        if self.metrics is not None:
+            self.metrics.broker_up.set(1 if self.broker_ready else 0)
+        if not self.broker_ready:
+            return 0
+        counts = await asyncio.gather(*(self._drain_lane(lane) for lane in range(self.lanes)))
+        return sum(counts)
+
+    async def _drain_lane(self, lane: int) -> int:
         total = 0
         while True:
-            self.broker_ready = await self.outlet.ready()
-            if self.metrics is not None:
-                self.metrics.broker_up.set(1 if self.broker_ready else 0)
-            if not self.broker_ready:
-                return total
-            sent = await self._batch()
+            sent = await self._batch(lane)
             total += sent
             await self._observe()  # also while a long drain goes on
             if sent == 0:
                 return total
 
-    async def _batch(self) -> int:
+    async def _batch(self, lane: int) -> int:
         async with self.db.transaction("relay_batch") as tx:
-            rows = await self.store.claim(tx, PARTITIONS, self.batch)
+            rows = await self.store.claim(tx, self.lanes, lane, self.batch)
             if not rows:
                 return 0
             await self.outlet.publish(tx, rows)

@@ -21,11 +21,11 @@ INSERT_EVENT = """
 INSERT INTO events.outbox (type, aggregate, aggregate_id, actor_id, version, payload)
 VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
 """
-# The relay's batch, in one transaction: claim the partitions no other relay holds (at most
-# $1 of them, in random order so that several relays share them out), then the oldest unsent
-# rows of those partitions.
+# The relay's batch, in one transaction: claim the partitions of one lane (partition mod
+# lanes) that no other relay holds, then the oldest unsent rows of those partitions.
 CLAIM_PARTITIONS = """
-SELECT partition FROM events.relay_partitions ORDER BY random() LIMIT $1 FOR UPDATE SKIP LOCKED
+SELECT partition FROM events.relay_partitions WHERE partition % $1 = $2
+FOR UPDATE SKIP LOCKED
 """
 UNSENT = """
 SELECT position, id, type, aggregate, aggregate_id, actor_id, occurred_at, version,
@@ -152,11 +152,12 @@ class OutboxStore:
 
     # -- the relay (inside its batch transaction) --------------------------------------------
 
-    async def claim(self, tx: Tx, partitions: int, limit: int) -> list[OutboxRow]:
-        """Claim up to ``partitions`` partitions for this transaction and read their oldest
+    async def claim(self, tx: Tx, lanes: int, lane: int, limit: int) -> list[OutboxRow]:
+        """Claim the free partitions of one lane for this transaction and read their oldest
         unsent events, in position order (within an aggregate: commit order)."""
         claimed = [
-            r["partition"] for r in await tx.fetch("claim_partitions", CLAIM_PARTITIONS, partitions)
+            r["partition"]
+            for r in await tx.fetch("claim_partitions", CLAIM_PARTITIONS, lanes, lane)
         ]
         if not claimed:
             return []
