@@ -34,6 +34,9 @@ from agora.storage.events import DeadLetter, OutboxRow
 log = logging.getLogger(__name__)
 
 
+PUBLISH_TIMEOUT = 30.0  # seconds a batch may wait for its confirms
+
+
 def queue_name(exchange: str, consumer: str) -> str:
     return f"{exchange}.{consumer}"
 
@@ -81,25 +84,27 @@ class AmqpOutlet:
     async def publish(self, tx: Tx, rows: list[OutboxRow]) -> None:
         channel = self._channel
         assert channel is not None
-        confirms = await asyncio.gather(
-            *(
-                channel.basic_publish(
-                    row.body,
-                    exchange=self.exchange,
-                    routing_key=row.type,
-                    properties=Basic.Properties(
-                        content_type="application/json",
-                        delivery_mode=2,
-                        message_id=str(row.id),
-                        message_type=row.type,
-                        timestamp=row.occurred_at,
-                        app_id="agora",
-                    ),
-                    timeout=10,
-                )
-                for row in rows
+        # One deadline for the batch, not one timer per message (aiormq's per-call timeout
+        # was a tenth of the relay's time).
+        confirms = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    channel.basic_publish(
+                        row.body,
+                        exchange=self.exchange,
+                        routing_key=row.type,
+                        properties=Basic.Properties(
+                            content_type="application/json",
+                            delivery_mode=2,
+                            message_id=str(row.id),
+                            message_type=row.type,
+                        ),
+                    )
+                    for row in rows
+                ),
+                return_exceptions=True,
             ),
-            return_exceptions=True,
+            PUBLISH_TIMEOUT,
         )
         failed = [c for c in confirms if not isinstance(c, Basic.Ack)]
         if failed:

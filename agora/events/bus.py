@@ -57,8 +57,13 @@ class EventBus:
         self.clock = clock
         self.metrics = metrics
         outlet: Outlet
+        # Publishing and consuming on separate connections (RabbitMQ's advice): the broker's
+        # flow control throttles a connection that publishes fast, and on a shared one that
+        # held back the consumers' deliveries and acks too.
+        self._publishing: Amqp | None = None
         if amqp is not None:
-            outlet = AmqpOutlet(amqp, config.exchange, consumers)
+            self._publishing = Amqp(amqp.url)
+            outlet = AmqpOutlet(self._publishing, config.exchange, consumers)
             self.dead_letters: DeadLetters = AmqpDeadLetters(amqp, config.exchange, consumers)
         else:
             outlet = LocalOutlet(self.store, bindings_of(consumers))
@@ -110,6 +115,8 @@ class EventBus:
             self.gauges.stop(),
             return_exceptions=True,
         )
+        if self._publishing is not None:
+            await self._publishing.close()
 
     async def purge_once(self) -> int:
         total = 0
