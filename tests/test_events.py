@@ -290,3 +290,20 @@ async def test_sent_events_and_handled_records_are_purged_after_the_retention(
         )
     finally:
         await conn.close()
+
+
+async def test_a_process_without_a_relay_wakes_the_others_after_its_commits(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    # a writes but relays and consumes nothing; b relays and consumes, and never polls.
+    rec = recorder()
+    mute = replace(bus_config.events, relay=False, consumers=False, poll=3600.0)
+    a = await node(make_client, bus_config.with_overrides(events=mute), recorder())
+    deaf = replace(bus_config.events, poll=3600.0)
+    b = await node(make_client, bus_config.with_overrides(events=deaf), rec)
+    assert a.app[keys.EVENTS].relay is None
+    await asyncio.sleep(0.3)  # past each loop's first look
+    post_id = aggregate()
+    await write(a.app[keys.DB], post_id, "from a")
+    await settled(b, timeout=10)
+    assert texts(rec, post_id) == ["from a"]

@@ -111,6 +111,9 @@ class AmqpOutlet:
             self._channel = None
             raise RuntimeError(f"RabbitMQ did not confirm {len(failed)} of {len(rows)} events")
 
+    def published(self) -> None:
+        pass  # RabbitMQ pushes to its consumers itself
+
 
 class AmqpDelivery:
     __slots__ = ("body", "dead_queue", "message")

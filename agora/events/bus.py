@@ -15,9 +15,11 @@ from agora.clock import Clock
 from agora.config import EventsConfig
 from agora.events.amqp import AmqpDeadLetters, AmqpOutlet, AmqpSource
 from agora.events.consumer import Consumer
+from agora.events.local import CHANNEL as DELIVERIES_CHANNEL
 from agora.events.local import LocalDeadLetters, LocalOutlet, LocalSource, bindings_of
 from agora.events.metrics import EventMetrics
-from agora.events.relay import Outlet, Relay
+from agora.events.relay import CHANNEL as OUTBOX_CHANNEL
+from agora.events.relay import Outlet, Relay, Wake
 from agora.events.runner import Runner, Source
 from agora.server.amqp import Amqp
 from agora.services.housekeeping import Periodic
@@ -66,13 +68,18 @@ class EventBus:
             outlet = AmqpOutlet(self._publishing, config.exchange, consumers)
             self.dead_letters: DeadLetters = AmqpDeadLetters(amqp, config.exchange, consumers)
         else:
-            outlet = LocalOutlet(self.store, bindings_of(consumers))
+            outlet = LocalOutlet(
+                self.store, bindings_of(consumers), Wake(db, DELIVERIES_CHANNEL)
+            )
             self.dead_letters = LocalDeadLetters(self.store)
         self.outlet = outlet
         self.relay = (
             Relay(db, self.store, outlet, dsn, clock, metrics, poll=config.poll) if relay else None
         )
         self.runners = [self._runner(c, dsn) for c in consumers] if consume else []
+        if isinstance(outlet, LocalOutlet):
+            outlet.sources = [r.source for r in self.runners if isinstance(r.source, LocalSource)]
+        self._wake_relays = Wake(db, OUTBOX_CHANNEL)
         self.purge = Periodic("events-purge", config.purge_interval, clock, self.purge_once)
         self.gauges = Periodic("events-gauges", 15.0, clock, self.observe)
 
@@ -99,6 +106,13 @@ class EventBus:
             max_attempts=self.config.max_attempts,
             backoff=self.config.retry_backoff,
         )
+
+    def committed(self) -> None:
+        """A transaction of this process wrote events and committed: wake a relay."""
+        if self.relay is not None:
+            self.relay.wake()
+        else:
+            self._wake_relays()
 
     def start(self) -> None:
         if self.relay is not None:

@@ -1,7 +1,9 @@
 """In-process mode (no ``AGORA_AMQP_URL``): each consumer's durable queue is a PostgreSQL table.
 
 The relay's outlet copies each batch into ``events.deliveries`` (one row per bound consumer) in
-the transaction that marks the batch sent, so an event reaches every queue exactly once. A
+the transaction that marks the batch sent, so an event reaches every queue exactly once; after
+the commit it wakes this process's sources directly and others' with ``NOTIFY
+agora_deliveries``. A
 source leases rows (``FOR UPDATE SKIP LOCKED``, so several processes can share a queue), hands
 them to the runner, and deletes them when acked; a lease that runs out (its process died) makes
 the rows deliverable again. Dead letters go to ``events.dead_letters``. The runner, its
@@ -15,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from agora.events.consumer import Consumer
-from agora.events.relay import Listener
+from agora.events.relay import Listener, Wake
 from agora.events.runner import Delivery
 from agora.events.types import event_type_of
 from agora.storage.db import Tx
@@ -38,12 +40,21 @@ def bindings_of(consumers: Iterable[Consumer]) -> dict[str, list[str]]:
 class LocalOutlet:
     name = "in-process"
 
-    def __init__(self, store: OutboxStore, bindings: Mapping[str, list[str]]) -> None:
+    def __init__(
+        self, store: OutboxStore, bindings: Mapping[str, list[str]], wake_others: Wake
+    ) -> None:
         self.store = store
         self.bindings = bindings
+        self.sources: list[LocalSource] = []  # this process's, woken directly
+        self.wake_others = wake_others  # NOTIFY agora_deliveries, for other processes'
 
     async def ready(self) -> bool:
         return True
+
+    def published(self) -> None:
+        for source in self.sources:
+            source.wake()
+        self.wake_others()
 
     async def publish(self, tx: Tx, rows: list[OutboxRow]) -> None:
         await self.store.enqueue(
@@ -89,6 +100,9 @@ class LocalSource:
         self._acks: list[int] = []
         self._acked = asyncio.Event()
         self.held: set[int] = set()  # leased by this source, not yet acked or dead-lettered
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def settle(self, delivery_id: int) -> None:
         """Acks are deleted in batches by the source's loop (one statement per turn)."""

@@ -1,8 +1,10 @@
 """The outbox relay: committed events leave PostgreSQL for the consumers' queues.
 
-One loop per process. It wakes on ``LISTEN agora_outbox`` (the outbox's trigger notifies at
-commit), so the lag from commit to publish is a few milliseconds; a slow poll backs the
-notifications up (a listener connection that dropped, a notification lost with it).
+One loop per process. A commit that wrote events wakes it: the process's own relay directly
+(``Database.events_committed``), the relays of other processes through ``LISTEN
+agora_outbox`` (a process without a relay of its own sends ``NOTIFY`` after its commits, see
+:class:`Wake`), so the lag from commit to publish is a few milliseconds; a slow poll backs the
+wake-ups up (a listener connection that dropped, a notification lost with it).
 
 The 16 partitions are spread over ``lanes`` (4) that drain at once, so one batch waiting for
 the broker's confirms does not hold up the others. Each batch is one transaction: claim the
@@ -49,6 +51,42 @@ class Outlet(Protocol):
     async def publish(self, tx: Tx, rows: list[OutboxRow]) -> None:
         """Publish every row or raise; rows are marked sent in ``tx`` only if this returns."""
         ...
+
+    def published(self) -> None:
+        """The batch's transaction committed (wake whoever reads what it wrote)."""
+        ...
+
+
+class Wake:
+    """``NOTIFY channel`` sent after commits, in a statement of its own: a NOTIFY inside a
+    writing transaction holds PostgreSQL's global notification lock through the commit's WAL
+    flush and so makes such commits wait for one another. Calls made while one is on its way
+    are folded into one more."""
+
+    def __init__(self, db: Database, channel: str) -> None:
+        self.db = db
+        self.channel = channel
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def __call__(self) -> None:
+        if self._task is not None:
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                self._again = False
+                try:
+                    await self.db.execute("notify", "SELECT pg_notify($1, '')", self.channel)
+                except Exception as exc:  # the pollers catch up
+                    log.debug("NOTIFY %s failed: %s", self.channel, exc)
+                if not self._again:
+                    return
+        finally:
+            self._task = None
 
 
 def _resolve(future: asyncio.Future[None], *_args: object) -> None:
@@ -186,6 +224,7 @@ class Relay:
                 return 0
             await self.outlet.publish(tx, rows)
             await self.store.mark_sent(tx, [r.position for r in rows])
+        self.outlet.published()
         self.published += len(rows)
         if self.metrics is not None:
             for row in rows:

@@ -340,6 +340,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
         consume=config.events.consumers,
     )
     bus.start()
+    app[keys.DB].events_committed = bus.committed  # the stores' commits wake the relay
     app[keys.EVENTS] = bus
     log.info(
         "events: %s%s%s",

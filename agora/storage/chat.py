@@ -386,6 +386,8 @@ class ChatStore:
             )
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             return {conv: StaleOwner(conv) for conv, _, _, _ in batches}
+        if any(row["fresh"] for row in rows):
+            self.db.events_committed()  # its message.stored events (one statement, committed)
         results: dict[int, Committed | StaleOwner] = {}
         grouped: dict[int, Committed] = {conv: Committed([], {}) for conv, _, _, _ in batches}
         for row in rows:

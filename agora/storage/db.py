@@ -102,6 +102,7 @@ class Tx(_Runner):
         self._db = db
         self._conn_or_pool = conn
         self._observe = db.observe
+        self.wrote_events = False  # set by storage.events.append: tell the relay at commit
 
 
 class Database(_Runner):
@@ -118,6 +119,8 @@ class Database(_Runner):
         self.observe: Observer = observe or (lambda name, seconds: None)
         self._observe = self.observe
         self.queries = 0
+        # Called after a commit that wrote domain events (the app points it at the relay).
+        self.events_committed: Callable[[], None] = lambda: None
 
     @classmethod
     async def connect(
@@ -141,8 +144,12 @@ class Database(_Runner):
     ) -> AsyncIterator[Tx]:
         """``async with db.transaction("register_user") as tx:`` commits on success."""
         start = time.perf_counter()
-        async with self.pool.acquire() as conn, conn.transaction(isolation=isolation):
-            yield Tx(self, conn)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction(isolation=isolation):
+                tx = Tx(self, conn)
+                yield tx
+            if tx.wrote_events:
+                self.events_committed()
         self.observe(f"tx:{name}", time.perf_counter() - start)
 
     async def ping(self, timeout: float = 2.0) -> bool:

@@ -95,7 +95,9 @@ _json = msgspec.json.Encoder()
 
 
 async def append(tx: Tx, payload: Payload, actor_id: int | None) -> None:
-    """Write ``payload``'s event in ``tx``: it commits or rolls back with the change."""
+    """Write ``payload``'s event in ``tx``: it commits or rolls back with the change (and the
+    relay hears of it once the transaction has committed)."""
+    tx.wrote_events = True
     await tx.execute(
         f"event:{payload.type}",
         INSERT_EVENT,
