@@ -26,6 +26,7 @@ read), mark read, preferences.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -461,12 +462,16 @@ class NotificationConsumer:
             return None
         reach = self.reach
 
+        async def push_one(user: int, user_frames: list[bytes]) -> None:
+            try:
+                await reach.push([user], user_frames)
+            except Exception:
+                log.warning("pushing notifications to user %s failed", user, exc_info=True)
+
         async def push() -> None:
-            for user, user_frames in frames.items():
-                try:
-                    await reach.push([user], user_frames)
-                except Exception:
-                    log.warning("pushing notifications to user %s failed", user, exc_info=True)
+            # All at once: the placement lookups of one turn share one Redis round trip (one
+            # after the other, a batch of 200 took 2 s under load and held up the consumer).
+            await asyncio.gather(*(push_one(u, f) for u, f in frames.items()))
 
         return push
 
