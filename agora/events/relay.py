@@ -36,6 +36,9 @@ from agora.storage.events import OutboxRow, OutboxStore
 log = logging.getLogger(__name__)
 
 CHANNEL = "agora_outbox"
+GATHER = 0.005  # seconds a wake-up waits for more commits before draining
+LANES = 4  # partition groups drained at once
+BATCH = 1000  # events per batch (one transaction, one round of confirms)
 
 
 class Outlet(Protocol):
@@ -145,9 +148,9 @@ class Relay:
         clock: Clock,
         metrics: EventMetrics | None = None,
         *,
-        batch: int = 1000,
+        batch: int = BATCH,
         poll: float = 2.0,
-        lanes: int = 4,
+        lanes: int = LANES,
     ) -> None:
         self.db = db
         self.store = store
@@ -182,6 +185,9 @@ class Relay:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll)
+                # Let the commits of the next few milliseconds join this drain: one drain per
+                # commit cost every lane a claim and a read for a row or two.
+                await asyncio.sleep(GATHER)
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -214,7 +220,8 @@ class Relay:
             sent = await self._batch(lane)
             total += sent
             await self._observe()  # also while a long drain goes on
-            if sent == 0:
+            if sent < self.batch:
+                # Drained: whatever commits after the read wakes us again.
                 return total
 
     async def _batch(self, lane: int) -> int:
