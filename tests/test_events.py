@@ -307,3 +307,15 @@ async def test_a_process_without_a_relay_wakes_the_others_after_its_commits(
     await write(a.app[keys.DB], post_id, "from a")
     await settled(b, timeout=10)
     assert texts(rec, post_id) == ["from a"]
+
+
+async def test_a_consumers_effect_is_on_disk_before_a_rabbitmq_ack(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    # The bus commits asynchronously (what it writes is redone after a crash), except a
+    # consumer's transaction when its queue is RabbitMQ: that broker forgets what is acked.
+    rec = recorder()
+    client = await node(make_client, bus_config, rec)
+    await write(client.app[keys.DB], aggregate(), "x")
+    await settled(client)
+    assert rec.commit_mode == ("on" if bus_config.amqp_url else "off")

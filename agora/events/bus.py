@@ -3,6 +3,15 @@
 Built the same way by ``agora serve`` (the app factory) and ``agora worker``; the only choice
 is the transport: RabbitMQ when ``AGORA_AMQP_URL`` is set, otherwise the in-process queues in
 PostgreSQL (:mod:`agora.events.local`). Consumers and the runner are the same code either way.
+
+Its pool commits without waiting for the WAL flush (``synchronous_commit = off``): every write
+it makes is redone if a crash loses it, and loses nothing that was promised. The event itself
+was made durable by the writer's own (synchronous) commit; a lost "sent" mark or enqueued
+delivery makes the relay publish again, a lost consumer effect comes with its lost ack, so the
+event is handled again (the WAL is written in order: an ack that survived means the effect
+before it did; with RabbitMQ, whose acks are not in that WAL, a consumer's transaction is made
+durable before its ack). So the event machinery adds few WAL flushes for the durable writes (chat
+messages, posts) to wait behind.
 """
 
 from __future__ import annotations
@@ -105,6 +114,7 @@ class EventBus:
             prefetch=self.config.prefetch,
             max_attempts=self.config.max_attempts,
             backoff=self.config.retry_backoff,
+            durable=self.amqp is not None,
         )
 
     def committed(self) -> None:

@@ -67,6 +67,7 @@ class Runner:
         prefetch: int = 256,
         max_attempts: int = 5,
         backoff: float = 0.5,
+        durable: bool = False,
     ) -> None:
         self.consumer = consumer
         self.name = consumer.name
@@ -78,6 +79,10 @@ class Runner:
         self.prefetch = prefetch
         self.max_attempts = max_attempts
         self.backoff = backoff
+        # The effect must be on disk before the ack when the queue is not in this database
+        # (RabbitMQ forgets an acked message; an in-process ack is ordered after the effect in
+        # the same WAL, so there the pool's asynchronous commit is enough).
+        self.durable = durable
         self.handled = 0  # events applied (first deliveries)
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._unacked = 0
@@ -162,6 +167,8 @@ class Runner:
     async def _apply(self, events: list[Event]) -> AfterCommit | None:
         """One transaction: record the ids as handled, apply the ones not handled before."""
         async with self.db.transaction(f"consume:{self.name}") as tx:
+            if self.durable:
+                await tx.execute("durable_commit", "SET LOCAL synchronous_commit = on")
             new = await self.store.first_time(tx, self.name, list({e.id for e in events}))
             fresh, seen = [], set()
             for event in events:

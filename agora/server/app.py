@@ -324,6 +324,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
         min_size=1,
         max_size=config.events.pool,
         observe=app[keys.METRICS].observe_db,
+        durable_commits=False,  # see EventBus
     )
     bus = EventBus(
         config.events,

@@ -49,7 +49,9 @@ async def event_bus(config: Config, *, relay: bool, consume: bool) -> AsyncItera
     from agora.server.app import consumers_for
 
     await migrate(config.database.url)
-    db = await Database.connect(config.database.url, min_size=1, max_size=config.events.pool)
+    db = await Database.connect(
+        config.database.url, min_size=1, max_size=config.events.pool, durable_commits=False
+    )
     redis = redis_store.connect(config.redis.url)
     amqp = Amqp(config.amqp_url) if config.amqp_url else None
     clock = Clock()

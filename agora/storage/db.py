@@ -124,8 +124,16 @@ class Database(_Runner):
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, min_size: int = 2, max_size: int = 20, observe: Observer | None = None
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 20,
+        observe: Observer | None = None,
+        durable_commits: bool = True,
     ) -> Database:
+        """``durable_commits=False``: this pool's commits return before their WAL is flushed
+        (``synchronous_commit = off``), for work that is redone after a crash anyway."""
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
@@ -134,6 +142,7 @@ class Database(_Runner):
             reset=_reset,
             command_timeout=30,
             max_inactive_connection_lifetime=300,
+            server_settings={} if durable_commits else {"synchronous_commit": "off"},
         )
         assert pool is not None
         return cls(pool, observe)

@@ -138,6 +138,7 @@ class Recorder:
         self.flaky: dict[int, int] = {}
         self.attempts: dict[int, int] = {}
         self.gate: asyncio.Event | None = None  # when set, handle() waits on it (a slow event)
+        self.commit_mode: str | None = None  # synchronous_commit inside the last transaction
         self.entered = asyncio.Event()
 
     async def handle(self, events: list[Event], tx: Tx) -> AfterCommit | None:
@@ -151,7 +152,7 @@ class Recorder:
             if self.flaky.get(event.id, 0) > 0:
                 self.flaky[event.id] -= 1
                 raise RuntimeError(f"flaky {event.id}")
-        await tx.execute("recorder_probe", "SELECT 1")
+        self.commit_mode = await tx.fetchval("recorder_probe", "SHOW synchronous_commit")
         self.seen.extend(events)
         committed = [e.id for e in events]
 
