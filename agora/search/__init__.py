@@ -1,0 +1,1 @@
+"""Search: the query language shared by every search backend."""
