@@ -76,6 +76,12 @@ async def test_with_the_broker_cut_writes_succeed_events_wait_then_all_flow_in_o
                 line for line in metrics.splitlines() if line.startswith("agora_outbox_backlog ")
             ]
             assert backlog and float(backlog[0].split()[1]) >= 40
+            oldest = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("agora_outbox_oldest_unsent_age_seconds ")
+            ]
+            assert oldest and float(oldest[0].split()[1]) > 1.0  # waiting since before the sleep
 
             proxy.restore()
             await settled(client, timeout=30)
@@ -94,7 +100,7 @@ async def test_with_the_broker_cut_writes_succeed_events_wait_then_all_flow_in_o
 # -- processes -------------------------------------------------------------------------------
 
 
-def _env(config: Config, **extra: str) -> dict[str, str]:
+def worker_env(config: Config, **extra: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
     assert config.database.url and config.redis.url
     return {
@@ -137,7 +143,7 @@ async def test_a_relay_killed_mid_batch_loses_nothing_and_repeats_nothing_it_had
     total = 30_000
     async with amqp_namespace(url) as exchange:
         cfg = config.with_overrides(events=replace(config.events, exchange=exchange))
-        env = _env(cfg, AGORA_AMQP_URL=url)
+        env = worker_env(cfg, AGORA_AMQP_URL=url)
         # A queue of our own bound to every event type: what the relays publish lands there.
         conn = await aiormq.connect(url)
         channel = await conn.channel()
@@ -235,7 +241,7 @@ def test_worker_refuses_embedded_defaults(tmp_path: Path) -> None:
 async def test_dead_letter_commands_list_and_replay(
     config: Config, database_url: str, tmp_path: Path
 ) -> None:
-    env = _env(config)
+    env = worker_env(config)
     pg = await asyncpg.connect(database_url)
     try:
         event_id = aggregate()

@@ -19,7 +19,7 @@ from tests.support.cluster import started_together
 from tests.support.events import settled
 from tests.support.ws import WsClient
 from tests.test_cluster import FAST
-from tests.test_events_faults import start_worker
+from tests.test_events_faults import start_worker, worker_env
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -78,15 +78,7 @@ async def test_agora_worker_consumes_while_the_nodes_run_no_consumers(
     node_config = config.with_overrides(events=replace(config.events, consumers=False))
     node = await make_client(create_app(node_config))
     assert node.app[keys.EVENTS].runners == []
-    assert config.database.url and config.redis.url
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AGORA_ENV": "test",
-        "AGORA_DATABASE_URL": config.database.url,
-        "AGORA_REDIS_URL": config.redis.url,
-        "AGORA_REDIS_PREFIX": config.redis.prefix,
-        "AGORA_EVENTS_RELAY": "off",
-    }
+    env = worker_env(config, AGORA_EVENTS_RELAY="off")
     log = tmp_path / "worker.log"
     worker = start_worker(env, tmp_path, log)
     try:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from unittest import mock
 
-import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from agora.config import Config
@@ -15,6 +13,7 @@ from agora.server.app import create_app
 from agora.server.metrics import Metrics
 from agora.server.ops import metrics, metrics_token_matches
 from tests.support.api import register
+from tests.support.events import require_amqp
 from tests.support.proxy import proxy_postgres, proxy_redis
 from tests.support.services import ServiceSet
 from tests.support.ws import WsClient
@@ -75,14 +74,8 @@ async def test_readyz_503_when_the_configured_rabbitmq_is_down(make_client) -> N
 
 
 async def test_readyz_ok_with_a_reachable_rabbitmq(make_client, services: ServiceSet) -> None:  # type: ignore[no-untyped-def]
-    # RabbitMQ has no embedded form, so a machine without one (a new user's) skips this check;
-    # CI sets AGORA_TEST_AMQP_REQUIRED=1 (.ci/run), where a missing broker fails instead.
-    if services.amqp_url is None:
-        reason = f"no RabbitMQ answers at {services.amqp_probe}"
-        if os.environ.get("AGORA_TEST_AMQP_REQUIRED") == "1":
-            pytest.fail(reason + " and AGORA_TEST_AMQP_REQUIRED=1")
-        pytest.skip(reason + ": the reachable case is not checked here")
-    up = await make_client(amqp_url=services.amqp_url)
+    url = require_amqp(services)
+    up = await make_client(amqp_url=url)
     resp = await up.get("/readyz")
     assert resp.status == 200
     checks = (await resp.json())["checks"]

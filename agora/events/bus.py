@@ -77,9 +77,7 @@ class EventBus:
             outlet = AmqpOutlet(self._publishing, config.exchange, consumers)
             self.dead_letters: DeadLetters = AmqpDeadLetters(amqp, config.exchange, consumers)
         else:
-            outlet = LocalOutlet(
-                self.store, bindings_of(consumers), Wake(db, DELIVERIES_CHANNEL)
-            )
+            outlet = LocalOutlet(self.store, bindings_of(consumers), Wake(db, DELIVERIES_CHANNEL))
             self.dead_letters = LocalDeadLetters(self.store)
         self.outlet = outlet
         self.relay = (

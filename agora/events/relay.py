@@ -161,7 +161,7 @@ class Relay:
         self.poll = poll
         self.lanes = lanes
         self.broker_ready = False  # the outlet answered at the last attempt
-        self.published = 0
+        self.relayed = 0  # events this relay got through
         self._wake = asyncio.Event()
         self._listener = Listener(dsn, CHANNEL, self._wake)
         self._task: asyncio.Task[None] | None = None
@@ -232,7 +232,7 @@ class Relay:
             await self.outlet.publish(tx, rows)
             await self.store.mark_sent(tx, [r.position for r in rows])
         self.outlet.published()
-        self.published += len(rows)
+        self.relayed += len(rows)
         if self.metrics is not None:
             for row in rows:
                 self.metrics.count_published(row.type)

@@ -367,6 +367,3 @@ def event_type_of(body: bytes) -> str | None:
         return _wire_decoder.decode(body).type
     except msgspec.DecodeError:
         return None
-
-
-ALL_TYPES = frozenset(PAYLOADS)

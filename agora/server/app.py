@@ -365,9 +365,7 @@ def create_app(
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
     app[keys.EXTRA_CONSUMERS] = list(consumers)
-    app.cleanup_ctx.extend(
-        [_database, _redis, _amqp, _services, _realtime, _housekeeping, _events]
-    )
+    app.cleanup_ctx.extend([_database, _redis, _amqp, _services, _realtime, _housekeeping, _events])
 
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)

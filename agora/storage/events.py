@@ -27,9 +27,10 @@ CLAIM_PARTITIONS = """
 SELECT partition FROM events.relay_partitions WHERE partition % $1 = $2
 FOR UPDATE SKIP LOCKED
 """
-UNSENT = """
-SELECT position, id, type, aggregate, aggregate_id, actor_id, occurred_at, version,
-       payload::text AS payload
+EVENT_COLUMNS = """position, id, type, aggregate, aggregate_id, actor_id, occurred_at, version,
+       payload::text AS payload"""
+UNSENT = f"""
+SELECT {EVENT_COLUMNS}
 FROM events.outbox
 WHERE sent_at IS NULL AND partition = ANY($1::smallint[])
 ORDER BY position LIMIT $2
@@ -116,7 +117,6 @@ class OutboxRow:
     body: bytes  # the event's JSON, as published
     type: str
     id: int
-    occurred_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +131,9 @@ class DeadLetter:
     failed_at: datetime | None
 
 
-def _envelope(row: Record) -> bytes:
-    """The event's JSON from its row, the stored payload spliced in as it is."""
+def envelope(row: Record) -> bytes:
+    """The event's JSON from its outbox row (the columns of ``EVENT_COLUMNS``), the stored
+    payload spliced in as it is: the bytes every transport carries."""
     head = _json.encode(
         {
             "id": row["id"],
@@ -164,10 +165,7 @@ class OutboxStore:
         if not claimed:
             return []
         rows = await tx.fetch("unsent_events", UNSENT, claimed, limit)
-        return [
-            OutboxRow(r["position"], _envelope(r), r["type"], r["id"], r["occurred_at"])
-            for r in rows
-        ]
+        return [OutboxRow(r["position"], envelope(r), r["type"], r["id"]) for r in rows]
 
     async def mark_sent(self, tx: Tx, positions: list[int]) -> None:
         await tx.execute("mark_events_sent", MARK_SENT, positions)
