@@ -103,6 +103,16 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    rate_limit: int = 120  # searches per account per minute; 0 = no limit
+    pool: int = 4  # PostgreSQL connections of the full-text candidate queries
+    # Elasticsearch (only with AGORA_ELASTICSEARCH_URL): indices and aliases are named
+    # "<index_prefix>-users|posts|messages"; a request waits at most `timeout` seconds.
+    index_prefix: str = "agora"
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     env: str
     node_id: str
@@ -115,6 +125,7 @@ class Config:
     ws: WebSocketConfig = field(default_factory=WebSocketConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
     metrics_token: str | None = None
@@ -202,7 +213,18 @@ def _exchange(raw: str) -> str:
     return raw
 
 
+def _index_prefix(raw: str) -> str:
+    # Elasticsearch index names: lowercase, no leading '-', '_' or '+', none of \/*?"<>| ,#:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", raw):
+        raise ValueError(raw)
+    return raw
+
+
 SWITCH: _Kind = (_switch, "on or off")
+INDEX_PREFIX: _Kind = (
+    _index_prefix,
+    "1-64 lowercase letters, digits or '_.-', starting with a letter or digit",
+)
 EXCHANGE: _Kind = (_exchange, "1-64 letters, digits or '_.:-'")
 
 
@@ -340,6 +362,18 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         )
     )
 
+    search = SearchConfig(
+        **_set_fields(
+            env,
+            {
+                "rate_limit": ("AGORA_SEARCH_RATE_LIMIT", NON_NEGATIVE_INT),
+                "pool": ("AGORA_SEARCH_DB_POOL", POSITIVE_INT),
+                "index_prefix": ("AGORA_ELASTICSEARCH_INDEX_PREFIX", INDEX_PREFIX),
+                "timeout": ("AGORA_ELASTICSEARCH_TIMEOUT", SECONDS),
+            },
+        )
+    )
+
     return Config(
         env=mode,
         node_id=node_id,
@@ -354,6 +388,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         ws=ws,
         cluster=cluster,
         events=events,
+        search=search,
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),

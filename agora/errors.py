@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     INTERNAL_ERROR = "internal_error"
     UNAVAILABLE = "unavailable"
+    SEARCH_UNAVAILABLE = "search_unavailable"
 
 
 DEFAULT_STATUS: Mapping[ErrorCode, int] = {
@@ -37,6 +38,7 @@ DEFAULT_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.SEARCH_UNAVAILABLE: 503,
 }
 
 

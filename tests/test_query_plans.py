@@ -56,7 +56,7 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "count members": (chat.COUNT_MEMBERS, (1, [2, 3])),
     "remove member": (chat.DELETE_MEMBER, (1, 2)),
     "direct by key": (chat.DIRECT_BY_KEY, ("1:2",)),
-    "notifications: users by name": (notifications.USERS_BY_NAME, (["bob"],)),
+    "users by name": (accounts.USERS_BY_NAME, (["bob"],)),
     "notifications: conversation members": (notifications.CONVERSATION_MEMBERS, ([1, 2],)),
     "notifications: admissible": (
         notifications.ADMISSIBLE,

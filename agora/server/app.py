@@ -37,10 +37,13 @@ from agora.handlers import (
     friends,
     notifications,
     posts,
+    search,
     users,
     ws,
 )
 from agora.protocol.frames import CloseCode
+from agora.search.backend import SearchBackend
+from agora.search.postgres import PostgresBackend
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
 from agora.server.metrics import Metrics
@@ -58,6 +61,7 @@ from agora.services.posts import PostService
 from agora.services.ratelimit import RateLimiter
 from agora.services.realtime import Realtime
 from agora.services.revocations import Revocations
+from agora.services.search import SearchService
 from agora.services.social import SocialService
 from agora.services.tokens import TokenIssuer
 from agora.storage import redis as redis_store
@@ -68,6 +72,7 @@ from agora.storage.db import Database
 from agora.storage.feed_cache import FeedCache
 from agora.storage.migrations import migrate
 from agora.storage.notifications import NotificationStore
+from agora.storage.search import SEARCH_SETTINGS, SearchStore
 from agora.storage.social import SocialStore
 
 log = logging.getLogger(__name__)
@@ -98,6 +103,7 @@ REST_TABLES = [
     feed.routes,
     conversations.routes,
     notifications.routes,
+    search.routes,
 ]
 
 
@@ -181,6 +187,44 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     yield
     await bounded(revocations.stop(), "stopping revocations")
     passwords.close()
+
+
+async def _search(app: web.Application) -> AsyncIterator[None]:
+    """The search backend: Elasticsearch when configured, PostgreSQL full text otherwise."""
+    config = app[keys.CONFIG]
+    assert config.database.url
+    search_db: Database | None = None
+    backend: SearchBackend
+    if config.elasticsearch_url:
+        # Imported here: the client is loaded only where it is used.
+        from agora.search.elastic import ElasticBackend
+
+        store = SearchStore(app[keys.DB])
+        backend = ElasticBackend(config, app[keys.DB])
+    else:
+        # The candidate queries' own small pool, planned for each query's words (see
+        # storage/search.py); the re-check runs on the node's pool.
+        search_db = await Database.connect(
+            config.database.url,
+            min_size=1,
+            max_size=config.search.pool,
+            observe=app[keys.METRICS].observe_db,
+            settings=SEARCH_SETTINGS,
+        )
+        store = SearchStore(app[keys.DB], search_db)
+        backend = PostgresBackend(store, app[keys.CLOCK])
+    app[keys.SEARCH] = SearchService(
+        backend,
+        store,
+        PostStore(app[keys.DB]),
+        RateLimiter(app[keys.REDIS], app[keys.REDIS_KEYS]),
+        config.search.rate_limit,
+    )
+    log.info("search: %s", backend.name)
+    yield
+    await bounded(backend.close(), "closing the search backend")
+    if search_db is not None:
+        await search_db.close()
 
 
 async def _realtime(app: web.Application) -> AsyncIterator[None]:
@@ -365,7 +409,9 @@ def create_app(
     app[keys.METRICS] = Metrics()
     app[keys.IN_FLIGHT] = InFlight()
     app[keys.EXTRA_CONSUMERS] = list(consumers)
-    app.cleanup_ctx.extend([_database, _redis, _amqp, _services, _realtime, _housekeeping, _events])
+    app.cleanup_ctx.extend(
+        [_database, _redis, _amqp, _services, _search, _realtime, _housekeeping, _events]
+    )
 
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from agora.services.notifications import NotificationService
     from agora.services.posts import PostService
     from agora.services.realtime import Realtime
+    from agora.services.search import SearchService
     from agora.services.social import SocialService
     from agora.storage.db import Database
     from agora.storage.redis import Keys
@@ -58,4 +59,5 @@ ROUTER: web.AppKey[Router] = web.AppKey("router")
 REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
 NOTIFICATIONS: web.AppKey[NotificationService] = web.AppKey("notifications")
 EVENTS: web.AppKey[EventBus] = web.AppKey("events")
+SEARCH: web.AppKey[SearchService] = web.AppKey("search")
 EXTRA_CONSUMERS: web.AppKey[list[Consumer]] = web.AppKey("extra_consumers")

@@ -143,6 +143,11 @@ def public_user_columns(alias: str = "u", prefix: str = "u_") -> str:
 
 
 PUBLIC_USER_COLUMNS = public_user_columns()
+# Active users by lower-cased username (mentions, search's from:), in one statement.
+USERS_BY_NAME = """
+SELECT id, lower(username) AS name FROM accounts.users
+WHERE lower(username) = ANY($1::text[]) AND status = 'active'
+"""
 
 
 class PublicUser(msgspec.Struct, frozen=True, gc=False):

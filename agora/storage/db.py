@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -131,9 +131,15 @@ class Database(_Runner):
         max_size: int = 20,
         observe: Observer | None = None,
         durable_commits: bool = True,
+        settings: Mapping[str, str] | None = None,
     ) -> Database:
         """``durable_commits=False``: this pool's commits return before their WAL is flushed
-        (``synchronous_commit = off``), for work that is redone after a crash anyway."""
+        (``synchronous_commit = off``), for work that is redone after a crash anyway.
+        ``settings``: more session settings of every connection (for a pool of one purpose)."""
+        settings = {
+            **(settings or {}),
+            **({} if durable_commits else {"synchronous_commit": "off"}),
+        }
         pool = await asyncpg.create_pool(
             dsn,
             min_size=min_size,
@@ -142,7 +148,7 @@ class Database(_Runner):
             reset=_reset,
             command_timeout=30,
             max_inactive_connection_lifetime=300,
-            server_settings={} if durable_commits else {"synchronous_commit": "off"},
+            server_settings=settings,
         )
         assert pool is not None
         return cls(pool, observe)

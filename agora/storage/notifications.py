@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
+from agora.storage.accounts import PUBLIC_USER_COLUMNS, USERS_BY_NAME, PublicUser
 from agora.storage.db import Database, Record, Tx
 from agora.storage.visibility import can_see, users_hidden
 
@@ -23,11 +23,6 @@ WINDOW_SECONDS = 12 * 3600.0  # reactions and comments on one post group within 
 
 # -- the consumer's statements ----------------------------------------------------------------
 
-# Active users by lower-cased username (the mentions of a batch, in one statement).
-USERS_BY_NAME = """
-SELECT id, lower(username) AS name FROM accounts.users
-WHERE lower(username) = ANY($1::text[]) AND status = 'active'
-"""
 CONVERSATION_MEMBERS = """
 SELECT conversation_id, user_id FROM chat.members WHERE conversation_id = ANY($1::bigint[])
 """

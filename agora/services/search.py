@@ -1,0 +1,124 @@
+"""Search: parse, limit, ask the backend for candidates, re-check them, present them.
+
+The re-check is the privacy guarantee of search. Whatever a backend returns (an Elasticsearch
+index that has not yet seen a block, a deletion or a visibility change; a PostgreSQL candidate
+query that pre-filters only on the coarse audience) goes through the one visibility rule in
+PostgreSQL before it is shown: a stale candidate costs a shorter page, never a leak.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from agora.actors.conversation import message_out
+from agora.errors import AppError, ErrorCode
+from agora.protocol.common import Page
+from agora.protocol.cursor import decode_cursor, encode_cursor
+from agora.protocol.search import MessageResult, PostResult, SearchResult, UserResult
+from agora.search.backend import Hit, Scope, SearchBackend, SearchType
+from agora.search.query import SearchQuery, parse_query
+from agora.services.presenters import post_out, user_out
+from agora.services.ratelimit import RateLimiter
+from agora.storage.content import PostStore
+from agora.storage.search import SearchStore
+
+RATE_WINDOW = 60  # seconds; AGORA_SEARCH_RATE_LIMIT searches per account within it
+
+# Operators each kind understands (words, phrases and exclusions apply to all).
+_NOT_FOR = {
+    "users": ("from:", "before:", "after:", "has:media"),
+    "messages": ("has:media",),
+    "posts": (),
+}
+
+
+def _inapplicable(kind: SearchType, query: SearchQuery) -> list[str]:
+    used = {
+        "from:": bool(query.from_users),
+        "before:": query.before is not None,
+        "after:": query.after is not None,
+        "has:media": query.has_media,
+    }
+    return [op for op in _NOT_FOR[kind] if used[op]]
+
+
+def _fingerprint(kind: SearchType, query: SearchQuery) -> str:
+    """Ties a cursor to its search: another query's cursor is refused, not misread."""
+    raw = kind.encode() + msgspec.msgpack.encode(query)
+    return hashlib.blake2b(raw, digest_size=6).hexdigest()
+
+
+class SearchService:
+    def __init__(
+        self,
+        backend: SearchBackend,
+        store: SearchStore,
+        posts: PostStore,
+        limiter: RateLimiter,
+        rate_limit: int,
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.posts = posts
+        self.limiter = limiter
+        self.rate_limit = rate_limit
+
+    async def search(
+        self, viewer: int, q: str, kind: SearchType, cursor: str | None, limit: int
+    ) -> Page[SearchResult]:
+        query = parse_query(q)
+        if bad := _inapplicable(kind, query):
+            raise AppError(
+                ErrorCode.VALIDATION_ERROR,
+                "the query string is not valid",
+                status=400,
+                fields={"q": f"{', '.join(bad)} cannot be used with type={kind}"},
+            )
+        fingerprint = _fingerprint(kind, query)
+        state = decode_cursor(cursor, f"search.{kind}", h=str, **self.backend.cursor_fields)
+        if state is not None and state.pop("h") != fingerprint:
+            raise AppError(
+                ErrorCode.VALIDATION_ERROR,
+                "the cursor is not valid for this list",
+                status=400,
+                fields={"cursor": "this cursor belongs to another search"},
+            )
+        if self.rate_limit:
+            await self.limiter.hit(f"search:{viewer}", self.rate_limit, RATE_WINDOW)
+        authors = None
+        if query.from_users:
+            authors = tuple(await self.store.user_ids(list(query.from_users)))
+        hits = await self.backend.search(
+            kind, query, Scope(viewer_id=viewer, author_ids=authors), state, limit
+        )
+        items = await self._recheck(kind, viewer, hits.hits)
+        next_cursor = (
+            encode_cursor(f"search.{kind}", h=fingerprint, **hits.next) if hits.next else None
+        )
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def _recheck(self, kind: SearchType, viewer: int, hits: list[Hit]) -> list[SearchResult]:
+        """The candidates the viewer may see, in the backend's order, as clients show them."""
+        if not hits:
+            return []
+        ids = [h.id for h in hits]
+        if kind == "users":
+            users = await self.store.visible_users(viewer, ids)
+            return [UserResult(user_out(users[h.id])) for h in hits if h.id in users]
+        if kind == "posts":
+            posts = {p.id: p for p in await self.posts.by_ids(viewer, ids)}
+            return [
+                PostResult(post_out(posts[h.id]), h.snippet or "") for h in hits if h.id in posts
+            ]
+        messages = await self.store.visible_messages(viewer, ids)
+        return [
+            MessageResult(
+                message_out(messages[h.id].message),
+                user_out(messages[h.id].sender),
+                h.snippet or "",
+            )
+            for h in hits
+            if h.id in messages
+        ]

@@ -1,0 +1,276 @@
+"""Search's SQL: the PostgreSQL backend's candidate queries, and the re-check every backend's
+candidates go through before anyone sees them.
+
+Candidates (``PostgresBackend``) are pre-filtered on the coarse audience an index could hold
+(visibility, author, friendship, membership); the re-check (:data:`VISIBLE_USERS`,
+:data:`VISIBLE_MESSAGES`, and ``content.POSTS_BY_IDS`` for posts) applies the one visibility rule
+of :mod:`agora.storage.visibility` in full: blocks and suspension included.
+
+Posts and messages are searched in *windows*: the newest ``WINDOW`` matches (by id, which is
+time order) below an upper id are ranked by relevance with a recency boost, a page is taken by
+``(score, id)`` keyset, and the next window starts below the lowest id of this one. A common
+word therefore reads ``WINDOW`` index entries, not every post that holds it; a rare one reads
+its few matches through the GIN index.
+
+The candidate statements run on a pool with ``plan_cache_mode = force_custom_plan``: which plan
+is right (walk the id index newest first and stop after ``WINDOW`` matches, or collect a rare
+word's few matches from the GIN index) depends on the word, and only a plan made for the actual
+value can know it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agora.storage.accounts import PUBLIC_USER_COLUMNS, USERS_BY_NAME, PublicUser
+from agora.storage.chat import MessageRow
+from agora.storage.db import Database
+from agora.storage.visibility import users_hidden
+
+# The candidate pool's sessions: plans made for each query's values; a name within a typo of the
+# query when at least 40% of the query's trigrams are found in one stretch of it (pg_trgm's
+# default, 60%, misses "zefyrine" for "zephyrine": 6 of 13).
+SEARCH_SETTINGS = {
+    "plan_cache_mode": "force_custom_plan",
+    "pg_trgm.word_similarity_threshold": "0.4",
+}
+FUZZY_SHARE = 0.5  # the built-in trigrams: the share of the query's found anywhere in the name
+WINDOW = 200  # matches ranked together (posts, messages); users: candidates per source
+START = 2.0  # a score above every real one: a cursor at the top of a window
+
+# ts_headline: one fragment of about 10-30 words around the best match, marked with the
+# private-use characters of agora.search.backend (MARK_START, MARK_END).
+HEADLINE_OPTIONS = (
+    "StartSel=\ue000, StopSel=\ue001, MaxFragments=1, MaxWords=30, MinWords=10, ShortWord=2"
+)
+
+# The text condition and the snippet's highlights, built in SQL from the parsed query's words
+# (stemming is PostgreSQL's). The functions are immutable: in a custom plan their arguments are
+# constants, so the planner folds them into a constant tsquery and estimates how common it is.
+TSQUERY = "search.query($2::text[], $3::text[], $4::text[], $5::text[])"
+HIGHLIGHT = "search.highlight($9::text[])"
+
+# The score: ts_rank (exact lexemes weigh 1.0, stemmed 0.4; normalization 32 maps it into
+# [0, 1)) plus a floor so that a query of operators only (no text: no rank) still orders by
+# age, divided by the square root of 1 + age in weeks, "as of" the search's first page.
+_SCORE = f"""(
+    (coalesce(ts_rank(w.search, {TSQUERY}, 32), 0)::float8 + 0.01::float8)
+    / sqrt(1::float8 + greatest(extract(epoch FROM ($11::timestamptz - w.created_at))::float8,
+                                0::float8) / 604800::float8)
+)"""
+
+
+def _windowed(table: str, alias: str, audience: str, filters: list[str], snippet_from: str) -> str:
+    """One window of matches, ranked; the page after ``($12, $13)`` with its snippets, and
+    the window's size and lowest id (also when the page is empty).
+
+    $1 viewer, $2-$5 words, phrases, excluded words and phrases, $6 upper id (exclusive),
+    $7 lower id, $8 author ids, $9 words to highlight, $10 page size, $11 as-of time,
+    $12/$13 the keyset (score, id) to continue after; posts: $14 has:media."""
+    where = " AND ".join([f"{alias}.id < $6", f"{alias}.id >= $7", audience, *filters])
+    return f"""
+WITH win AS MATERIALIZED (
+    SELECT {alias}.id, {alias}.search, {alias}.created_at FROM {table} {alias}
+    WHERE {where}
+    ORDER BY {alias}.id DESC
+    LIMIT {WINDOW}
+), page AS (
+    SELECT w.id, {_SCORE} AS score FROM win w
+), top AS (
+    SELECT id, score FROM page
+    WHERE (score, id) < ($12::float8, $13::bigint)
+    ORDER BY score DESC, id DESC
+    LIMIT $10
+)
+SELECT stats.n, stats.low, top.id, top.score,
+       coalesce(ts_headline('pg_catalog.english'::regconfig, {snippet_from}, {HIGHLIGHT},
+                            '{HEADLINE_OPTIONS}'),
+                left({snippet_from}, 150)) AS snippet
+FROM (SELECT count(*) AS n, min(id) AS low FROM win) stats
+LEFT JOIN (top JOIN {table} t ON t.id = top.id) ON true
+ORDER BY top.score DESC, top.id DESC
+"""
+
+
+# Replacing the markers keeps a stored text from forging a highlight.
+_TEXT = "replace(replace(t.text, E'\\uE000', ''), E'\\uE001', '')"
+
+POST_AUDIENCE = """(p.visibility = 'public' OR p.author_id = $1::bigint
+    OR (p.visibility = 'friends' AND EXISTS (
+        SELECT 1 FROM social.friendships f WHERE f.user_id = $1::bigint AND f.friend_id = p.author_id)))"""
+MESSAGE_AUDIENCE = """m.conversation_id IN (
+    SELECT mb.conversation_id FROM chat.members mb WHERE mb.user_id = $1::bigint)"""
+
+
+# Each condition of an absent operator folds to true in the custom plan ($8 NULL: any author).
+POST_CANDIDATES = _windowed(
+    "content.posts",
+    "p",
+    POST_AUDIENCE,
+    [
+        f"({TSQUERY} IS NULL OR p.search @@ {TSQUERY})",
+        "($8::bigint[] IS NULL OR p.author_id = ANY($8::bigint[]))",
+        "(NOT $14::bool OR cardinality(p.media_ids) > 0)",
+    ],
+    _TEXT,
+)
+MESSAGE_CANDIDATES = _windowed(
+    "chat.messages",
+    "m",
+    MESSAGE_AUDIENCE,
+    [
+        f"({TSQUERY} IS NULL OR m.search @@ {TSQUERY})",
+        "($8::bigint[] IS NULL OR m.sender_id = ANY($8::bigint[]))",
+    ],
+    _TEXT,
+)
+
+
+# Users: the union of three bounded sources (username prefix, display-name prefix, names within
+# a typo of the query), then scored: exact username 4, username prefix 3+, display-name prefix
+# 2+ (closer lengths first), otherwise the trigram word similarity (0.4-1).
+# $1 the query as typed (lower-cased), $2 its LIKE prefix pattern, $3 excluded LIKE patterns,
+# $4/$5 keyset, $6 page size.
+def user_candidates(trigram: str) -> str:
+    if trigram == "pg_trgm":
+        fuzzy = f"""SELECT u.id FROM accounts.users u
+        WHERE $1 <% search.name(u.username, u.display_name) LIMIT {WINDOW}"""
+        similarity = "word_similarity($1, search.name(u.username, u.display_name))"
+    else:  # the built-in trigrams of migration 0010
+        fuzzy = f"""SELECT u.id FROM accounts.users u
+        WHERE u.name_trigrams && search.trigrams($1)
+          AND (SELECT count(*) FROM unnest(u.name_trigrams) g WHERE g = ANY(search.trigrams($1)))
+              >= {FUZZY_SHARE} * cardinality(search.trigrams($1))
+        LIMIT {WINDOW}"""
+        similarity = """((SELECT count(*) FROM unnest(u.name_trigrams) g
+                          WHERE g = ANY(search.trigrams($1)))::float8
+                         / greatest(cardinality(search.trigrams($1)), 1))"""
+    return f"""
+WITH cand AS (
+    (SELECT u.id FROM accounts.users u WHERE lower(u.username) COLLATE "C" LIKE $2
+     ORDER BY lower(u.username) COLLATE "C" LIMIT {WINDOW})
+    UNION
+    (SELECT u.id FROM accounts.users u WHERE lower(u.display_name) COLLATE "C" LIKE $2
+     ORDER BY lower(u.display_name) COLLATE "C" LIMIT {WINDOW})
+    UNION
+    ({fuzzy})
+)
+SELECT u.id, sc.score
+FROM cand JOIN accounts.users u ON u.id = cand.id
+CROSS JOIN LATERAL (SELECT CASE
+    WHEN lower(u.username) = $1 THEN 4::float8
+    WHEN lower(u.username) COLLATE "C" LIKE $2
+        THEN 3::float8 + length($1)::float8 / length(u.username)::float8
+    WHEN lower(u.display_name) COLLATE "C" LIKE $2
+        THEN 2::float8 + length($1)::float8 / greatest(length(u.display_name), 1)::float8
+    ELSE {similarity}::float8
+END AS score) sc
+WHERE u.status = 'active'
+  AND NOT (search.name(u.username, u.display_name) LIKE ANY($3::text[]))
+  AND (sc.score, u.id) < ($4::float8, $5::bigint)
+ORDER BY sc.score DESC, u.id DESC
+LIMIT $6
+"""
+
+
+TRIGRAM_MODE = """
+SELECT EXISTS (SELECT FROM pg_indexes
+               WHERE schemaname = 'accounts' AND indexname = 'users_name_trgm')
+"""
+
+# -- the re-check: what the caller may see of the candidates, whatever the index said ----------
+
+VISIBLE_USERS = f"""
+SELECT {PUBLIC_USER_COLUMNS} FROM accounts.users u
+WHERE u.id = ANY($2::bigint[]) AND u.status = 'active'
+  AND (u.id = $1::bigint OR NOT {users_hidden("$1::bigint", "u.id")})
+"""
+# A member sees a conversation's messages (history before they joined included, as the chat
+# history endpoints show it), except those of a sender hidden from them (a block either way, a
+# suspended sender).
+VISIBLE_MESSAGES = f"""
+SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.client_id, m.text, m.created_at,
+       {PUBLIC_USER_COLUMNS}
+FROM chat.messages m
+JOIN chat.members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $1::bigint
+JOIN accounts.users u ON u.id = m.sender_id
+WHERE m.id = ANY($2::bigint[])
+  AND (m.sender_id = $1::bigint OR NOT {users_hidden("$1::bigint", "m.sender_id")})
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    id: int
+    score: float
+    snippet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window's page of candidates, how many matches the window held, its lowest id."""
+
+    candidates: list[Candidate]
+    size: int
+    low: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FoundMessage:
+    message: MessageRow
+    sender: PublicUser
+
+
+class SearchStore:
+    def __init__(self, db: Database, search_db: Database | None = None) -> None:
+        self.db = db
+        # Candidate queries (custom plans, see the module docstring); the re-check uses `db`.
+        self.search_db = search_db or db
+
+    async def user_ids(self, names: list[str]) -> list[int]:
+        rows = await self.db.fetch(
+            "search_users_by_name", USERS_BY_NAME, [n.lower() for n in names]
+        )
+        return [r["id"] for r in rows]
+
+    async def trigram_mode(self) -> str:
+        has = await self.search_db.fetchval("search_trigram_mode", TRIGRAM_MODE)
+        return "pg_trgm" if has else "builtin"
+
+    async def window(self, name: str, sql: str, *args: object) -> Window:
+        rows = await self.search_db.fetch(name, sql, *args)
+        size = rows[0]["n"] if rows else 0
+        low = rows[0]["low"] if rows else None
+        return Window(
+            [Candidate(r["id"], r["score"], r["snippet"]) for r in rows if r["id"] is not None],
+            size,
+            low,
+        )
+
+    async def users(self, name: str, sql: str, *args: object) -> list[Candidate]:
+        rows = await self.search_db.fetch(name, sql, *args)
+        return [Candidate(r["id"], r["score"]) for r in rows]
+
+    # -- the re-check ---------------------------------------------------------------------------
+
+    async def visible_users(self, viewer: int, ids: list[int]) -> dict[int, PublicUser]:
+        rows = await self.db.fetch("search_visible_users", VISIBLE_USERS, viewer, ids)
+        return {r["u_id"]: PublicUser.of(r) for r in rows}
+
+    async def visible_messages(self, viewer: int, ids: list[int]) -> dict[int, FoundMessage]:
+        rows = await self.db.fetch("search_visible_messages", VISIBLE_MESSAGES, viewer, ids)
+        return {
+            r["id"]: FoundMessage(
+                MessageRow(
+                    r["id"],
+                    r["conversation_id"],
+                    r["seq"],
+                    r["sender_id"],
+                    r["client_id"],
+                    r["text"],
+                    r["created_at"],
+                ),
+                PublicUser.of(r),
+            )
+            for r in rows
+        }
