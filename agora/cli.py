@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from agora.config import Config, ConfigError, load_config
 from agora.errors import AppError
+from agora.search.backend import SEARCH_TYPES
 from agora.server.logs import setup_logging
 
 log = logging.getLogger("agora")
@@ -35,6 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--consumer", help="only this consumer's (default: all)")
     rp.add_argument(
         "--event-id", type=int, action="append", dest="event_ids", help="only these (repeatable)"
+    )
+
+    search = sub.add_parser("search", help="the Elasticsearch index").add_subparsers(
+        dest="search_command", required=True
+    )
+    ri = search.add_parser(
+        "reindex", help="rebuild the index from PostgreSQL into a new one and swap it in"
+    )
+    ri.add_argument(
+        "--type",
+        choices=SEARCH_TYPES,
+        action="append",
+        dest="types",
+        help="only this type (repeatable; default: all three)",
     )
 
     admin = sub.add_parser("admin", help="account administration").add_subparsers(
@@ -66,6 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(config, args.host, args.port)
     if args.command in ("worker", "events"):
         return _events(config, args)
+    if args.command == "search" and config.elasticsearch_url is None:
+        print(
+            "agora: search reindex needs AGORA_ELASTICSEARCH_URL (without it, search uses "
+            "PostgreSQL full-text, which has no index to rebuild)",
+            file=sys.stderr,
+        )
+        return 2
     return _offline(config, args)
 
 
@@ -86,7 +108,7 @@ def _events(config: Config, args: argparse.Namespace) -> int:
 
 
 def _offline(config: Config, args: argparse.Namespace) -> int:
-    """Commands that act on the database and exit (no Redis needed)."""
+    """Commands that act on the database and exit (no Redis needed): migrate, search, admin."""
     from agora.server.embedded import EmbeddedError
     from agora.server.run import resolve, run
     from agora.storage.migrations import MigrationError, migrate
@@ -110,6 +132,10 @@ def _offline(config: Config, args: argparse.Namespace) -> int:
                 + (f": {', '.join(applied)}" if applied else "")
             )
             return 0
+        if args.command == "search":
+            from agora.search.reindex import command
+
+            return run(command(resolved, args.types or SEARCH_TYPES))
         return run(_admin(resolved, args))
     finally:
         embedded.stop()
