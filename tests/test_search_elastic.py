@@ -864,7 +864,8 @@ async def test_search_pages_and_the_cursor_round_trip(
         rec.hits = rec.hits[:1]
         second = await backend.search("posts", query, Scope(viewer_id=rows.user), state, 2)
         assert second.next is None  # a short page is the last
-        (_, one), (_, two) = rec.of("POST", f"/{PREFIX}-posts/_search")
+        (params, one), (_, two) = rec.of("POST", f"/{PREFIX}-posts/_search")
+        assert params["preference"] == f"agora-{rows.user}"  # the same shard copies each page
         assert "search_after" not in one
         assert two["search_after"] == [1.0000001192092896, 29]
         origin = [

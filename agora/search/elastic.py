@@ -526,7 +526,11 @@ class ElasticBackend:
         else:
             body = users_body(query, after, limit)
         try:
-            response = await self.client.search(index=alias(self.prefix, kind), body=body)
+            # One viewer's searches go to the same shard copies, whose scores agree from page
+            # to page (copies of a shard can differ in deleted documents, hence in scores).
+            response = await self.client.search(
+                index=alias(self.prefix, kind), body=body, preference=f"agora-{scope.viewer_id}"
+            )
         except ApiError as exc:
             status = exc.meta.status
             if status < 500 and status not in UNAVAILABLE_STATUS:

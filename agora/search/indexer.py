@@ -7,10 +7,16 @@ as it is now inside the runner's transaction (a row that is gone is a deletion) 
 bulk request, inside ``handle``: a failure raises, and the runner retries.
 
 Repeats and reordering are harmless: every action is versioned ``external_gte`` with the id of
-the newest event behind it (event ids are time-ordered), so an older write never replaces a
-newer one, and a version conflict (409: something newer is there) counts as done. What is
-written is always the current row, so the newest write is the right one. A repeated version is
-accepted (``_gte``) and writes the same row again.
+the newest event behind it, so an older write never replaces a newer one, and a version
+conflict (409: something newer is there) counts as done. Event ids are time-ordered, and a
+row's events are appended after the row is written, under its lock, so one row's ids grow in
+commit order; what is written is the row as loaded after its newest event committed, so the
+write with the highest version is the current row. A repeated version is accepted (``_gte``)
+and writes the same row again.
+
+While Elasticsearch is down every batch fails; the runner retries each event and, after its
+attempts, dead-letters it. ``agora events replay --consumer search`` (or ``agora search
+reindex``) catches the index up once the cluster is back.
 
 Writes go to the read alias and, while ``agora search reindex`` builds a new index, to its
 ``-next`` alias too; ``require_alias`` keeps a write to an alias that just went away from
