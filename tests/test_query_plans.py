@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agora.storage import accounts, chat, content, events, notifications, social
+from agora.storage import accounts, chat, content, events, notifications, search, social
 
 NOW = datetime.now(UTC)
 OUR_SCHEMAS = {"accounts", "social", "content", "chat", "notifications", "events"}
@@ -115,6 +115,46 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "events: dead letter": (events.DEAD_LETTER, (1, "t", "e", 5)),
     "events: dead letters": (events.DEAD_LETTERS, ("c", 100)),
     "events: replay": (events.REPLAY, ("c", [1])),
+    "search: visible users": (search.VISIBLE_USERS, (1, [2, 3])),
+    "search: visible messages": (search.VISIBLE_MESSAGES, (1, [2, 3])),
+}
+
+# Search's candidate queries run with custom plans (storage/search.py): planned for these values.
+_WINDOW_ARGS = (1, [], [], [], [], 2**53, 0, None, [], 21, NOW, 2.0, 2**53)
+_WORDS = (["coffee"], ["good morning"], ["tea"], [])
+CUSTOM_PLANNED: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "search: posts by words": (
+        search.POST_CANDIDATES,
+        (1, *_WORDS, 2**53, 0, None, ["coffee"], 21, NOW, 2.0, 2**53, False),
+    ),
+    "search: posts from authors": (
+        search.POST_CANDIDATES,
+        (1, [], [], [], [], 2**53, 0, [2, 3], [], 21, NOW, 2.0, 2**53, False),
+    ),
+    "search: posts with media": (search.POST_CANDIDATES, (*_WINDOW_ARGS, True)),
+    "search: posts by date": (
+        search.POST_CANDIDATES,
+        (1, [], [], [], [], 2**53, 2**40, None, [], 21, NOW, 2.0, 2**53, False),
+    ),
+    "search: messages by words": (
+        search.MESSAGE_CANDIDATES,
+        (1, *_WORDS, 2**53, 0, None, ["coffee"], 21, NOW, 2.0, 2**53),
+    ),
+    "search: messages from senders": (
+        search.MESSAGE_CANDIDATES,
+        (1, [], [], [], [], 2**53, 0, [2], [], 21, NOW, 2.0, 2**53),
+    ),
+    "search: users by prefix": (
+        search.USER_PREFIXES,
+        ("zephyr", "zephyr%", ["%quill%"], 8.0, 2**53, 21),
+    ),
+    **{
+        f"search: users within a typo ({mode})": (
+            search.user_typos(mode),
+            ("zephyr", "zephyr%", ["%quill%"], 2.0, 0, 21),
+        )
+        for mode in ("pg_trgm", "builtin")
+    },
 }
 
 
@@ -129,15 +169,17 @@ def _seq_scans(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name", sorted(QUERIES))
+@pytest.mark.parametrize("name", sorted(QUERIES) + sorted(CUSTOM_PLANNED))
 async def test_no_sequential_scans(database_url: str, name: str) -> None:
-    sql, args = QUERIES[name]
+    sql, args = QUERIES[name] if name in QUERIES else CUSTOM_PLANNED[name]
+    mode = "force_generic_plan" if name in QUERIES else "force_custom_plan"
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():
             await conn.execute("SET LOCAL enable_seqscan = off")
-            # Plan as the server will after a few runs: generic plans, functions inlined.
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            # Plan as the server will: after a few runs generic plans, functions inlined (the
+            # search candidates' pool: custom plans, for the values of each query).
+            await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
             explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON, VERBOSE) {sql}", *args)
     finally:
         await conn.close()

@@ -60,8 +60,11 @@ class Hits(msgspec.Struct, frozen=True):
 class SearchBackend(Protocol):
     #: "postgres" or "elasticsearch" (logs, /readyz, metrics).
     name: str
-    #: The state a cursor of this backend carries, by field name and type (for decode_cursor).
-    cursor_fields: dict[str, type]
+    @property
+    def cursor_fields(self) -> dict[str, type]:
+        """The state a cursor of this backend carries, by field name and type (for
+        decode_cursor)."""
+        ...
 
     async def search(
         self,

@@ -8,7 +8,7 @@ the ranking windows are described in :mod:`agora.storage.search`.
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from agora.clock import Clock
 from agora.protocol.cursor import from_micros, to_micros
@@ -18,10 +18,12 @@ from agora.storage.db import MAX_ID, id_floor
 from agora.storage.search import (
     MESSAGE_CANDIDATES,
     POST_CANDIDATES,
+    PREFIX_SCORES,
     START,
+    USER_PREFIXES,
     WINDOW,
     SearchStore,
-    user_candidates,
+    user_typos,
 )
 
 MAX_WINDOWS = 3  # windows one request may read to fill its page (then a short page)
@@ -39,12 +41,14 @@ def like_escape(text: str) -> str:
 class PostgresBackend:
     name = "postgres"
     # a: as-of time (microseconds), w: the window's upper id, (s, i): the keyset in it.
-    cursor_fields: dict[str, type] = {"a": int, "w": int, "s": float, "i": int}
+    cursor_fields: ClassVar[dict[str, type]] = {"a": int, "w": int, "s": float, "i": int}
 
-    def __init__(self, store: SearchStore, clock: Clock) -> None:
+    def __init__(self, store: SearchStore, clock: Clock, trigrams: str | None = None) -> None:
+        """``trigrams``: "pg_trgm" or "builtin" (None: pg_trgm when migration 0010 could
+        install it)."""
         self.store = store
         self.clock = clock
-        self._user_sql: str | None = None
+        self._typos_sql = user_typos(trigrams) if trigrams else None
 
     async def search(
         self,
@@ -122,20 +126,23 @@ class PostgresBackend:
         return Hits(hits, state(upper, score, last))
 
     async def _users(self, query: SearchQuery, after: dict[str, Any] | None, limit: int) -> Hits:
-        if self._user_sql is None:
-            self._user_sql = user_candidates(await self.store.trigram_mode())
         text = " ".join((*query.words, *query.phrases))
-        score, last = (after["s"], after["i"]) if after is not None else (START * 4, _END)
-        found = await self.store.users(
-            "search_users",
-            self._user_sql,
+        args = (
             text,
             like_escape(text) + "%",
             [f"%{like_escape(x)}%" for x in (*query.excluded, *query.excluded_phrases)],
-            score,
-            last,
-            limit + 1,
         )
+        keyset = (after["s"], after["i"]) if after is not None else (START * 2, _END)
+        found = []
+        if keyset > (PREFIX_SCORES, 0):  # the cursor is still among the prefix matches
+            found = await self.store.users("search_users", USER_PREFIXES, *args, *keyset, limit + 1)
+            keyset = (PREFIX_SCORES, 0)
+        if len(found) <= limit:
+            if self._typos_sql is None:
+                self._typos_sql = user_typos(await self.store.trigram_mode())
+            found += await self.store.users(
+                "search_users_typos", self._typos_sql, *args, *keyset, limit - len(found) + 1
+            )
         if len(found) <= limit:
             return Hits([Hit(c.id) for c in found])
         end = found[limit - 1]

@@ -96,8 +96,9 @@ ORDER BY top.score DESC, top.id DESC
 _TEXT = "replace(replace(t.text, E'\\uE000', ''), E'\\uE001', '')"
 
 POST_AUDIENCE = """(p.visibility = 'public' OR p.author_id = $1::bigint
-    OR (p.visibility = 'friends' AND EXISTS (
-        SELECT 1 FROM social.friendships f WHERE f.user_id = $1::bigint AND f.friend_id = p.author_id)))"""
+    OR (p.visibility = 'friends' AND EXISTS (SELECT 1 FROM social.friendships f
+                                             WHERE f.user_id = $1::bigint
+                                               AND f.friend_id = p.author_id)))"""
 MESSAGE_AUDIENCE = """m.conversation_id IN (
     SELECT mb.conversation_id FROM chat.members mb WHERE mb.user_id = $1::bigint)"""
 
@@ -126,35 +127,18 @@ MESSAGE_CANDIDATES = _windowed(
 )
 
 
-# Users: the union of three bounded sources (username prefix, display-name prefix, names within
-# a typo of the query), then scored: exact username 4, username prefix 3+, display-name prefix
-# 2+ (closer lengths first), otherwise the trigram word similarity (0.4-1).
+# Users, in two steps that score alike: names starting with the query (username 3+, display
+# name 2+, the closer the length the higher; the exact username 4), then, only when those do not
+# fill the page, names within a typo of it (trigram word similarity, 0.4-1). Every source is
+# bounded; a name matching both is scored (and so paged) as a prefix match.
 # $1 the query as typed (lower-cased), $2 its LIKE prefix pattern, $3 excluded LIKE patterns,
-# $4/$5 keyset, $6 page size.
-def user_candidates(trigram: str) -> str:
-    if trigram == "pg_trgm":
-        fuzzy = f"""SELECT u.id FROM accounts.users u
-        WHERE $1 <% search.name(u.username, u.display_name) LIMIT {WINDOW}"""
-        similarity = "word_similarity($1, search.name(u.username, u.display_name))"
-    else:  # the built-in trigrams of migration 0010
-        fuzzy = f"""SELECT u.id FROM accounts.users u
-        WHERE u.name_trigrams && search.trigrams($1)
-          AND (SELECT count(*) FROM unnest(u.name_trigrams) g WHERE g = ANY(search.trigrams($1)))
-              >= {FUZZY_SHARE} * cardinality(search.trigrams($1))
-        LIMIT {WINDOW}"""
-        similarity = """((SELECT count(*) FROM unnest(u.name_trigrams) g
-                          WHERE g = ANY(search.trigrams($1)))::float8
-                         / greatest(cardinality(search.trigrams($1)), 1))"""
+# $4/$5 the keyset (score, id), $6 page size.
+PREFIX_SCORES = 2.0  # every prefix match scores at least this, every typo match less
+
+
+def _scored_users(sources: str, similarity: str) -> str:
     return f"""
-WITH cand AS (
-    (SELECT u.id FROM accounts.users u WHERE lower(u.username) COLLATE "C" LIKE $2
-     ORDER BY lower(u.username) COLLATE "C" LIMIT {WINDOW})
-    UNION
-    (SELECT u.id FROM accounts.users u WHERE lower(u.display_name) COLLATE "C" LIKE $2
-     ORDER BY lower(u.display_name) COLLATE "C" LIMIT {WINDOW})
-    UNION
-    ({fuzzy})
-)
+WITH cand AS ({sources})
 SELECT u.id, sc.score
 FROM cand JOIN accounts.users u ON u.id = cand.id
 CROSS JOIN LATERAL (SELECT CASE
@@ -171,6 +155,36 @@ WHERE u.status = 'active'
 ORDER BY sc.score DESC, u.id DESC
 LIMIT $6
 """
+
+
+USER_PREFIXES = _scored_users(
+    f"""
+    (SELECT u.id FROM accounts.users u WHERE lower(u.username) COLLATE "C" LIKE $2
+     ORDER BY lower(u.username) COLLATE "C" LIMIT {WINDOW})
+    UNION
+    (SELECT u.id FROM accounts.users u WHERE lower(u.display_name) COLLATE "C" LIKE $2
+     ORDER BY lower(u.display_name) COLLATE "C" LIMIT {WINDOW})""",
+    "0",
+)
+
+
+def user_typos(trigram: str) -> str:
+    """``trigram``: "pg_trgm" (its GIN index and word similarity) or "builtin" (migration
+    0010's text[] trigrams: the share of the query's trigrams found in the name)."""
+    if trigram == "pg_trgm":
+        return _scored_users(
+            f"""SELECT u.id FROM accounts.users u
+            WHERE $1 <% search.name(u.username, u.display_name) LIMIT {WINDOW}""",
+            "word_similarity($1, search.name(u.username, u.display_name))",
+        )
+    shared = "(SELECT count(*) FROM unnest(u.name_trigrams) g WHERE g = ANY(search.trigrams($1)))"
+    return _scored_users(
+        f"""SELECT u.id FROM accounts.users u
+        WHERE u.name_trigrams && search.trigrams($1)
+          AND {shared} >= {FUZZY_SHARE} * cardinality(search.trigrams($1))
+        LIMIT {WINDOW}""",
+        f"{shared}::float8 / greatest(cardinality(search.trigrams($1)), 1)",
+    )
 
 
 TRIGRAM_MODE = """

@@ -1,0 +1,70 @@
+"""Search tests' harness: the same suite runs on every backend.
+
+PostgreSQL always; Elasticsearch as well when ``AGORA_TEST_ELASTICSEARCH_URL`` names a server
+(none runs on our machines: see the README). The test database is shared by the session, so
+every test searches for words of its own (:func:`word`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp.test_utils import TestClient
+
+from agora.server import keys
+from tests.support.api import User
+from tests.support.events import settled
+
+ELASTICSEARCH_URL = os.environ.get("AGORA_TEST_ELASTICSEARCH_URL") or None
+BACKENDS = ["postgres", *(["elasticsearch"] if ELASTICSEARCH_URL else [])]
+
+
+def word(prefix: str = "w") -> str:
+    """A word no other test's text holds (letters only, so no stemmer changes it)."""
+    return prefix + "".join(secrets.choice("bcdfghjklmnpqrstvwxz") for _ in range(8))
+
+
+@dataclass
+class Searcher:
+    client: TestClient
+    backend: str
+
+    async def indexed(self) -> None:
+        """Wait until what was written so far is searchable (at once on PostgreSQL; through
+        the events and an index refresh on Elasticsearch)."""
+        if self.backend == "postgres":
+            return
+        await settled(self.client)
+        from elasticsearch import AsyncElasticsearch
+
+        prefix = self.client.app[keys.CONFIG].search.index_prefix
+        async with AsyncElasticsearch(ELASTICSEARCH_URL) as es:
+            await es.indices.refresh(index=f"{prefix}-*")
+
+    async def get(
+        self, user: User | None, q: str, type: str = "posts", status: int = 200, **params: Any
+    ) -> Any:
+        query = urlencode({"q": q, "type": type, **params})
+        resp = await self.client.get(
+            f"/api/v1/search?{query}", headers=user.headers if user else {}
+        )
+        body = await resp.json()
+        assert resp.status == status, (q, type, resp.status, body)
+        return body
+
+    async def ids(self, user: User, q: str, type: str = "posts", **params: Any) -> list[str]:
+        """The ids of every result, following next_cursor to the end."""
+        await self.indexed()
+        out: list[str] = []
+        cursor: str | None = None
+        for _ in range(200):
+            page = await self.get(user, q, type, **params, **({"cursor": cursor} if cursor else {}))
+            out += [item[item["type"]]["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return out
+        raise AssertionError("pagination did not end")

@@ -1,0 +1,360 @@
+"""GET /api/v1/search end to end: each operator, the three kinds, snippets, ranking, pagination,
+limits and errors. The same suite runs on every backend of tests/support/search.py."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from agora.config import Config
+from agora.search.postgres import PostgresBackend
+from agora.server import keys
+from agora.storage.search import WINDOW
+from tests.conftest import AppFactory
+from tests.support.api import (
+    User,
+    befriend,
+    create_post,
+    expect_error,
+    friends_in_a_direct_conversation,
+    register,
+)
+from tests.support.search import BACKENDS, ELASTICSEARCH_URL, Searcher, word
+
+
+@pytest.fixture(params=BACKENDS)
+async def searcher(
+    request: pytest.FixtureRequest, make_client: AppFactory, config: Config
+) -> Searcher:
+    if request.param == "postgres":
+        return Searcher(await make_client(), "postgres")
+    prefix = f"agoratest{secrets.token_hex(3)}"
+    client = await make_client(
+        elasticsearch_url=ELASTICSEARCH_URL,
+        search=replace(config.search, index_prefix=prefix),
+    )
+    return Searcher(client, "elasticsearch")
+
+
+@pytest.fixture
+async def db(config: Config) -> AsyncIterator[asyncpg.Connection]:
+    assert config.database.url
+    conn = await asyncpg.connect(config.database.url)
+    yield conn
+    await conn.close()
+
+
+async def post(client: TestClient, author: User, text: str, visibility: str = "public") -> str:
+    return str((await create_post(client, author, text, visibility))["id"])
+
+
+async def insert_post(
+    db: asyncpg.Connection,
+    author: User,
+    text: str,
+    at: datetime,
+    media: bool = False,
+) -> str:
+    """A post written at ``at`` (an id of that time, as the seed makes them)."""
+    post_id = await db.fetchval(
+        """INSERT INTO content.posts (id, author_id, text, visibility, media_ids, created_at,
+                                      updated_at)
+           VALUES (agora.next_id($4), $1, $2, 'public', $3, $4, $4) RETURNING id""",
+        int(author.id),
+        text,
+        [1] if media else [],
+        at,
+    )
+    return str(post_id)
+
+
+# -- posts: one operator at a time ------------------------------------------------------------
+
+
+async def test_every_word_must_match(searcher: Searcher) -> None:
+    client = searcher.client
+    a, w1, w2 = await register(client), word(), word()
+    both = await post(client, a, f"{w1} and {w2}")
+    first = await post(client, a, f"only {w1}")
+    second = await post(client, a, f"only {w2}")
+    assert set(await searcher.ids(a, w1)) == {both, first}
+    assert set(await searcher.ids(a, f"{w1} {w2}")) == {both}
+    assert set(await searcher.ids(a, w2.upper())) == {both, second}  # case does not matter
+
+
+async def test_stems_stop_words_and_other_languages(searcher: Searcher) -> None:
+    client = searcher.client
+    a, w = await register(client), word()
+    runs = await post(client, a, f"the runner runs every morning {w}")
+    cafe = await post(client, a, f"un café très noir {w}")
+    assert set(await searcher.ids(a, f"running {w}")) == {runs}  # english stems
+    assert set(await searcher.ids(a, f"the {w}")) == {runs}  # stop words as typed
+    assert set(await searcher.ids(a, f"café {w}")) == {cafe}  # any language, as typed
+    assert set(await searcher.ids(a, f"TRÈS {w}")) == {cafe}
+
+
+async def test_phrases_match_words_in_order(searcher: Searcher) -> None:
+    client = searcher.client
+    a, w1, w2, w3 = await register(client), word(), word(), word()
+    in_order = await post(client, a, f"{w1} {w2} {w3}")
+    await post(client, a, f"{w2} {w1} {w3}")
+    assert set(await searcher.ids(a, f'"{w1} {w2}"')) == {in_order}
+    assert set(await searcher.ids(a, f'"{w1}   {w2}" {w3}')) == {in_order}
+
+
+async def test_exclusions(searcher: Searcher) -> None:
+    client = searcher.client
+    a, w, x, y = await register(client), word(), word(), word()
+    plain = await post(client, a, f"{w} alone")
+    with_x = await post(client, a, f"{w} with {x}")
+    with_phrase = await post(client, a, f"{w} with {x} {y}")
+    assert set(await searcher.ids(a, f"{w} -{x}")) == {plain}
+    assert set(await searcher.ids(a, f'{w} -"{x} {y}"')) == {plain, with_x}
+    assert with_phrase in await searcher.ids(a, w)
+
+
+async def test_from_names_authors(searcher: Searcher) -> None:
+    client = searcher.client
+    a, b, w = await register(client), await register(client), word()
+    by_a = await post(client, a, f"{w} by a")
+    by_b = await post(client, b, f"{w} by b")
+    assert set(await searcher.ids(a, f"{w} from:{b.username}")) == {by_b}
+    assert set(await searcher.ids(a, f"{w} from:{b.username.upper()}")) == {by_b}
+    assert set(await searcher.ids(a, f"{w} from:{a.username} from:{b.username}")) == {by_a, by_b}
+    # An unknown name matches nothing (not an error); a from: alone is a query.
+    assert await searcher.ids(a, f"{w} from:nobody_{word()}") == []
+    assert by_b in await searcher.ids(a, f"from:{b.username}")
+
+
+async def test_before_and_after_are_utc_days(searcher: Searcher, db: asyncpg.Connection) -> None:
+    if searcher.backend != "postgres":
+        pytest.skip("rows written in SQL reach Elasticsearch only through a reindex")
+    client = searcher.client
+    a, w = await register(client), word()
+    day = lambda d, h=12: datetime(2026, 1, d, h, tzinfo=UTC)  # noqa: E731
+    early = await insert_post(db, a, f"{w} early", day(10))
+    edge = await insert_post(db, a, f"{w} at midnight", day(20, 0))
+    late = await insert_post(db, a, f"{w} late", day(25, 23))
+    assert set(await searcher.ids(a, f"{w} after:2026-01-20")) == {edge, late}  # inclusive
+    assert set(await searcher.ids(a, f"{w} before:2026-01-20")) == {early}  # exclusive
+    assert set(await searcher.ids(a, f"{w} after:2026-01-11 before:2026-01-25")) == {edge}
+    assert await searcher.ids(a, f"{w} after:2026-01-20 before:2026-01-20") == []
+    assert set(await searcher.ids(a, f"from:{a.username} before:2026-02-01")) == {
+        early,
+        edge,
+        late,
+    }
+
+
+async def test_has_media(searcher: Searcher, db: asyncpg.Connection) -> None:
+    if searcher.backend != "postgres":
+        pytest.skip("rows written in SQL reach Elasticsearch only through a reindex")
+    client = searcher.client
+    a, w = await register(client), word()
+    now = datetime.now(UTC)
+    with_media = await insert_post(db, a, f"{w} a photo", now, media=True)
+    await insert_post(db, a, f"{w} just text", now)
+    assert set(await searcher.ids(a, f"{w} has:media")) == {with_media}
+    assert with_media in await searcher.ids(a, f"from:{a.username} has:media")
+
+
+# -- what a result carries -------------------------------------------------------------------
+
+
+async def test_post_results_carry_the_post_and_an_escaped_highlighted_snippet(
+    searcher: Searcher,
+) -> None:
+    client = searcher.client
+    a, w = await register(client), word()
+    text = f"careful: <script>alert(1)</script> & {w} \ue000forged\ue001 tea"
+    post_id = await post(client, a, text)
+    await searcher.indexed()
+    page = await searcher.get(a, w)
+    [item] = page["items"]
+    assert item["type"] == "post"
+    assert item["post"]["id"] == post_id and item["post"]["text"] == text
+    assert item["post"]["author"]["username"] == a.username
+    snippet = item["snippet"]
+    assert f"<mark>{w}</mark>" in snippet
+    assert "<script>" not in snippet and "forged" in snippet
+    assert snippet.count("<mark>") == 1  # the stored markers forge nothing
+
+
+async def test_ranking_prefers_the_exact_form_then_the_newer(searcher: Searcher) -> None:
+    client = searcher.client
+    a, w = await register(client), word()
+    exact = await post(client, a, f"running {w}")
+    stemmed = await post(client, a, f"runs {w}")
+    older = await post(client, a, f"{w} swimming")
+    newer = await post(client, a, f"{w} swimming")
+    ranked = await searcher.ids(a, f"running {w}")
+    assert ranked == [exact, stemmed]
+    assert await searcher.ids(a, f"swimming {w}") == [newer, older]
+
+
+async def test_pages_follow_the_cursor_without_repeats(searcher: Searcher) -> None:
+    client = searcher.client
+    a, w = await register(client), word()
+    made = {await post(client, a, f"{w} number {i}") for i in range(45)}
+    await searcher.indexed()
+    pages = []
+    cursor = None
+    while True:
+        page = await searcher.get(a, w, limit=20, **({"cursor": cursor} if cursor else {}))
+        pages.append(len(page["items"]))
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [20, 20, 5]
+    found = await searcher.ids(a, w, limit=7)
+    assert len(found) == len(set(found)) == 45 and set(found) == made
+
+
+async def test_windows_page_through_every_match(searcher: Searcher, db: asyncpg.Connection) -> None:
+    """More matches than one ranking window: every one comes, once, window after window."""
+    if searcher.backend != "postgres":
+        pytest.skip("the ranking window is the PostgreSQL backend's")
+    a, w = await register(searcher.client), word()
+    now = datetime.now(UTC)
+    await db.executemany(
+        """INSERT INTO content.posts (id, author_id, text, visibility, created_at, updated_at)
+           VALUES (agora.next_id($3), $1, $2, 'public', $3, $3)""",
+        [(int(a.id), f"{w} {'again ' * (i % 3)}{i}", now) for i in range(2 * WINDOW + 50)],
+    )
+    found = await searcher.ids(a, w, limit=100)
+    assert len(found) == len(set(found)) == 2 * WINDOW + 50
+
+
+async def test_users_by_prefix_and_within_a_typo(searcher: Searcher, trigrams: str | None) -> None:
+    client = searcher.client
+    if trigrams is not None:
+        app = client.app
+        service = app[keys.SEARCH]
+        assert isinstance(service.backend, PostgresBackend)
+        service.backend = PostgresBackend(service.store, app[keys.CLOCK], trigrams=trigrams)
+    tag = word("")[:6]
+    zeph = await register(client, f"zephyrine_{tag}", display_name=f"Zephyrine Quill{tag}")
+    other = await register(client, f"zed_{tag}", display_name=f"Someone Else{tag}")
+    viewer = await register(client)
+
+    async def names(q: str) -> list[str]:
+        await searcher.indexed()
+        page = await searcher.get(viewer, q, "users", limit=50)
+        assert all(item["type"] == "user" for item in page["items"])
+        return [item["user"]["username"] for item in page["items"]]
+
+    assert zeph.username in await names(f"zephyr_{tag[:3]}")  # username prefix
+    assert zeph.username in await names(f"zefyrine_{tag}")  # a typo
+    assert zeph.username in await names(f"quill{tag}")  # a word of the display name
+    assert (await names(zeph.username.upper()))[0] == zeph.username  # exact name first
+    assert (await names(f"someone else{tag}"))[0] == other.username  # display name prefix
+    assert zeph.username not in await names(f"zephyrine_{tag} -quill{tag}")
+
+
+@pytest.fixture(params=[None, "pg_trgm", "builtin"])
+def trigrams(request: pytest.FixtureRequest, searcher: Searcher) -> str | None:
+    """User search with pg_trgm and with the embedded PostgreSQL's built-in trigrams."""
+    if request.param is not None and searcher.backend != "postgres":
+        pytest.skip("trigram modes are the PostgreSQL backend's")
+    return request.param  # type: ignore[no-any-return]
+
+
+async def test_messages_of_my_conversations_only(searcher: Searcher) -> None:
+    client = searcher.client
+    a, b, conversation = await friends_in_a_direct_conversation(client)
+    outsider, w = await register(client), word()
+    sent = []
+    for i, (sender, text) in enumerate([(a, f"hello {w}"), (b, f"{w} to you too"), (a, "bye")]):
+        resp = await client.post(
+            f"/api/v1/conversations/{conversation}/messages",
+            headers=sender.headers,
+            json={"client_id": f"c{i}", "text": text},
+        )
+        assert resp.status == 201, await resp.text()
+        sent.append(await resp.json())
+    await searcher.indexed()
+    page = await searcher.get(b, w, "messages")
+    assert [item["message"]["id"] for item in page["items"]] == [sent[1]["id"], sent[0]["id"]]
+    first = page["items"][1]
+    assert first["type"] == "message"
+    assert first["message"]["conversation_id"] == conversation and first["message"]["seq"] == 1
+    assert first["sender"]["username"] == a.username
+    assert f"<mark>{w}</mark>" in first["snippet"]
+    assert await searcher.ids(outsider, w, "messages") == []
+    assert await searcher.ids(a, f"{w} from:{b.username}", "messages") == [sent[1]["id"]]
+
+
+# -- limits and errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "q"),
+        ({"q": ""}, "q"),
+        ({"q": "x" * 201}, "q"),
+        ({"q": "-only -exclusions"}, "q"),
+        ({"q": "before:2026-13-01"}, "q"),
+        ({"q": "ok", "type": "comments"}, "type"),
+        ({"q": "ok", "limit": "101"}, "limit"),
+        ({"q": "ok from:bob", "type": "users"}, "q"),
+        ({"q": "ok has:media", "type": "messages"}, "q"),
+        ({"q": "ok", "cursor": "not-a-cursor"}, "cursor"),
+    ],
+)
+async def test_bad_queries_answer_400_naming_the_field(
+    client: TestClient, params: dict[str, str], field: str
+) -> None:
+    a = await register(client)
+    resp = await client.get("/api/v1/search", params=params, headers=a.headers)
+    error = await expect_error(resp, 400, "validation_error")
+    assert field in error["fields"], error
+
+
+async def test_a_cursor_belongs_to_its_search(client: TestClient) -> None:
+    a, w = await register(client), word()
+    for i in range(3):
+        await post(client, a, f"{w} {i}")
+    resp = await client.get("/api/v1/search", params={"q": w, "limit": "1"}, headers=a.headers)
+    cursor = (await resp.json())["next_cursor"]
+    assert cursor
+    for params in ({"q": f"{w} other"}, {"q": w, "type": "messages"}):
+        resp = await client.get(
+            "/api/v1/search", params={**params, "cursor": cursor}, headers=a.headers
+        )
+        error = await expect_error(resp, 400, "validation_error")
+        assert "cursor" in error["fields"]
+
+
+async def test_search_needs_an_account(client: TestClient) -> None:
+    resp = await client.get("/api/v1/search", params={"q": "hello"})
+    await expect_error(resp, 401, "unauthorized")
+
+
+async def test_rate_limit_per_account(make_client: AppFactory, config: Config) -> None:
+    client = await make_client(search=replace(config.search, rate_limit=3))
+    a, b = await register(client), await register(client)
+    for _ in range(3):
+        resp = await client.get("/api/v1/search", params={"q": "hello"}, headers=a.headers)
+        assert resp.status == 200
+    resp = await client.get("/api/v1/search", params={"q": "hello"}, headers=a.headers)
+    await expect_error(resp, 429, "rate_limited")
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    # A query refused before it is run (400) costs nothing; others are not held back.
+    resp = await client.get("/api/v1/search", params={"q": "hello"}, headers=b.headers)
+    assert resp.status == 200
+
+
+async def test_befriending_opens_friends_posts(searcher: Searcher) -> None:
+    client = searcher.client
+    a, b, w = await register(client), await register(client), word()
+    friends_only = await post(client, a, f"{w} for friends", "friends")
+    assert await searcher.ids(b, w) == []
+    await befriend(client, a, b)
+    assert await searcher.ids(b, w) == [friends_only]
