@@ -12,7 +12,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agora.storage import accounts, chat, content, events, notifications, search, social
+from agora.storage import (
+    accounts,
+    chat,
+    content,
+    events,
+    notifications,
+    search,
+    search_index,
+    social,
+)
 
 NOW = datetime.now(UTC)
 OUR_SCHEMAS = {"accounts", "social", "content", "chat", "notifications", "events"}
@@ -117,6 +126,14 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "events: replay": (events.REPLAY, ("c", [1])),
     "search: visible users": (search.VISIBLE_USERS, (1, [2, 3])),
     "search: visible messages": (search.VISIBLE_MESSAGES, (1, [2, 3])),
+    "search index: users by ids": (search_index.USERS_BY_IDS, ([1, 2],)),
+    "search index: posts by ids": (search_index.POSTS_BY_IDS, ([1, 2],)),
+    "search index: messages by ids": (search_index.MESSAGES_BY_IDS, ([1, 2],)),
+    "search index: users after": (search_index.USERS_AFTER, (0, 1000)),
+    "search index: posts after": (search_index.POSTS_AFTER, (0, 1000)),
+    "search index: messages after": (search_index.MESSAGES_AFTER, (0, 1000)),
+    "search index: viewer friends": (search_index.VIEWER_FRIENDS, (1, 5000)),
+    "search index: viewer conversations": (search_index.VIEWER_CONVERSATIONS, (1, 10000)),
 }
 
 # Search's candidate queries run with custom plans (storage/search.py): planned for these values.

@@ -4,6 +4,7 @@ limits and errors. The same suite runs on every backend of tests/support/search.
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from tests.support.api import (
     friends_in_a_direct_conversation,
     register,
 )
+from tests.support.events import settled
 from tests.support.search import BACKENDS, ELASTICSEARCH_URL, Searcher, word
 
 
@@ -358,3 +360,37 @@ async def test_befriending_opens_friends_posts(searcher: Searcher) -> None:
     assert await searcher.ids(b, w) == []
     await befriend(client, a, b)
     assert await searcher.ids(b, w) == [friends_only]
+
+
+async def test_elasticsearch_down_costs_search_only(
+    make_client: AppFactory, config: Config
+) -> None:
+    """Configured but unreachable (a closed port): search answers 503 search_unavailable at
+    once, /readyz reports it but stays 200 (the node serves everything else), and writes,
+    reads and their event consumers go on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = await make_client(
+        elasticsearch_url=f"http://127.0.0.1:{port}",
+        search=replace(config.search, index_prefix=f"agoratest{word('')}", timeout=2.0),
+    )
+    a, b = await register(client), await register(client)
+    resp = await client.get("/api/v1/search", params={"q": "hello"}, headers=a.headers)
+    await expect_error(resp, 503, "search_unavailable")
+    assert resp.headers["Retry-After"]
+
+    resp = await client.get("/readyz")
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["checks"]["search"]["status"] == "unavailable"
+    assert body["checks"]["search"]["backend"] == "elasticsearch"
+
+    await befriend(client, a, b)
+    post_id = await post(client, a, "still posting", "friends")
+    feed = await client.get("/api/v1/feed", headers=b.headers)
+    assert post_id in [p["id"] for p in (await feed.json())["items"]]
+    await settled(client)  # the notifications consumer is not held up by the search one
+    resp = await client.get("/api/v1/notifications", headers=a.headers)
+    kinds = [n["kind"] for n in (await resp.json())["items"]]
+    assert "friend_accepted" in kinds

@@ -139,6 +139,10 @@ class EventBus:
         )
         if self._publishing is not None:
             await self._publishing.close()
+        for runner in self.runners:  # consumers holding clients of their own (search's)
+            close = getattr(runner.consumer, "close", None)
+            if close is not None:
+                await close()
 
     async def purge_once(self) -> int:
         total = 0

@@ -43,6 +43,8 @@ from agora.handlers import (
 )
 from agora.protocol.frames import CloseCode
 from agora.search.backend import SearchBackend
+from agora.search.elastic import ElasticBackend
+from agora.search.indexer import search_consumers
 from agora.search.postgres import PostgresBackend
 from agora.server import keys, ops
 from agora.server.amqp import Amqp
@@ -196,9 +198,6 @@ async def _search(app: web.Application) -> AsyncIterator[None]:
     search_db: Database | None = None
     backend: SearchBackend
     if config.elasticsearch_url:
-        # Imported here: the client is loaded only where it is used.
-        from agora.search.elastic import ElasticBackend
-
         store = SearchStore(app[keys.DB])
         backend = ElasticBackend(config, app[keys.DB])
     else:
@@ -352,7 +351,8 @@ def consumers_for(
             NotificationStore(db),
             reach,
             on_created=metrics.notification_created if metrics else None,
-        )
+        ),
+        *search_consumers(config, db),
     ]
 
 

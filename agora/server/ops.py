@@ -32,7 +32,14 @@ async def readyz(request: web.Request) -> web.Response:
         checks["rabbitmq"] = asyncio.ensure_future(amqp.ensure())
     bus = app.get(keys.EVENTS)
     events = asyncio.ensure_future(bus.health()) if bus is not None else None
-    await asyncio.gather(*checks.values(), *([events] if events else []), return_exceptions=True)
+    search = app.get(keys.SEARCH)
+    searching = asyncio.ensure_future(search.backend.health()) if search is not None else None
+    await asyncio.gather(
+        *checks.values(),
+        *([events] if events else []),
+        *([searching] if searching else []),
+        return_exceptions=True,
+    )
     results: dict[str, object] = {
         name: ("ok" if (not f.exception() and f.result()) else "unavailable")
         for name, f in checks.items()
@@ -48,6 +55,14 @@ async def readyz(request: web.Request) -> web.Response:
     ready = all(
         v == "ok" or (isinstance(v, dict) and v.get("status") == "ok") for v in results.values()
     )
+    if search is not None and searching is not None:
+        # Reported, not required: without its search backend a node still serves everything
+        # else (search answers 503 search_unavailable), so it stays in the load balancer.
+        results["search"] = (
+            searching.result()
+            if searching.exception() is None
+            else {"status": "unavailable", "backend": search.backend.name}
+        )
     body = {"status": "ready" if ready else "unavailable", "checks": results}
     return web.Response(
         body=encode(body), status=200 if ready else 503, content_type="application/json"

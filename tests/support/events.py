@@ -72,7 +72,7 @@ def exchange_name() -> str:
 
 
 # Consumers whose queues a test namespace may hold (Agora's own and the tests' recorder).
-CONSUMERS = ("notifications", "recorder")
+CONSUMERS = ("notifications", "search", "recorder")
 
 
 async def delete_namespace(url: str, exchange: str) -> None:
