@@ -125,6 +125,32 @@ def _events(a: argparse.Namespace) -> dict[str, Any]:
         return run(events(services, options))
 
 
+def _search(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.search import SearchOptions, parse_kinds, search
+
+    if min(a.concurrency, a.users, a.queries) < 1 or a.duration <= 0 or a.warmup < 0:
+        raise BenchError("need --concurrency, --users, --queries, --duration > 0, --warmup >= 0")
+    if not 1 <= a.limit <= 100 or a.probe < 0 or a.min_posts < 0:
+        raise BenchError("need 1 <= --limit <= 100, --probe >= 0 and --min-posts >= 0")
+    if a.pid is not None and a.url is None:
+        raise BenchError("--pid goes with --url (a spawned node is measured anyway)")
+    options = SearchOptions(
+        concurrency=a.concurrency,
+        duration=a.duration,
+        warmup=a.warmup,
+        kinds=parse_kinds(a.kinds),
+        users=a.users,
+        population=a.population,
+        queries=a.queries,
+        limit=a.limit,
+        probe=a.probe,
+        min_posts=a.min_posts,
+        seed=a.seed,
+    )
+    with resolved_services(need_redis=a.url is None) as services:
+        return run(search(options, services=services, url=a.url, pid=a.pid))
+
+
 def _load_options(p: argparse.ArgumentParser, concurrency: int = 50, duration: float = 30) -> None:
     p.add_argument("--concurrency", type=int, default=concurrency, help="connections")
     p.add_argument("--duration", type=float, default=duration, help="measured seconds")
@@ -211,6 +237,26 @@ def parser() -> argparse.ArgumentParser:
         "--backlog", type=int, default=100_000, help="events for the throughput phase (0: skip)"
     )
     s.set_defaults(func=_events)
+
+    s = sub.add_parser("search", help="GET /api/v1/search: word, phrase and name-prefix queries")
+    _load_options(s, duration=20)
+    s.add_argument("--kinds", default="word,phrase,prefix", help="query kinds, run in this order")
+    s.add_argument("--url", help="an existing node on the configured DB (default: spawn one)")
+    s.add_argument("--pid", type=int, help="with --url: the node's pid, for its CPU and RSS")
+    s.add_argument("--users", type=int, default=200, help="seeded users to log in and rotate")
+    s.add_argument(
+        "--population",
+        type=int,
+        help="draw users from bench_1..bench_N (default: the seeded count, or 10000 with --url)",
+    )
+    s.add_argument("--queries", type=int, default=2000, help="prebuilt requests per kind")
+    s.add_argument("--limit", type=int, default=20, help="page size asked for")
+    s.add_argument("--probe", type=int, default=100, help="requests per kind decoded first")
+    s.add_argument(
+        "--min-posts", type=int, default=200_000, help="fail below this many seeded bench posts"
+    )
+    s.add_argument("--seed", type=int, default=1, help="random seed for users and queries")
+    s.set_defaults(func=_search)
     return p
 
 
