@@ -9,7 +9,6 @@ that no other event reaches the node's own consumers and each test sees only wha
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,6 @@ from agora.events.types import (
     FriendRequestAccepted,
     FriendRequestSent,
     MessageStored,
-    Payload,
     PostCreated,
     PostDeleted,
     ReactionSet,
@@ -50,7 +48,7 @@ from tests.support.api import (
     get_json,
     register,
 )
-from tests.support.events import redeliver, settled
+from tests.support.events import EventMaker, redeliver, settled
 from tests.support.ws import WsClient
 
 LIST = "/api/v1/notifications"
@@ -91,20 +89,7 @@ class TestReach:
         return out
 
 
-_event_ids = itertools.count(1)
-
-
-def event(payload: Payload, at: datetime | None = None) -> Event:
-    return Event(
-        id=next(_event_ids),
-        type=payload.type,
-        aggregate=payload.aggregate,
-        aggregate_id=payload.aggregate_id(),
-        actor_id=None,
-        occurred_at=at or datetime.now(UTC),
-        version=1,
-        payload=payload,
-    )
+event = EventMaker()  # ids from 1, occurred now unless a test says when
 
 
 class Harness:

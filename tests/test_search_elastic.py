@@ -1,51 +1,62 @@
 """The Elasticsearch backend without Elasticsearch (issue 10).
 
-No Elasticsearch can run on our machines, so what Agora tells a cluster is tested as data: the
-index templates (every analyzer a field names is defined, n-gram bounds the index accepts, field
-types, the client's own DSL accepts every mapping), the query body of each type and operator
-(the client's DSL must accept each one), the bulk actions each event makes, the reindex's one
-atomic alias swap, and the cursor's round trip.
+No Elasticsearch can run on our machines, and no test here stands one in: nothing in this file
+answers a request the way a cluster would. What Agora sends a cluster and what it makes of the
+answers are tested as data, through the pure functions that build and read them:
 
-The request flows (the indexer's batch, a reindex, a search page) run through the real client
-against :class:`Recorder`, a stand-in HTTP server that records each request and answers with
-what a cluster would (it keeps aliases, not documents); the rows come from the real PostgreSQL.
-The real fault, a configured cluster that is down, is a closed local port.
-The same end-to-end suite as PostgreSQL's runs against a real cluster when
-``AGORA_TEST_ELASTICSEARCH_URL`` is set (tests/test_search.py).
+- the index templates: every analyzer a field names is defined, n-gram bounds the index accepts,
+  field types against the documents that fill them, the client's own DSL accepts every mapping;
+- the query body of each type and operator (the client's DSL must accept each one);
+- a search's pages: a response's hits as a page (snippets, the next page's state), the cursor's
+  round trip (page 1's state through ``encode_cursor``/``decode_cursor`` into page 2's body:
+  ``search_after`` and the same recency origin), a forged cursor refused with 400, which error
+  statuses are an outage (503 ``search_unavailable``) and which a bug, health's probe and what
+  it says of a failure;
+- the indexer: which documents each event changes, the rows it writes loaded from the real
+  PostgreSQL (the row as it is, a missing row a delete), the versioned bulk actions, the
+  ``-next`` target while a reindex builds, bulk outcomes;
+- the reindex: the new index's aliases, the refusal naming a leftover ``-next`` index, the
+  copy's actions, the one atomic alias swap.
+
+The one real fault we can produce is a configured cluster that is down, a closed local port:
+searches answer 503 quickly, health says unavailable, the indexer raises (its runner retries),
+and ``agora search reindex`` (a real process) exits 1 with one error line and no traceback; it
+exits 2 without ``AGORA_ELASTICSEARCH_URL``.
+
+Not tested without a cluster: the order of the requests a reindex or an indexer batch makes
+(create, copy, refresh, swap, delete; the indexer's lazy templates and their renewal after a
+failure; ``require_alias``). The same end-to-end suite as PostgreSQL's runs against a real
+cluster when ``AGORA_TEST_ELASTICSEARCH_URL`` is set (tests/test_search.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import itertools
-import json
 import os
-import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from elastic_transport import TransportError
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig, TransportError
+from elastic_transport import ConnectionError as ConnectionFailed
+from elasticsearch import ApiError
 from elasticsearch.dsl import Search, construct_field
 
-from agora.clock import Clock
 from agora.config import Config
 from agora.errors import AppError, ErrorCode
 from agora.events.types import (
     CommentCreated,
     Event,
     MessageStored,
-    Payload,
     PostCreated,
     PostDeleted,
     PostUpdated,
@@ -56,14 +67,22 @@ from agora.events.types import (
 from agora.protocol.cursor import decode_cursor, encode_cursor, to_micros
 from agora.search.backend import SEARCH_TYPES, Hit, Scope, SearchType
 from agora.search.elastic import (
+    CURSOR_FIELDS,
     HIGHLIGHT,
     MAPPINGS,
+    MAX_SCORE,
     ElasticBackend,
+    failure_reason,
+    health_probe,
+    hits_page,
     html_snippet,
     index_name,
     index_template,
+    is_outage,
     messages_body,
     posts_body,
+    preference,
+    search_origin,
     users_body,
 )
 from agora.search.indexer import (
@@ -73,14 +92,24 @@ from agora.search.indexer import (
     bulk_operations,
     bulk_outcome,
     changed,
+    load_rows,
+    raise_failures,
     search_consumers,
+    target_aliases,
     writes,
 )
 from agora.search.query import parse_query
-from agora.search.reindex import COPY_VERSION, ReindexError, copy_operations, reindex, swap_actions
+from agora.search.reindex import (
+    COPY_VERSION,
+    copy_operations,
+    interrupted,
+    new_index_aliases,
+    swap_actions,
+)
 from agora.storage.db import Database, id_floor
 from agora.storage.search_index import MessageDoc, PostDoc, SearchIndexStore, UserDoc
 from tests.support.api import unique
+from tests.support.events import EventMaker
 
 NOW = datetime(2025, 6, 1, 12, 30, tzinfo=UTC)
 AS_OF = to_micros(NOW)
@@ -88,20 +117,7 @@ PREFIX = "agoratest"
 # Tokenizers, filters and char filters Elasticsearch defines itself.
 BUILTIN = {"standard", "lowercase", "asciifolding"}
 
-_event_ids = itertools.count(id_floor(NOW))
-
-
-def event(payload: Payload) -> Event:
-    return Event(
-        id=next(_event_ids),
-        type=payload.type,
-        aggregate=payload.aggregate,
-        aggregate_id=payload.aggregate_id(),
-        actor_id=None,
-        occurred_at=NOW,
-        version=1,
-        payload=payload,
-    )
+event = EventMaker(first_id=id_floor(NOW), at=NOW)  # ids as the outbox makes them at NOW
 
 
 def dsl_round_trip(body: dict[str, Any]) -> None:
@@ -396,6 +412,105 @@ def test_snippets_take_the_postgresql_backends_form() -> None:
     assert html_snippet("") == ""
 
 
+# -- a search's pages: the response, the cursor, the errors -----------------------------------
+
+
+def test_a_response_is_a_page_and_a_full_page_says_where_the_next_begins() -> None:
+    found = [
+        {"_id": "30", "sort": [2.5, 30], "highlight": {"text": ["a &amp; <mark>b</mark>"]}},
+        {"_id": "29", "sort": [1, 29]},  # no highlight (and a score JSON wrote as an integer)
+    ]
+    page = hits_page("posts", found, 2, AS_OF)
+    assert page.hits == [Hit(30, "a &amp; <mark>b</mark>"), Hit(29, "")]
+    assert page.next == {"a": AS_OF, "s": 1.0, "i": 29}
+    assert isinstance(page.next["s"], float)
+    # A short page is the last; people have no snippet.
+    assert hits_page("posts", found, 3, AS_OF).next is None
+    assert hits_page("users", found[:1], 2, AS_OF).hits == [Hit(30)]
+
+
+def test_page_two_continues_after_page_one_and_is_scored_alike() -> None:
+    query = parse_query("b")
+    friends = [7]
+    as_of = search_origin(None, NOW)
+    assert as_of == AS_OF
+    one = posts_body(query, ME, friends, as_of, None, 2)
+    found = [
+        {"_id": "30", "sort": [2.5, 30]},
+        {"_id": "29", "sort": [1.0000001192092896, 29]},  # a float32 score, exactly
+    ]
+    first = hits_page("posts", found, 2, as_of)
+    assert first.next is not None
+
+    # Through the service's opaque cursor and back, typed as the backend declares.
+    cursor = encode_cursor("search.posts", **first.next)
+    state = decode_cursor(cursor, "search.posts", **CURSOR_FIELDS)
+    assert state == first.next
+
+    # Asked five minutes later, page 2 still decays from page 1's time.
+    later = search_origin(state, NOW + timedelta(minutes=5))
+    assert later == AS_OF
+    two = posts_body(query, ME, friends, later, state, 2)
+    dsl_round_trip(two)
+    assert "search_after" not in one
+    assert two["search_after"] == [1.0000001192092896, 29]
+    assert two["query"] == one["query"]  # the same query, origin included: the same scores
+    assert preference(ME.viewer_id) == "agora-5"  # and the same shard copies, by viewer
+
+
+@pytest.mark.parametrize("score", [-1.0, MAX_SCORE * 2])
+def test_a_cursor_with_a_score_no_search_returns_is_400(score: float) -> None:
+    cursor = encode_cursor("search.posts", a=AS_OF, s=score, i=1)
+    state = decode_cursor(cursor, "search.posts", **CURSOR_FIELDS)
+    with pytest.raises(AppError) as bad:
+        search_origin(state, NOW)
+    assert (bad.value.code, bad.value.status) == (ErrorCode.VALIDATION_ERROR, 400)
+    assert bad.value.fields is not None and "cursor" in bad.value.fields
+
+
+@pytest.mark.parametrize(
+    ("status", "outage"),
+    [
+        (400, False),  # our request is wrong: a bug, raised as such
+        (409, False),
+        (401, True),  # the credentials: the cluster will not answer us
+        (403, True),
+        (404, True),  # no index yet (before the indexer's first batch or a reindex)
+        (408, True),
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+    ],
+)
+def test_which_error_statuses_are_an_outage(status: int, outage: bool) -> None:
+    assert is_outage(status) is outage
+
+
+def test_health_is_an_empty_search_of_every_alias_and_says_only_an_errors_type() -> None:
+    probe = health_probe(PREFIX)
+    assert probe == {
+        "index": f"{PREFIX}-users,{PREFIX}-posts,{PREFIX}-messages",
+        "query": {"match_none": {}},
+        "size": 0,
+        "track_total_hits": False,
+    }
+    dsl_round_trip({k: v for k, v in probe.items() if k != "index"})
+    # An error answer as the client raises it: its message is the error's type.
+    body = {
+        "error": {
+            "type": "index_not_found_exception",
+            "reason": "no such index [agoratest-users]",
+            "root_cause": [{"type": "index_not_found_exception", "reason": "no such index"}],
+        },
+        "status": 404,
+    }
+    meta = ApiResponseMeta(404, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "127.0.0.1", 9200))
+    reason = failure_reason(ApiError("index_not_found_exception", meta, body))
+    assert reason == "index_not_found_exception"  # /readyz may be public: no index names
+    assert failure_reason(ConnectionFailed("Connection error")) == "ConnectionError"
+
+
 # -- the indexer: which documents each event changes, and the bulk request --------------------
 
 
@@ -479,6 +594,38 @@ def test_bulk_outcome_conflicts_are_done_other_errors_fail() -> None:
     )
 
 
+def test_a_refused_item_fails_the_batch_saying_which() -> None:
+    refused = [
+        {
+            "index": {
+                "_index": "agoratest-posts",
+                "_id": str(i),
+                "status": 400,
+                "error": {"type": "mapper_exception", "reason": "no"},
+            }
+        }
+        for i in range(5)
+    ]
+    _, failures = bulk_outcome({"errors": True, "items": refused})
+    with pytest.raises(IndexingFailed) as err:
+        raise_failures(failures)
+    assert str(err.value) == (
+        "; ".join(f"index agoratest-posts/{i}: mapper_exception: no" for i in range(3))
+        + " (and 2 more)"
+    )
+    raise_failures([])  # nothing refused: done
+
+
+def test_while_a_reindex_builds_writes_go_to_its_index_too() -> None:
+    # The body of GET _alias/<prefix>-<type>-next*: each index holding one, with its aliases.
+    building = {f"{PREFIX}-posts-20250601123000000000": {"aliases": {f"{PREFIX}-posts-next": {}}}}
+    assert target_aliases(PREFIX, ("users", "posts"), building) == {
+        "users": [f"{PREFIX}-users"],
+        "posts": [f"{PREFIX}-posts", f"{PREFIX}-posts-next"],
+    }
+    assert target_aliases(PREFIX, ("posts",), {}) == {"posts": [f"{PREFIX}-posts"]}
+
+
 # -- reindex as data ---------------------------------------------------------------------------
 
 
@@ -512,119 +659,21 @@ def test_the_copy_never_overwrites_the_indexer() -> None:
     assert COPY_VERSION == 0 <= id_floor(datetime(2025, 1, 1, tzinfo=UTC))
 
 
-# -- the request flows, through the real client, against a recording stand-in -----------------
+def test_a_new_index_is_born_with_the_next_alias_as_its_write_index() -> None:
+    # A second reindex of the type cannot start: an alias has at most one write index.
+    assert new_index_aliases(PREFIX, "posts") == {f"{PREFIX}-posts-next": {"is_write_index": True}}
 
 
-@dataclass
-class Recorder:
-    """Records each request; keeps aliases and indices (not documents) as a cluster would.
-    ``bulk_errors`` makes the items of the listed ids fail; ``hits`` is what searches return;
-    ``status`` answers every request with that status."""
-
-    requests: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
-    aliases: dict[str, set[str]] = field(default_factory=dict)
-    indices: set[str] = field(default_factory=set)
-    hits: list[dict[str, Any]] = field(default_factory=list)
-    bulk_errors: set[str] = field(default_factory=set)
-    status: int | None = None
-
-    def of(self, method: str, pattern: str) -> list[tuple[dict[str, str], Any]]:
-        return [(q, b) for m, p, q, b in self.requests if m == method and re.fullmatch(pattern, p)]
-
-    def _matching(self, names: str) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for a, held in self.aliases.items():
-            if any(fnmatch.fnmatch(a, n) for n in names.split(",")):
-                for index in held:
-                    out.setdefault(index, {"aliases": {}})["aliases"][a] = {}
-        return out
-
-    async def handle(self, request: web.Request) -> web.Response:
-        raw = await request.text()
-        body: Any = None
-        if raw and request.path == "/_bulk":
-            body = [json.loads(line) for line in raw.splitlines() if line]
-        elif raw:
-            body = json.loads(raw)
-        method, path = request.method, request.path
-        self.requests.append((method, path, dict(request.query), body))
-        if self.status is not None:
-            return self.json({"error": {"type": "x", "reason": "down"}}, self.status)
-        if path.startswith("/_index_template/"):
-            return self.json({"acknowledged": True})
-        if path.startswith("/_alias/"):
-            found = self._matching(request.match_info["tail"].removeprefix("_alias/"))
-            if method == "HEAD":
-                return web.Response(status=200 if found else 404, headers=self.product)
-            return self.json(found)
-        if path == "/_aliases":
-            for action in body["actions"]:
-                ((verb, spec),) = action.items()
-                held = self.aliases.setdefault(spec["alias"], set())
-                if verb == "add":
-                    held.add(spec["index"])
-                elif spec["index"] not in held:
-                    return self.json({"error": {"type": "aliases_not_found"}}, 404)
-                else:
-                    held.discard(spec["index"])
-            self.aliases = {a: held for a, held in self.aliases.items() if held}
-            return self.json({"acknowledged": True})
-        if path == "/_bulk":
-            return self.json(self._bulk(body))
-        if path.endswith("/_search"):
-            return self.json({"hits": {"hits": self.hits}})
-        if path.endswith("/_refresh"):
-            return self.json({})
-        index = path.strip("/")
-        if method == "PUT":
-            self.indices.add(index)
-            for a in (body or {}).get("aliases", {}):
-                self.aliases.setdefault(a, set()).add(index)
-            return self.json({"acknowledged": True, "index": index})
-        if method == "DELETE":
-            for name in index.split(","):
-                self.indices.discard(name)
-                for held in self.aliases.values():
-                    held.discard(name)
-            self.aliases = {a: held for a, held in self.aliases.items() if held}
-            return self.json({"acknowledged": True})
-        return self.json({"error": "unexpected request"}, 400)
-
-    def _bulk(self, lines: list[dict[str, Any]]) -> dict[str, Any]:
-        items = []
-        ops = iter(lines)
-        for line in ops:
-            ((op, meta),) = line.items()
-            if op == "index":
-                next(ops)
-            result = {"_index": meta["_index"], "_id": meta["_id"], "status": 200}
-            if meta["_id"] in self.bulk_errors:
-                result.update(status=400, error={"type": "mapper_exception", "reason": "no"})
-            items.append({op: result})
-        return {"errors": bool(self.bulk_errors), "items": items}
-
-    product: ClassVar[dict[str, str]] = {"X-Elastic-Product": "Elasticsearch"}
-
-    def json(self, data: Any, status: int = 200) -> web.Response:
-        return web.json_response(data, status=status, headers=self.product)
-
-
-@pytest.fixture
-async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
-    rec = Recorder()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", rec.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield rec, str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-def es_config(config: Config, url: str, timeout: float = 5.0) -> Config:
-    return config.with_overrides(
-        elasticsearch_url=url,
-        search=replace(config.search, index_prefix=PREFIX, timeout=timeout),
+def test_a_leftover_next_alias_refuses_a_reindex_naming_its_index() -> None:
+    held = {f"{PREFIX}-posts-20240101000000000000": {"aliases": {f"{PREFIX}-posts-next": {}}}}
+    message = str(interrupted(PREFIX, "posts", held))
+    assert f"index {PREFIX}-posts-20240101000000000000 carries the alias {PREFIX}-posts-next" in (
+        message
     )
+    assert "delete that index and run this again" in message
+
+
+# -- PostgreSQL's side: what the indexer and the searches read ---------------------------------
 
 
 @pytest.fixture
@@ -707,67 +756,52 @@ def row_events(rows: Rows, *, gone_post: int) -> list[Event]:
     ]
 
 
-async def test_the_indexer_writes_current_rows_in_one_bulk_request(
-    config: Config, database_url: str, db: Database, recorder: tuple[Recorder, str]
-) -> None:
-    rec, url = recorder
+async def test_the_indexer_writes_the_rows_as_they_are_now(database_url: str, db: Database) -> None:
     rows = await make_rows(database_url)
-    (indexer,) = search_consumers(es_config(config, url), db)
-    assert isinstance(indexer, SearchIndexer)
     gone = 2**40  # no such post: a delete
     events = row_events(rows, gone_post=gone)
-    try:
-        async with db.transaction("test") as tx:
-            assert await indexer.handle(events, tx) is None
-        # The templates and the first index of each type, once.
-        assert len(rec.of("PUT", "/_index_template/.*")) == 3
-        assert set(rec.aliases) == {f"{PREFIX}-{k}" for k in SEARCH_TYPES}
-        ((params, ops),) = rec.of("PUT", "/_bulk")
-        assert params["require_alias"] == "true"
-        actions = {
-            (op, m["_index"], m["_id"]): m
-            for line in ops
-            for op, m in line.items()
-            if op in ("index", "delete")
-        }
-        assert set(actions) == {
-            ("index", f"{PREFIX}-users", str(rows.user)),
-            ("index", f"{PREFIX}-posts", str(rows.post)),
-            ("delete", f"{PREFIX}-posts", str(gone)),
-            ("index", f"{PREFIX}-messages", str(rows.message)),
-        }
-        assert all(m["version_type"] == "external_gte" for m in actions.values())
-        assert actions["delete", f"{PREFIX}-posts", str(gone)]["version"] == events[2].id
-        docs = {d["id"]: d for d in ops if "id" in d}
-        # The row as it is, not the event's payload.
-        assert docs[rows.post]["text"] == "hello <world>"
-        assert docs[rows.post]["has_media"] is True
-        assert docs[rows.message]["text"] == "see you"
-        assert docs[rows.user]["display_name"].startswith("Zephyrine ")
+    changes = changed(events)
+    async with db.transaction("test") as tx:
+        loaded = await load_rows(SearchIndexStore(db), tx, changes)
+    ops = bulk_operations(writes(changes, loaded), target_aliases(PREFIX, tuple(changes), {}))
+    actions = {
+        (op, m["_index"], m["_id"]): m
+        for line in ops
+        for op, m in line.items()
+        if op in ("index", "delete")
+    }
+    assert set(actions) == {
+        ("index", f"{PREFIX}-users", str(rows.user)),
+        ("index", f"{PREFIX}-posts", str(rows.post)),
+        ("delete", f"{PREFIX}-posts", str(gone)),
+        ("index", f"{PREFIX}-messages", str(rows.message)),
+    }
+    assert all(m["version_type"] == "external_gte" for m in actions.values())
+    assert actions["delete", f"{PREFIX}-posts", str(gone)]["version"] == events[2].id
+    docs = {d["id"]: d for d in ops if "id" in d}
+    # The row as it is, not the event's payload.
+    assert docs[rows.post]["text"] == "hello <world>"
+    assert docs[rows.post]["has_media"] is True
+    assert docs[rows.message]["text"] == "see you"
+    assert docs[rows.user]["display_name"].startswith("Zephyrine ")
 
-        # A reindex under way: the next batch writes to its index too; no templates again.
-        rec.aliases[f"{PREFIX}-posts-next"] = {f"{PREFIX}-posts-new"}
-        async with db.transaction("test") as tx:
-            await indexer.handle(events[1:2], tx)
-        assert len(rec.of("PUT", "/_index_template/.*")) == 3
-        ops = rec.of("PUT", "/_bulk")[-1][1]
-        assert [line["index"]["_index"] for line in ops if "index" in line] == [
-            f"{PREFIX}-posts",
-            f"{PREFIX}-posts-next",
-        ]
 
-        # A refused item fails the batch (the runner retries it), and the retry puts the
-        # templates again in case an index went away.
-        rec.bulk_errors = {str(rows.post)}
-        with pytest.raises(IndexingFailed, match="mapper_exception"):
-            async with db.transaction("test") as tx:
-                await indexer.handle(events[1:2], tx)
-        rec.bulk_errors = set()
-        async with db.transaction("test") as tx:
-            await indexer.handle(events[1:2], tx)
-        assert len(rec.of("PUT", "/_index_template/.*")) == 6
-    finally:
-        await indexer.close()  # type: ignore[attr-defined]
+async def test_the_audience_of_a_search_comes_from_postgresql(
+    database_url: str, db: Database
+) -> None:
+    rows = await make_rows(database_url)
+    store = SearchIndexStore(db)
+    scope = Scope(viewer_id=rows.user)
+    friends = await store.friend_ids(rows.user)
+    assert friends == [rows.friend]
+    audience = _bool(posts_body(parse_query("b"), scope, friends, AS_OF, None, 2))["filter"][0]
+    assert audience["bool"]["should"][2]["bool"]["filter"][1] == {
+        "terms": {"author_id": [rows.friend]}
+    }
+    conversations = await store.conversation_ids(rows.user)
+    assert conversations == [rows.conversation]
+    body = messages_body(parse_query("b"), scope, conversations, AS_OF, None, 2)
+    assert _bool(body)["filter"][0] == {"terms": {"conversation_id": [rows.conversation]}}
 
 
 async def test_no_url_no_indexer(config: Config, db: Database) -> None:
@@ -775,151 +809,14 @@ async def test_no_url_no_indexer(config: Config, db: Database) -> None:
     assert search_consumers(config, db) == []
 
 
-async def test_reindex_copies_then_swaps_the_alias_in_one_request(
-    config: Config, database_url: str, db: Database, recorder: tuple[Recorder, str]
-) -> None:
-    rec, url = recorder
-    rows = await make_rows(database_url)
-    old = f"{PREFIX}-posts-20240101000000000000"
-    rec.indices.add(old)
-    rec.aliases[f"{PREFIX}-posts"] = {old}
-    backend = ElasticBackend(es_config(config, url), db)
-    store = SearchIndexStore(db)
-    try:
-        summary = await reindex(backend.client, store, PREFIX, "posts", _Clock())
-        new = summary.index
-        assert re.fullmatch(rf"{PREFIX}-posts-\d{{20}}", new)
-        # Born with the -next alias, as its write index.
-        ((_, created),) = rec.of("PUT", f"/{new}")
-        assert created == {"aliases": {f"{PREFIX}-posts-next": {"is_write_index": True}}}
-        copied = [line for _, ops in rec.of("PUT", "/_bulk") for line in ops]
-        metas = [line["index"] for line in copied if "index" in line]
-        assert {m["_index"] for m in metas} == {new}
-        assert {m["version"] for m in metas} == {COPY_VERSION}
-        assert str(rows.post) in {m["_id"] for m in metas}
-        assert summary.copied == len(metas) and summary.superseded == 0
-        assert rec.of("POST", f"/{new}/_refresh")
-        ((_, swap),) = rec.of("POST", "/_aliases")
-        assert swap == {"actions": swap_actions(PREFIX, "posts", new, [old])}
-        assert rec.of("DELETE", f"/{old}")
-        assert rec.aliases == {f"{PREFIX}-posts": {new}}
-        assert rec.indices == {new}
-        assert summary.previous == [old]
-
-        # A -next alias left behind: the next run refuses, naming the index.
-        rec.aliases[f"{PREFIX}-posts-next"] = {"leftover"}
-        with pytest.raises(ReindexError, match="leftover"):
-            await reindex(backend.client, store, PREFIX, "posts", _Clock())
-        del rec.aliases[f"{PREFIX}-posts-next"]
-
-        # A copy that fails deletes its new index; searches stay on the current one.
-        rec.bulk_errors = {str(rows.post)}
-        with pytest.raises(IndexingFailed):
-            await reindex(backend.client, store, PREFIX, "posts", _Clock(1))
-        assert rec.aliases == {f"{PREFIX}-posts": {new}}
-        assert rec.indices == {new}
-    finally:
-        await backend.close()
-
-
-class _Clock(Clock):
-    """Wall time stopped ``seconds`` after NOW (each reindex names its index after it)."""
-
-    def __init__(self, seconds: int = 0) -> None:
-        self.seconds = seconds
-
-    def time(self) -> float:
-        return NOW.timestamp() + self.seconds
-
-
-async def test_search_pages_and_the_cursor_round_trip(
-    config: Config, db: Database, database_url: str, recorder: tuple[Recorder, str]
-) -> None:
-    rec, url = recorder
-    rows = await make_rows(database_url)
-    backend = ElasticBackend(es_config(config, url), db)
-    rec.hits = [
-        {"_id": "30", "sort": [2.5, 30], "highlight": {"text": ["a &amp; <mark>b</mark>"]}},
-        {"_id": "29", "sort": [1.0000001192092896, 29]},
-    ]
-    try:
-        query = parse_query("b")
-        first = await backend.search("posts", query, Scope(viewer_id=rows.user), None, 2)
-        assert first.hits == [Hit(30, "a &amp; <mark>b</mark>"), Hit(29, "")]
-        assert first.next is not None
-        # Through the service's opaque cursor and back, typed as the backend declared.
-        cursor = encode_cursor("search.posts", **first.next)
-        state = decode_cursor(cursor, "search.posts", **backend.cursor_fields)
-        assert state == first.next
-
-        rec.hits = rec.hits[:1]
-        second = await backend.search("posts", query, Scope(viewer_id=rows.user), state, 2)
-        assert second.next is None  # a short page is the last
-        (params, one), (_, two) = rec.of("POST", f"/{PREFIX}-posts/_search")
-        assert params["preference"] == f"agora-{rows.user}"  # the same shard copies each page
-        assert "search_after" not in one
-        assert two["search_after"] == [1.0000001192092896, 29]
-        origin = [
-            [f for f in b["query"]["function_score"]["functions"] if "exp" in f][0]["exp"]
-            for b in (one, two)
-        ]
-        assert origin[0] == origin[1]  # page 2 is scored as page 1 was
-        # The audience came from PostgreSQL: the viewer's friend.
-        audience = one["query"]["function_score"]["query"]["bool"]["filter"][0]["bool"]["should"]
-        assert audience[2]["bool"]["filter"][1] == {"terms": {"author_id": [rows.friend]}}
-
-        await backend.search("messages", query, Scope(viewer_id=rows.user), None, 2)
-        ((_, body),) = rec.of("POST", f"/{PREFIX}-messages/_search")
-        assert body["query"]["function_score"]["query"]["bool"]["filter"][0] == {
-            "terms": {"conversation_id": [rows.conversation]}
-        }
-        users = await backend.search("users", parse_query("zeph"), Scope(viewer_id=1), None, 2)
-        assert users.hits == [Hit(30)]  # no snippet for people
-
-        # A forged score no search returns is a bad cursor, not a 500.
-        with pytest.raises(AppError) as bad:
-            await backend.search("posts", query, ME, {"a": 1, "s": -1.0, "i": 1}, 2)
-        assert bad.value.status == 400
-    finally:
-        await backend.close()
-
-
-@pytest.mark.parametrize("status", [404, 429, 500, 503])
-async def test_a_cluster_that_cannot_answer_is_503(
-    config: Config, db: Database, recorder: tuple[Recorder, str], status: int
-) -> None:
-    rec, url = recorder
-    rec.status = status
-    backend = ElasticBackend(es_config(config, url), db)
-    try:
-        with pytest.raises(AppError) as err:
-            await backend.search("users", parse_query("x"), ME, None, 10)
-        assert (err.value.code, err.value.status) == (ErrorCode.SEARCH_UNAVAILABLE, 503)
-        assert (await backend.health())["status"] == "unavailable"
-    finally:
-        await backend.close()
-
-
-async def test_health_is_an_empty_search_of_every_alias(
-    config: Config, db: Database, recorder: tuple[Recorder, str]
-) -> None:
-    rec, url = recorder
-    backend = ElasticBackend(es_config(config, url), db)
-    try:
-        assert await backend.health() == {"status": "ok", "backend": "elasticsearch"}
-        ((_, probe),) = rec.of("POST", f"/{PREFIX}-users,{PREFIX}-posts,{PREFIX}-messages/_search")
-        assert probe == {"query": {"match_none": {}}, "size": 0, "track_total_hits": False}
-        rec.status = 404
-        assert await backend.health() == {
-            "status": "unavailable",
-            "backend": "elasticsearch",
-            "reason": "x",  # the error's type only: /readyz may be public
-        }
-    finally:
-        await backend.close()
-
-
 # -- the real fault: configured, but nothing listens -------------------------------------------
+
+
+def es_config(config: Config, url: str, timeout: float = 5.0) -> Config:
+    return config.with_overrides(
+        elasticsearch_url=url,
+        search=replace(config.search, index_prefix=PREFIX, timeout=timeout),
+    )
 
 
 @pytest.fixture
@@ -949,7 +846,11 @@ async def test_a_cluster_that_is_down_is_503_quickly_and_nothing_else_breaks(
             assert (err.value.code, err.value.status) == (ErrorCode.SEARCH_UNAVAILABLE, 503)
             assert err.value.headers == {"Retry-After": "5"}
         health = await asyncio.wait_for(backend.health(), timeout)
-        assert (health["status"], health["backend"]) == ("unavailable", "elasticsearch")
+        assert health == {
+            "status": "unavailable",
+            "backend": "elasticsearch",
+            "reason": "ConnectionError",
+        }
         # The indexer raises, so the runner keeps the events and retries them.
         with pytest.raises(TransportError):
             async with db.transaction("test") as tx:
@@ -959,45 +860,44 @@ async def test_a_cluster_that_is_down_is_503_quickly_and_nothing_else_breaks(
         await indexer.close()  # type: ignore[attr-defined]
 
 
-async def agora(database_url: str, cwd: Path, *args: str, **env: str) -> tuple[int, str, str]:
-    """``python -m agora ARGS`` with only these AGORA_ variables (the test loop keeps running:
-    the stand-in cluster lives in it)."""
+def agora(database_url: str, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m agora ARGS`` as a real process, with only these AGORA_ variables."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
     environ.update(AGORA_DATABASE_URL=database_url, AGORA_JWT_SECRET="c" * 40, **env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agora",
-        *args,
+    return subprocess.run(
+        [sys.executable, "-m", "agora", *args],
         env=environ,
         cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
-async def test_the_reindex_command(
-    database_url: str, tmp_path: Path, recorder: tuple[Recorder, str]
+def test_the_reindex_command_without_a_url_says_so(database_url: str, tmp_path: Path) -> None:
+    done = agora(database_url, tmp_path, "search", "reindex")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "agora: search reindex needs AGORA_ELASTICSEARCH_URL (without it, search uses "
+        "PostgreSQL full-text, which has no index to rebuild)"
+    ]
+
+
+def test_the_reindex_command_with_a_cluster_that_is_down(
+    database_url: str, tmp_path: Path, closed_port: int
 ) -> None:
-    rec, url = recorder
-    await make_rows(database_url)
-    status, out, err = await agora(
+    done = agora(
         database_url,
         tmp_path,
-        *("search", "reindex", "--type", "users", "--type", "messages"),
-        AGORA_ELASTICSEARCH_URL=url,
+        *("search", "reindex", "--type", "users"),
+        AGORA_ELASTICSEARCH_URL=f"http://127.0.0.1:{closed_port}",
         AGORA_ELASTICSEARCH_INDEX_PREFIX=PREFIX,
     )
-    assert status == 0, err
-    summary = json.loads(out)["reindexed"]
-    assert [s["type"] for s in summary] == ["users", "messages"]
-    assert all(s["copied"] > 0 and s["previous"] == [] for s in summary)
-    assert rec.aliases == {f"{PREFIX}-{s['type']}": {s["index"]} for s in summary}
-
-    # Without a URL there is no index to rebuild: said plainly, status 2.
-    status, out, err = await agora(database_url, tmp_path, "search", "reindex")
-    assert status == 2
-    assert "AGORA_ELASTICSEARCH_URL" in err
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("agora:")]
+    assert error.startswith(
+        "agora: search reindex failed: cannot reach Elasticsearch (ConnectionError: "
+    )
+    assert f"127.0.0.1:{closed_port}" in error
+    assert done.stdout.strip() == '{"reindexed": []}'  # nothing done, said on stdout too

@@ -21,7 +21,9 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-def _bad() -> AppError:
+def invalid_cursor() -> AppError:
+    """The 400 for a cursor this list did not make, naming the ``cursor`` parameter (also for
+    a list's own checks after :func:`decode_cursor`)."""
     return AppError(
         ErrorCode.VALIDATION_ERROR,
         "the cursor is not valid for this list",
@@ -42,22 +44,22 @@ def decode_cursor(cursor: str | None, kind: str, **types: type) -> dict[str, Any
     try:
         data = _decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, msgspec.DecodeError, RecursionError):
-        raise _bad() from None
+        raise invalid_cursor() from None
     if data.get("k") != kind:
-        raise _bad()
+        raise invalid_cursor()
     out: dict[str, Any] = {}
     for name, tp in types.items():
         value = data.get(name)
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, tp) or isinstance(value, bool):
-            raise _bad()
+            raise invalid_cursor()
         # What we encode is an id, a seq or microseconds since 1970, all in [0, 2**53]; a forged
         # value outside it would overflow a datetime or PostgreSQL's bigint (a 500), not page.
         if isinstance(value, int) and not 0 <= value <= CURSOR_INT_MAX:
-            raise _bad()
+            raise invalid_cursor()
         if isinstance(value, float) and not math.isfinite(value):
-            raise _bad()
+            raise invalid_cursor()
         out[name] = value
     return out
 

@@ -38,8 +38,7 @@ from elasticsearch import ApiError, AsyncElasticsearch
 
 from agora.clock import Clock
 from agora.config import Config
-from agora.errors import AppError, ErrorCode
-from agora.protocol.cursor import from_micros, to_micros
+from agora.protocol.cursor import from_micros, invalid_cursor, to_micros
 from agora.search.backend import (
     MARK_END,
     MARK_START,
@@ -479,13 +478,65 @@ def html_snippet(fragment: str) -> str:
     return snippet("".join(parts))
 
 
-def _bad_cursor() -> AppError:
-    return AppError(
-        ErrorCode.VALIDATION_ERROR,
-        "the cursor is not valid for this list",
-        status=400,
-        fields={"cursor": "invalid cursor; pass back a next_cursor value"},
-    )
+# -- a search's pages: the cursor, the response, the errors -------------------------------------
+
+# A cursor's state: a, the first page's time (microseconds); s and i, the last hit's (score, id).
+CURSOR_FIELDS: dict[str, type] = {"a": int, "s": float, "i": int}
+
+
+def search_origin(after: dict[str, Any] | None, now: datetime) -> int:
+    """The recency origin of a page (microseconds): ``now`` for a first page, the first page's
+    for the next ones (from the cursor). A cursor with a score no search returns is a 400."""
+    if after is None:
+        return to_micros(now)
+    if not 0.0 <= after["s"] <= MAX_SCORE:
+        raise invalid_cursor()
+    return int(after["a"])
+
+
+def preference(viewer_id: int) -> str:
+    """The search's ``preference``: one viewer's searches go to the same shard copies, whose
+    scores agree from page to page (copies of a shard can differ in deleted documents, hence
+    in scores)."""
+    return f"agora-{viewer_id}"
+
+
+def hits_page(kind: SearchType, found: list[dict[str, Any]], limit: int, as_of: int) -> Hits:
+    """A search response's ``hits.hits`` as a page: ids with snippets (none for people), and
+    the next page's state when the page is full (a short page is the last)."""
+    hits = [
+        Hit(
+            int(h["_id"]),
+            None if kind == "users" else html_snippet(h.get("highlight", {}).get("text", [""])[0]),
+        )
+        for h in found
+    ]
+    if len(found) < limit:
+        return Hits(hits)
+    score, last = found[-1]["sort"]
+    return Hits(hits, {"a": as_of, "s": float(score), "i": int(last)})
+
+
+def is_outage(status: int) -> bool:
+    """Whether an error status of Elasticsearch means the cluster cannot answer (the caller
+    gets 503 ``search_unavailable``) rather than that our request is wrong (a bug: raised)."""
+    return status >= 500 or status in UNAVAILABLE_STATUS
+
+
+def health_probe(prefix: str) -> dict[str, Any]:
+    """The health check's request: an empty search of the three aliases, as searches are made
+    (the read privilege only; a missing index is unavailable, as its type's searches are)."""
+    return {
+        "index": ",".join(alias(prefix, k) for k in SEARCH_TYPES),
+        "query": _MATCH_NONE,
+        "size": 0,
+        "track_total_hits": False,
+    }
+
+
+def failure_reason(exc: ApiError | TransportError) -> str:
+    """What health says of a failure: the error's type, nothing more (/readyz may be public)."""
+    return str(exc.error) if isinstance(exc, ApiError) else type(exc).__name__
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -499,8 +550,7 @@ class ElasticBackend:
     name = "elasticsearch"
 
     def __init__(self, config: Config, db: Database, *, clock: Clock | None = None) -> None:
-        # a: the first page's time (microseconds), s and i: the last hit's (score, id).
-        self.cursor_fields: dict[str, type] = {"a": int, "s": float, "i": int}
+        self.cursor_fields = CURSOR_FIELDS
         self.prefix = config.search.index_prefix
         self.client = connect(config)
         self.store = SearchIndexStore(db)
@@ -514,9 +564,7 @@ class ElasticBackend:
         after: dict[str, Any] | None,
         limit: int,
     ) -> Hits:
-        if after is not None and not 0.0 <= after["s"] <= MAX_SCORE:
-            raise _bad_cursor()
-        as_of = after["a"] if after is not None else to_micros(self.clock.now())
+        as_of = search_origin(after, self.clock.now())
         if kind == "posts":
             friends = await self.store.friend_ids(scope.viewer_id)
             body = posts_body(query, scope, friends, as_of, after, limit)
@@ -526,50 +574,29 @@ class ElasticBackend:
         else:
             body = users_body(query, after, limit)
         try:
-            # One viewer's searches go to the same shard copies, whose scores agree from page
-            # to page (copies of a shard can differ in deleted documents, hence in scores).
             response = await self.client.search(
-                index=alias(self.prefix, kind), body=body, preference=f"agora-{scope.viewer_id}"
+                index=alias(self.prefix, kind), body=body, preference=preference(scope.viewer_id)
             )
         except ApiError as exc:
             status = exc.meta.status
-            if status < 500 and status not in UNAVAILABLE_STATUS:
+            if not is_outage(status):
                 raise  # our request is wrong: a bug, not an outage
             log.warning("search: Elasticsearch answered %s: %s", status, exc.message)
             raise search_unavailable() from exc
         except TransportError as exc:
             log.warning("search: Elasticsearch is unreachable: %s", exc)
             raise search_unavailable() from exc
-        found = response["hits"]["hits"]
-        hits = [
-            Hit(
-                int(h["_id"]),
-                None
-                if kind == "users"
-                else html_snippet(h.get("highlight", {}).get("text", [""])[0]),
-            )
-            for h in found
-        ]
-        if len(found) < limit:
-            return Hits(hits)
-        score, last = found[-1]["sort"]
-        return Hits(hits, {"a": as_of, "s": float(score), "i": int(last)})
+        return hits_page(kind, response["hits"]["hits"], limit, as_of)
 
     async def health(self) -> dict[str, Any]:
-        """What searches need, probed as they are made: an empty search of the three aliases
-        (needing only the read privilege searches need; a missing index is unavailable, as
-        searches of its type would be). The reason is an error's type, nothing more."""
+        """What searches need, probed as they are made (:func:`health_probe`); a failure says
+        only its type (:func:`failure_reason`)."""
         try:
             await self.client.options(request_timeout=HEALTH_TIMEOUT).search(
-                index=",".join(alias(self.prefix, k) for k in SEARCH_TYPES),
-                query=_MATCH_NONE,
-                size=0,
-                track_total_hits=False,
+                **health_probe(self.prefix)
             )
-        except ApiError as exc:
-            return {"status": "unavailable", "backend": self.name, "reason": str(exc.error)}
-        except TransportError as exc:
-            return {"status": "unavailable", "backend": self.name, "reason": type(exc).__name__}
+        except (ApiError, TransportError) as exc:
+            return {"status": "unavailable", "backend": self.name, "reason": failure_reason(exc)}
         return {"status": "ok", "backend": self.name}
 
     async def close(self) -> None:

@@ -134,6 +134,33 @@ def bulk_outcome(response: Mapping[str, Any]) -> tuple[int, list[str]]:
     return conflicts, failures
 
 
+def target_aliases(
+    prefix: str, kinds: tuple[SearchType, ...], found: Mapping[str, Any]
+) -> dict[SearchType, list[str]]:
+    """Each type's write targets: its read alias, and its ``-next`` alias when ``found`` (the
+    body of ``GET _alias/<prefix>-<type>-next*,...``: index -> its aliases) holds it."""
+    building = {name for entry in found.values() for name in entry.get("aliases", {})}
+    return {
+        k: [alias(prefix, k)]
+        + ([next_alias(prefix, k)] if next_alias(prefix, k) in building else [])
+        for k in kinds
+    }
+
+
+async def load_rows(
+    store: SearchIndexStore, tx: Tx, changes: Mapping[SearchType, Mapping[int, int]]
+) -> dict[SearchType, list[Doc]]:
+    """The changed documents' rows as they are now (a row that is gone has none)."""
+    rows: dict[SearchType, list[Doc]] = {}
+    if "users" in changes:
+        rows["users"] = list(await store.users(tx, list(changes["users"])))
+    if "posts" in changes:
+        rows["posts"] = list(await store.posts(tx, list(changes["posts"])))
+    if "messages" in changes:
+        rows["messages"] = list(await store.messages(tx, list(changes["messages"])))
+    return rows
+
+
 def raise_failures(failures: list[str]) -> None:
     if failures:
         more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
@@ -164,13 +191,7 @@ class SearchIndexer:
         changes = changed(events)
         if not changes:
             return None
-        rows: dict[SearchType, list[Doc]] = {}
-        if "users" in changes:
-            rows["users"] = list(await self.store.users(tx, list(changes["users"])))
-        if "posts" in changes:
-            rows["posts"] = list(await self.store.posts(tx, list(changes["posts"])))
-        if "messages" in changes:
-            rows["messages"] = list(await self.store.messages(tx, list(changes["messages"])))
+        rows = await load_rows(self.store, tx, changes)
         try:
             if not self._ready:
                 await ensure_indices(self.client, self.prefix)
@@ -192,12 +213,7 @@ class SearchIndexer:
         # Wildcards: a missing alias is an empty answer, not a 404.
         pattern = ",".join(f"{next_alias(self.prefix, k)}*" for k in kinds)
         found = await self.client.indices.get_alias(name=pattern)
-        building = {name for entry in found.body.values() for name in entry.get("aliases", {})}
-        return {
-            k: [alias(self.prefix, k)]
-            + ([next_alias(self.prefix, k)] if next_alias(self.prefix, k) in building else [])
-            for k in kinds
-        }
+        return target_aliases(self.prefix, kinds, found.body)
 
     async def close(self) -> None:
         await self.client.close()

@@ -34,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -65,6 +66,21 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     copied: int  # documents the copy wrote
     superseded: int  # documents the indexer had already written newer
     seconds: float
+
+
+def new_index_aliases(prefix: str, kind: SearchType) -> dict[str, Any]:
+    """The aliases a new index is born with: ``-next`` as its write index, so a second reindex
+    of the type cannot start (its index would be refused: an alias has one write index)."""
+    return {next_alias(prefix, kind): {"is_write_index": True}}
+
+
+def interrupted(prefix: str, kind: SearchType, held: Iterable[str]) -> ReindexError:
+    """The refusal to start while ``-next`` exists, naming the indices that carry it."""
+    building = next_alias(prefix, kind)
+    return ReindexError(
+        f"a reindex of {kind} is running or was interrupted: index {', '.join(held)} carries the "
+        f"alias {building}; if no reindex is running, delete that index and run this again"
+    )
 
 
 def copy_operations(index: str, docs: Sequence[Doc]) -> list[dict[str, Any]]:
@@ -114,15 +130,11 @@ async def reindex(
 ) -> Summary:
     building = next_alias(prefix, kind)
     if await client.indices.exists_alias(name=building):
-        held = ", ".join((await client.indices.get_alias(name=building)).body)
-        raise ReindexError(
-            f"a reindex of {kind} is running or was interrupted: index {held} carries the alias "
-            f"{building}; if no reindex is running, delete that index and run this again"
-        )
+        raise interrupted(prefix, kind, (await client.indices.get_alias(name=building)).body)
     await put_template(client, prefix, kind)
     started = clock.monotonic()
     new = index_name(prefix, kind, clock.now())
-    await client.indices.create(index=new, aliases={building: {"is_write_index": True}})
+    await client.indices.create(index=new, aliases=new_index_aliases(prefix, kind))
     try:
         copied, superseded = await _copy(client, _loader(store, kind), new)
         await client.indices.refresh(index=new)
@@ -162,10 +174,22 @@ async def _copy(
     return copied, superseded
 
 
+def unreachable(exc: TransportError) -> str:
+    """A transport failure in one line: its type and the innermost cause (the client wraps a
+    failed retry's error in the next one's)."""
+    cause: BaseException = exc
+    while isinstance(cause, TransportError) and cause.errors:
+        cause = cause.errors[0]
+    return f"cannot reach Elasticsearch ({type(exc).__name__}: {cause})"
+
+
 async def command(config: Config, kinds: Sequence[SearchType]) -> int:
     """Reindex ``kinds`` in turn; print ``{"reindexed": [summary...]}`` (those done, also when
-    one fails: the error goes to stderr and the status is 1)."""
+    one fails: the error goes to stderr in one line and the status is 1)."""
     assert config.database.url is not None
+    # The client logs every failed attempt with its traceback; the command says what failed,
+    # once, below.
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     db = await Database.connect(config.database.url, min_size=1, max_size=2)
     client = connect(config)
     store = SearchIndexStore(db)
@@ -177,7 +201,10 @@ async def command(config: Config, kinds: Sequence[SearchType]) -> int:
     except ReindexError as exc:
         print(f"agora: {exc}", file=sys.stderr)
         status = 1
-    except (ApiError, TransportError, IndexingFailed) as exc:
+    except TransportError as exc:
+        print(f"agora: search reindex failed: {unreachable(exc)}", file=sys.stderr)
+        status = 1
+    except (ApiError, IndexingFailed) as exc:
         print(f"agora: search reindex failed: {exc}", file=sys.stderr)
         status = 1
     finally:

@@ -1,12 +1,15 @@
-"""Waiting for the event layer in tests, a RabbitMQ namespace per test, and a recording consumer."""
+"""Waiting for the event layer in tests, a RabbitMQ namespace per test, a recording consumer, and
+events made by hand."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import aiormq
 import asyncpg
@@ -16,7 +19,7 @@ from pamqp.commands import Basic
 
 from agora.config import Config
 from agora.events.consumer import AfterCommit
-from agora.events.types import Event
+from agora.events.types import Event, Payload
 from agora.server import keys
 from agora.storage.db import Tx
 from agora.storage.events import EVENT_COLUMNS, envelope
@@ -161,3 +164,25 @@ class Recorder:
             self.effects.extend(committed)
 
         return after
+
+
+class EventMaker:
+    """Events made by hand, for a consumer's ``handle`` or the indexer's functions: ids count
+    up from ``first_id``; ``occurred_at`` is the call's ``at``, else ``at`` given here, else
+    the time of the call."""
+
+    def __init__(self, first_id: int = 1, at: datetime | None = None) -> None:
+        self._ids = itertools.count(first_id)
+        self._at = at
+
+    def __call__(self, payload: Payload, at: datetime | None = None) -> Event:
+        return Event(
+            id=next(self._ids),
+            type=payload.type,
+            aggregate=payload.aggregate,
+            aggregate_id=payload.aggregate_id(),
+            actor_id=None,
+            occurred_at=at or self._at or datetime.now(UTC),
+            version=1,
+            payload=payload,
+        )
