@@ -106,6 +106,11 @@ class EventsConfig:
 class SearchConfig:
     rate_limit: int = 120  # searches per account per minute; 0 = no limit
     pool: int = 4  # PostgreSQL connections of the full-text candidate queries
+    # Ranking windows a node keeps and shares between searches of the same words (PostgreSQL
+    # backend): how long (a post shows in search this long after it is written, at most) and
+    # how many (about 3 kB each). 0: none.
+    cache_ttl: float = 2.0
+    cache_size: int = 1000
     # Elasticsearch (only with AGORA_ELASTICSEARCH_URL): indices and aliases are named
     # "<index_prefix>-users|posts|messages"; a request waits at most `timeout` seconds.
     index_prefix: str = "agora"
@@ -368,6 +373,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             {
                 "rate_limit": ("AGORA_SEARCH_RATE_LIMIT", NON_NEGATIVE_INT),
                 "pool": ("AGORA_SEARCH_DB_POOL", POSITIVE_INT),
+                "cache_ttl": ("AGORA_SEARCH_CACHE_TTL", SECONDS_OR_ZERO),
+                "cache_size": ("AGORA_SEARCH_CACHE_SIZE", NON_NEGATIVE_INT),
                 "index_prefix": ("AGORA_ELASTICSEARCH_INDEX_PREFIX", INDEX_PREFIX),
                 "timeout": ("AGORA_ELASTICSEARCH_TIMEOUT", SECONDS),
             },

@@ -124,8 +124,9 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "events: dead letter": (events.DEAD_LETTER, (1, "t", "e", 5)),
     "events: dead letters": (events.DEAD_LETTERS, ("c", 100)),
     "events: replay": (events.REPLAY, ("c", [1])),
-    "search: visible users": (search.VISIBLE_USERS, (1, [2, 3])),
-    "search: visible messages": (search.VISIBLE_MESSAGES, (1, [2, 3])),
+    "search: visible users": (search.VISIBLE_USERS, (1, [2, 3], 20)),
+    "search: visible posts": (search.VISIBLE_POSTS, (1, [2, 3], 20, ["tea"])),
+    "search: visible messages": (search.VISIBLE_MESSAGES, (1, [2, 3], 20, ["tea"])),
     "search index: users by ids": (search_index.USERS_BY_IDS, ([1, 2],)),
     "search index: posts by ids": (search_index.POSTS_BY_IDS, ([1, 2],)),
     "search index: messages by ids": (search_index.MESSAGES_BY_IDS, ([1, 2],)),
@@ -137,29 +138,20 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 
 # Search's candidate queries run with custom plans (storage/search.py): planned for these values.
-_WINDOW_ARGS = (1, [], [], [], [], 2**53, 0, None, [], 21, NOW, 2.0, 2**53)
 _WORDS = (["coffee"], ["good morning"], ["tea"], [])
+_NO_WORDS: tuple[list[str], ...] = ([], [], [], [])
 CUSTOM_PLANNED: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "search: posts by words": (
-        search.POST_CANDIDATES,
-        (1, *_WORDS, 2**53, 0, None, ["coffee"], 21, NOW, 2.0, 2**53, False),
-    ),
+    "search: posts by words": (search.POST_WINDOW, (*_WORDS, 2**53, 0, None, False, NOW)),
     "search: posts from authors": (
-        search.POST_CANDIDATES,
-        (1, [], [], [], [], 2**53, 0, [2, 3], [], 21, NOW, 2.0, 2**53, False),
+        search.POST_WINDOW,
+        (*_NO_WORDS, 2**53, 0, [2, 3], False, NOW),
     ),
-    "search: posts with media": (search.POST_CANDIDATES, (*_WINDOW_ARGS, True)),
-    "search: posts by date": (
-        search.POST_CANDIDATES,
-        (1, [], [], [], [], 2**53, 2**40, None, [], 21, NOW, 2.0, 2**53, False),
-    ),
-    "search: messages by words": (
-        search.MESSAGE_CANDIDATES,
-        (1, *_WORDS, 2**53, 0, None, ["coffee"], 21, NOW, 2.0, 2**53),
-    ),
+    "search: posts with media": (search.POST_WINDOW, (*_NO_WORDS, 2**53, 0, None, True, NOW)),
+    "search: posts by date": (search.POST_WINDOW, (*_NO_WORDS, 2**53, 2**40, None, False, NOW)),
+    "search: messages by words": (search.MESSAGE_WINDOW, (*_WORDS, 2**53, 0, None, 1, NOW)),
     "search: messages from senders": (
-        search.MESSAGE_CANDIDATES,
-        (1, [], [], [], [], 2**53, 0, [2], [], 21, NOW, 2.0, 2**53),
+        search.MESSAGE_WINDOW,
+        (*_NO_WORDS, 2**53, 0, [2], 1, NOW),
     ),
     "search: users by prefix": (
         search.USER_PREFIXES,

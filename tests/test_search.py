@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from agora.clock import ManualClock
 from agora.config import Config
 from agora.search.postgres import PostgresBackend
 from agora.server import keys
@@ -394,3 +397,35 @@ async def test_elasticsearch_down_costs_search_only(
     resp = await client.get("/api/v1/notifications", headers=a.headers)
     kinds = [n["kind"] for n in (await resp.json())["items"]]
     assert "friend_accepted" in kinds
+
+
+async def test_a_node_shares_windows_for_a_moment(client: TestClient) -> None:
+    """Searches of the same words share a ranking window for AGORA_SEARCH_CACHE_TTL: a new
+    post shows once it runs out; a deleted one is gone at once all the same (re-checked)."""
+    clock = ManualClock(start=time.time())
+    service = client.app[keys.SEARCH]
+    backend = PostgresBackend(service.store, clock, cache_ttl=2.0, cache_size=10)
+    service.backend = backend
+    a, b, w = await register(client), await register(client), word()
+    first = await post(client, a, f"{w} first")
+    clock.advance(0.5)  # the node's clock past the post
+
+    async def found(user: User) -> list[str]:
+        page = await searcher_get(client, user, w)
+        return [item["post"]["id"] for item in page["items"]]
+
+    assert await found(a) == [first]
+    second = await post(client, a, f"{w} second")
+    assert await found(b) == [first]  # the window a's search made, shared
+    resp = await client.delete(f"/api/v1/posts/{first}", headers=a.headers)
+    assert resp.status == 204
+    assert await found(b) == []  # deleted: gone at once
+    clock.advance(2.0)
+    assert await found(b) == [second]
+    assert backend.windows.hits >= 2 and len(backend.windows) <= 10
+
+
+async def searcher_get(client: TestClient, user: User, q: str) -> Any:
+    resp = await client.get("/api/v1/search", params={"q": q}, headers=user.headers)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()

@@ -421,12 +421,13 @@ def test_a_response_is_a_page_and_a_full_page_says_where_the_next_begins() -> No
         {"_id": "29", "sort": [1, 29]},  # no highlight (and a score JSON wrote as an integer)
     ]
     page = hits_page("posts", found, 2, AS_OF)
-    assert page.hits == [Hit(30, "a &amp; <mark>b</mark>"), Hit(29, "")]
-    assert page.next == {"a": AS_OF, "s": 1.0, "i": 29}
-    assert isinstance(page.next["s"], float)
+    after = [{"a": AS_OF, "s": 2.5, "i": 30}, {"a": AS_OF, "s": 1.0, "i": 29}]
+    assert page.hits == [Hit(30, "a &amp; <mark>b</mark>", after[0]), Hit(29, "", after[1])]
+    assert page.next == after[1]  # each hit says where the search goes on after it
+    assert page.next is not None and isinstance(page.next["s"], float)
     # A short page is the last; people have no snippet.
     assert hits_page("posts", found, 3, AS_OF).next is None
-    assert hits_page("users", found[:1], 2, AS_OF).hits == [Hit(30)]
+    assert hits_page("users", found[:1], 2, AS_OF).hits == [Hit(30, None, after[0])]
 
 
 def test_page_two_continues_after_page_one_and_is_scored_alike() -> None:

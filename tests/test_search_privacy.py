@@ -117,7 +117,7 @@ async def test_deleted_private_and_blocked_go_at_once(
         f"/api/v1/posts/{friends_only}", headers=author.headers, json={"visibility": "private"}
     )
     assert resp.status == 200
-    # No waiting for an index: the very next search.
+    # No waiting for an index (nor for the windows a node keeps): the very next search.
     page = await searcher.get(friend, world["word"])
     assert page["items"] == []
 
@@ -188,7 +188,11 @@ async def test_stale_candidates_are_rechecked(searcher: Searcher, world: dict[st
     stale_friend = await candidates(friend, world["word"])
     stale_stranger = await candidates(stranger, world["word"])
     stale_people = await candidates(stranger, author.username, "users")
-    assert len(stale_friend.hits) == 2 and len(stale_stranger.hits) == 1
+    query = parse_query(world["word"])
+    before, _ = await service._recheck("posts", int(friend.id), query, stale_friend.hits, 20)
+    assert len(before) == 2
+    before, _ = await service._recheck("posts", int(stranger.id), query, stale_stranger.hits, 20)
+    assert len(before) == 1
     assert int(author.id) in [h.id for h in stale_people.hits]
 
     resp = await client.patch(
@@ -201,7 +205,12 @@ async def test_stale_candidates_are_rechecked(searcher: Searcher, world: dict[st
     assert resp.status == 204
     await block(client, author, stranger)
 
-    assert await service._recheck("posts", int(friend.id), stale_friend.hits) == []
-    assert await service._recheck("posts", int(stranger.id), stale_stranger.hits) == []
-    people = await service._recheck("users", int(stranger.id), stale_people.hits)
-    assert author.id not in [p.user.id for p in people]
+    assert await service._recheck("posts", int(friend.id), query, stale_friend.hits, 20) == ([], -1)
+    assert await service._recheck("posts", int(stranger.id), query, stale_stranger.hits, 20) == (
+        [],
+        -1,
+    )
+    people, _ = await service._recheck(
+        "users", int(stranger.id), parse_query(author.username), stale_people.hits, 20
+    )
+    assert author.id not in [p.user.id for p in people]  # type: ignore[union-attr]

@@ -42,16 +42,19 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hit(msgspec.Struct, frozen=True):
-    """One candidate: the id of a user, post or message, and for posts and messages a snippet
-    of its text as HTML: escaped text with ``<mark>...</mark>`` around what matched."""
+    """One candidate: the id of a user, post or message; optionally a snippet of its text as
+    HTML (escaped text with ``<mark>...</mark>`` around what matched; without one the re-check
+    makes it); and the state that continues the search right after it (for a page that ends
+    here because the re-check kept enough before the last candidate)."""
 
     id: int
     snippet: str | None = None
+    after: dict[str, Any] | None = None
 
 
 class Hits(msgspec.Struct, frozen=True):
-    """One page of candidates in rank order, and the state for the next page (None: the end).
-    A page may be shorter than asked while ``next`` is not None."""
+    """Candidates in rank order, and the state that continues after the last (None: the end).
+    There may be fewer than asked while ``next`` is not None."""
 
     hits: list[Hit]
     next: dict[str, Any] | None = None
@@ -60,6 +63,7 @@ class Hits(msgspec.Struct, frozen=True):
 class SearchBackend(Protocol):
     #: "postgres" or "elasticsearch" (logs, /readyz, metrics).
     name: str
+
     @property
     def cursor_fields(self) -> dict[str, type]:
         """The state a cursor of this backend carries, by field name and type (for
@@ -74,8 +78,11 @@ class SearchBackend(Protocol):
         after: dict[str, Any] | None,
         limit: int,
     ) -> Hits:
-        """Up to ``limit`` candidates of ``kind`` after ``after`` (a previous ``Hits.next``).
-        Raise :func:`search_unavailable` when the backend cannot answer."""
+        """Candidates of ``kind`` after ``after`` (a previous ``Hits.next`` or ``Hit.after``):
+        enough for a page of ``limit`` once the re-check has dropped what the viewer may not
+        see, as far as the backend can tell (one that pre-filters the audience returns
+        ``limit``; one that does not, more). Raise :func:`search_unavailable` when the backend
+        cannot answer."""
         ...
 
     async def health(self) -> dict[str, Any]:

@@ -508,13 +508,13 @@ def hits_page(kind: SearchType, found: list[dict[str, Any]], limit: int, as_of: 
         Hit(
             int(h["_id"]),
             None if kind == "users" else html_snippet(h.get("highlight", {}).get("text", [""])[0]),
+            {"a": as_of, "s": float(h["sort"][0]), "i": int(h["sort"][1])},
         )
         for h in found
     ]
     if len(found) < limit:
         return Hits(hits)
-    score, last = found[-1]["sort"]
-    return Hits(hits, {"a": as_of, "s": float(score), "i": int(last)})
+    return Hits(hits, hits[-1].after)
 
 
 def is_outage(status: int) -> bool:

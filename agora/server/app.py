@@ -211,11 +211,15 @@ async def _search(app: web.Application) -> AsyncIterator[None]:
             settings=SEARCH_SETTINGS,
         )
         store = SearchStore(app[keys.DB], search_db)
-        backend = PostgresBackend(store, app[keys.CLOCK])
+        backend = PostgresBackend(
+            store,
+            app[keys.CLOCK],
+            cache_ttl=config.search.cache_ttl,
+            cache_size=config.search.cache_size,
+        )
     app[keys.SEARCH] = SearchService(
         backend,
         store,
-        PostStore(app[keys.DB]),
         RateLimiter(app[keys.REDIS], app[keys.REDIS_KEYS]),
         config.search.rate_limit,
     )

@@ -9,20 +9,20 @@ PostgreSQL before it is shown: a stale candidate costs a shorter page, never a l
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import msgspec
 
 from agora.actors.conversation import message_out
 from agora.errors import AppError, ErrorCode
 from agora.protocol.common import Page
-from agora.protocol.cursor import decode_cursor, encode_cursor
+from agora.protocol.cursor import decode_cursor, encode_cursor, invalid_cursor
 from agora.protocol.search import MessageResult, PostResult, SearchResult, UserResult
-from agora.search.backend import Hit, Scope, SearchBackend, SearchType
+from agora.search.backend import Hit, Scope, SearchBackend, SearchType, snippet
 from agora.search.query import SearchQuery, parse_query
 from agora.services.presenters import post_out, user_out
 from agora.services.ratelimit import RateLimiter
-from agora.storage.content import PostStore
-from agora.storage.search import SearchStore
+from agora.storage.search import Found, SearchStore
 
 RATE_WINDOW = 60  # seconds; AGORA_SEARCH_RATE_LIMIT searches per account within it
 
@@ -55,13 +55,11 @@ class SearchService:
         self,
         backend: SearchBackend,
         store: SearchStore,
-        posts: PostStore,
         limiter: RateLimiter,
         rate_limit: int,
     ) -> None:
         self.backend = backend
         self.store = store
-        self.posts = posts
         self.limiter = limiter
         self.rate_limit = rate_limit
 
@@ -78,13 +76,8 @@ class SearchService:
             )
         fingerprint = _fingerprint(kind, query)
         state = decode_cursor(cursor, f"search.{kind}", h=str, **self.backend.cursor_fields)
-        if state is not None and state.pop("h") != fingerprint:
-            raise AppError(
-                ErrorCode.VALIDATION_ERROR,
-                "the cursor is not valid for this list",
-                status=400,
-                fields={"cursor": "this cursor belongs to another search"},
-            )
+        if state is not None and state.pop("h") != fingerprint:  # another search's cursor
+            raise invalid_cursor()
         if self.rate_limit:
             await self.limiter.hit(f"search:{viewer}", self.rate_limit, RATE_WINDOW)
         authors = None
@@ -93,32 +86,45 @@ class SearchService:
         hits = await self.backend.search(
             kind, query, Scope(viewer_id=viewer, author_ids=authors), state, limit
         )
-        items = await self._recheck(kind, viewer, hits.hits)
-        next_cursor = (
-            encode_cursor(f"search.{kind}", h=fingerprint, **hits.next) if hits.next else None
-        )
+        items, last = await self._recheck(kind, viewer, query, hits.hits, limit)
+        # A page that the re-check filled before the last candidate goes on right after its
+        # last result; otherwise after the last candidate.
+        cut = hits.hits[last].after if 0 <= last < len(hits.hits) - 1 else None
+        resume = cut if cut is not None and len(items) == limit else hits.next
+        next_cursor = encode_cursor(f"search.{kind}", h=fingerprint, **resume) if resume else None
         return Page(items=items, next_cursor=next_cursor)
 
-    async def _recheck(self, kind: SearchType, viewer: int, hits: list[Hit]) -> list[SearchResult]:
-        """The candidates the viewer may see, in the backend's order, as clients show them."""
+    async def _recheck(
+        self, kind: SearchType, viewer: int, query: SearchQuery, hits: list[Hit], limit: int
+    ) -> tuple[list[SearchResult], int]:
+        """The first ``limit`` candidates the viewer may see, in the backend's order, as
+        clients show them; and the place of the last one among the candidates (-1: none)."""
         if not hits:
-            return []
+            return [], -1
         ids = [h.id for h in hits]
+        found: Sequence[Found]
+        items: list[SearchResult]
         if kind == "users":
-            users = await self.store.visible_users(viewer, ids)
-            return [UserResult(user_out(users[h.id])) for h in hits if h.id in users]
-        if kind == "posts":
-            posts = {p.id: p for p in await self.posts.by_ids(viewer, ids)}
-            return [
-                PostResult(post_out(posts[h.id]), h.snippet or "") for h in hits if h.id in posts
-            ]
-        messages = await self.store.visible_messages(viewer, ids)
-        return [
-            MessageResult(
-                message_out(messages[h.id].message),
-                user_out(messages[h.id].sender),
-                h.snippet or "",
-            )
-            for h in hits
-            if h.id in messages
-        ]
+            found = await self.store.visible_users(viewer, ids, limit)
+            items = [UserResult(user_out(f.user)) for f in found]
+        else:
+            highlight = [*query.words, *query.phrases]
+            if kind == "posts":
+                found = await self.store.visible_posts(viewer, ids, limit, highlight)
+                items = [
+                    PostResult(post_out(f.post), self._snippet(hits[f.place], f)) for f in found
+                ]
+            else:
+                found = await self.store.visible_messages(viewer, ids, limit, highlight)
+                items = [
+                    MessageResult(
+                        message_out(f.message), user_out(f.sender), self._snippet(hits[f.place], f)
+                    )
+                    for f in found
+                ]
+        return items, found[-1].place if found else -1
+
+    @staticmethod
+    def _snippet(hit: Hit, found: Found) -> str:
+        """The backend's snippet (Elasticsearch's highlighter), else PostgreSQL's."""
+        return hit.snippet or snippet(found.snippet or "")

@@ -35,7 +35,7 @@ _COUNT_COLUMNS = tuple((t, f"{t}_count") for t in REACTION_TYPES)
 
 # One page of posts is one statement: the posts, their author, counters and the viewer's
 # reaction. $1 is always the viewer (NULL when anonymous).
-def _post_select(extra_columns: str = "") -> str:
+def post_select(extra_columns: str = "") -> str:
     return f"""
 SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at,
        s.comment_count, s.like_count, s.love_count, s.haha_count, s.wow_count, s.sad_count,
@@ -47,7 +47,7 @@ LEFT JOIN content.reactions r ON r.post_id = p.id AND r.user_id = $1
 """
 
 
-_POST_SELECT = _post_select()
+_POST_SELECT = post_select()
 VISIBLE = can_see("$1::bigint", "p.author_id", "p.visibility")
 GET_POST = _POST_SELECT + f"WHERE p.id = $2 AND {VISIBLE}"
 POSTS_BY_IDS = (
@@ -117,7 +117,7 @@ ORDER BY p.id DESC
 # $3/$4 bound the window by id (index) and $9 by creation time. Ranking reads only posts and
 # their counters; the page alone is then hydrated and re-checked with the visibility rule.
 TOP_FEED = (
-    _post_select(", ranked.score")
+    post_select(", ranked.score")
     + f"""
 JOIN (
     SELECT c.id, sc.score

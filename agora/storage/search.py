@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, USERS_BY_NAME, PublicUser
 from agora.storage.chat import MessageRow
+from agora.storage.content import VISIBLE, PostRow, post_select
 from agora.storage.db import Database
 from agora.storage.visibility import users_hidden
 
@@ -44,86 +45,66 @@ HEADLINE_OPTIONS = (
     "StartSel=\ue000, StopSel=\ue001, MaxFragments=1, MaxWords=30, MinWords=10, ShortWord=2"
 )
 
-# The text condition and the snippet's highlights, built in SQL from the parsed query's words
-# (stemming is PostgreSQL's). The functions are immutable: in a custom plan their arguments are
-# constants, so the planner folds them into a constant tsquery and estimates how common it is.
-TSQUERY = "search.query($2::text[], $3::text[], $4::text[], $5::text[])"
-HIGHLIGHT = "search.highlight($9::text[])"
+# The text condition, built in SQL from the parsed query's words (stemming is PostgreSQL's).
+# The function is immutable: in a custom plan its arguments are constants, so the planner folds
+# it into a constant tsquery and estimates how common the words are.
+TSQUERY = "search.query($1::text[], $2::text[], $3::text[], $4::text[])"
 
 # The score: ts_rank (exact lexemes weigh 1.0, stemmed 0.4; normalization 32 maps it into
 # [0, 1)) plus a floor so that a query of operators only (no text: no rank) still orders by
 # age, divided by the square root of 1 + age in weeks, "as of" the search's first page.
 _SCORE = f"""(
     (coalesce(ts_rank(w.search, {TSQUERY}, 32), 0)::float8 + 0.01::float8)
-    / sqrt(1::float8 + greatest(extract(epoch FROM ($11::timestamptz - w.created_at))::float8,
+    / sqrt(1::float8 + greatest(extract(epoch FROM ($9::timestamptz - w.created_at))::float8,
                                 0::float8) / 604800::float8)
 )"""
 
 
-def _windowed(table: str, alias: str, audience: str, filters: list[str], snippet_from: str) -> str:
-    """One window of matches, ranked; the page after ``($12, $13)`` with its snippets, and
-    the window's size and lowest id (also when the page is empty).
+def _windowed(table: str, alias: str, filters: list[str]) -> str:
+    """One window: the newest WINDOW matches below an id, with their scores, best first.
 
-    $1 viewer, $2-$5 words, phrases, excluded words and phrases, $6 upper id (exclusive),
-    $7 lower id, $8 author ids, $9 words to highlight, $10 page size, $11 as-of time,
-    $12/$13 the keyset (score, id) to continue after; posts: $14 has:media."""
-    where = " AND ".join([f"{alias}.id < $6", f"{alias}.id >= $7", audience, *filters])
+    $1-$4 words, phrases, excluded words and phrases, $5 upper id (exclusive), $6 lower id,
+    $7 author ids (NULL: any), $8 has:media (posts) or the viewer (messages), $9 as-of time.
+    Each condition of an absent operator folds to true in the custom plan."""
+    where = " AND ".join(
+        [
+            f"{alias}.id < $5",
+            f"{alias}.id >= $6",
+            f"({TSQUERY} IS NULL OR {alias}.search @@ {TSQUERY})",
+            *filters,
+        ]
+    )
     return f"""
 WITH win AS MATERIALIZED (
     SELECT {alias}.id, {alias}.search, {alias}.created_at FROM {table} {alias}
     WHERE {where}
     ORDER BY {alias}.id DESC
     LIMIT {WINDOW}
-), page AS (
-    SELECT w.id, {_SCORE} AS score FROM win w
-), top AS (
-    SELECT id, score FROM page
-    WHERE (score, id) < ($12::float8, $13::bigint)
-    ORDER BY score DESC, id DESC
-    LIMIT $10
 )
-SELECT stats.n, stats.low, top.id, top.score,
-       coalesce(ts_headline('pg_catalog.english'::regconfig, {snippet_from}, {HIGHLIGHT},
-                            '{HEADLINE_OPTIONS}'),
-                left({snippet_from}, 150)) AS snippet
-FROM (SELECT count(*) AS n, min(id) AS low FROM win) stats
-LEFT JOIN (top JOIN {table} t ON t.id = top.id) ON true
-ORDER BY top.score DESC, top.id DESC
+SELECT w.id, {_SCORE} AS score FROM win w
+ORDER BY score DESC, id DESC
 """
 
 
-# Replacing the markers keeps a stored text from forging a highlight.
-_TEXT = "replace(replace(t.text, E'\\uE000', ''), E'\\uE001', '')"
-
-POST_AUDIENCE = """(p.visibility = 'public' OR p.author_id = $1::bigint
-    OR (p.visibility = 'friends' AND EXISTS (SELECT 1 FROM social.friendships f
-                                             WHERE f.user_id = $1::bigint
-                                               AND f.friend_id = p.author_id)))"""
-MESSAGE_AUDIENCE = """m.conversation_id IN (
-    SELECT mb.conversation_id FROM chat.members mb WHERE mb.user_id = $1::bigint)"""
-
-
-# Each condition of an absent operator folds to true in the custom plan ($8 NULL: any author).
-POST_CANDIDATES = _windowed(
+# Posts: whoever asks (the window is the same for every viewer, so a node shares it between
+# them for a moment: agora/search/postgres.py); the re-check keeps what the viewer may see.
+POST_WINDOW = _windowed(
     "content.posts",
     "p",
-    POST_AUDIENCE,
     [
-        f"({TSQUERY} IS NULL OR p.search @@ {TSQUERY})",
-        "($8::bigint[] IS NULL OR p.author_id = ANY($8::bigint[]))",
-        "(NOT $14::bool OR cardinality(p.media_ids) > 0)",
+        "($7::bigint[] IS NULL OR p.author_id = ANY($7::bigint[]))",
+        "(NOT $8::bool OR cardinality(p.media_ids) > 0)",
     ],
-    _TEXT,
 )
-MESSAGE_CANDIDATES = _windowed(
+# Messages: only the viewer's conversations (nobody else's would survive the re-check).
+MESSAGE_WINDOW = _windowed(
     "chat.messages",
     "m",
-    MESSAGE_AUDIENCE,
     [
-        f"({TSQUERY} IS NULL OR m.search @@ {TSQUERY})",
-        "($8::bigint[] IS NULL OR m.sender_id = ANY($8::bigint[]))",
+        "($7::bigint[] IS NULL OR m.sender_id = ANY($7::bigint[]))",
+        """m.conversation_id IN (
+            SELECT mb.conversation_id FROM chat.members mb WHERE mb.user_id = $8::bigint)""",
     ],
-    _TEXT,
 )
 
 
@@ -193,23 +174,43 @@ SELECT EXISTS (SELECT FROM pg_indexes
 """
 
 # -- the re-check: what the caller may see of the candidates, whatever the index said ----------
+# $1 viewer, $2 candidate ids in rank order, $3 how many to keep (the first visible ones), $4 the
+# words to highlight. Each row says its place among the candidates (`ord`, from 1).
+_CANDIDATES = "unnest($2::bigint[]) WITH ORDINALITY AS c(id, ord)"
+# Replacing the markers keeps a stored text from forging a highlight.
+_SNIPPET = f"""coalesce(ts_headline('pg_catalog.english'::regconfig,
+                         replace(replace({{text}}, E'\\uE000', ''), E'\\uE001', ''),
+                         search.highlight($4::text[]), '{HEADLINE_OPTIONS}'),
+                     left({{text}}, 150)) AS snippet"""
 
 VISIBLE_USERS = f"""
-SELECT {PUBLIC_USER_COLUMNS} FROM accounts.users u
-WHERE u.id = ANY($2::bigint[]) AND u.status = 'active'
-  AND (u.id = $1::bigint OR NOT {users_hidden("$1::bigint", "u.id")})
+SELECT c.ord, {PUBLIC_USER_COLUMNS}
+FROM {_CANDIDATES} JOIN accounts.users u ON u.id = c.id
+WHERE u.status = 'active' AND (u.id = $1::bigint OR NOT {users_hidden("$1::bigint", "u.id")})
+ORDER BY c.ord LIMIT $3
+"""
+VISIBLE_POSTS = f"""
+WITH ok AS MATERIALIZED (
+    SELECT c.id, c.ord FROM {_CANDIDATES} JOIN content.posts p ON p.id = c.id
+    WHERE {VISIBLE}
+    ORDER BY c.ord LIMIT $3
+)
+{post_select(", ok.ord, " + _SNIPPET.format(text="p.text"))}
+JOIN ok ON ok.id = p.id
+ORDER BY ok.ord
 """
 # A member sees a conversation's messages (history before they joined included, as the chat
 # history endpoints show it), except those of a sender hidden from them (a block either way, a
 # suspended sender).
 VISIBLE_MESSAGES = f"""
-SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.client_id, m.text, m.created_at,
-       {PUBLIC_USER_COLUMNS}
-FROM chat.messages m
+SELECT c.ord, m.id, m.conversation_id, m.seq, m.sender_id, m.client_id, m.text, m.created_at,
+       {PUBLIC_USER_COLUMNS}, {_SNIPPET.format(text="m.text")}
+FROM {_CANDIDATES}
+JOIN chat.messages m ON m.id = c.id
 JOIN chat.members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $1::bigint
 JOIN accounts.users u ON u.id = m.sender_id
-WHERE m.id = ANY($2::bigint[])
-  AND (m.sender_id = $1::bigint OR NOT {users_hidden("$1::bigint", "m.sender_id")})
+WHERE m.sender_id = $1::bigint OR NOT {users_hidden("$1::bigint", "m.sender_id")}
+ORDER BY c.ord LIMIT $3
 """
 
 
@@ -217,20 +218,28 @@ WHERE m.id = ANY($2::bigint[])
 class Candidate:
     id: int
     score: float
-    snippet: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
-    """One window's page of candidates, how many matches the window held, its lowest id."""
+class Found:
+    """A candidate the viewer may see, with its place among the candidates (from 0)."""
 
-    candidates: list[Candidate]
-    size: int
-    low: int | None
+    place: int
+    snippet: str | None
 
 
 @dataclass(frozen=True, slots=True)
-class FoundMessage:
+class FoundUser(Found):
+    user: PublicUser
+
+
+@dataclass(frozen=True, slots=True)
+class FoundPost(Found):
+    post: PostRow
+
+
+@dataclass(frozen=True, slots=True)
+class FoundMessage(Found):
     message: MessageRow
     sender: PublicUser
 
@@ -251,30 +260,34 @@ class SearchStore:
         has = await self.search_db.fetchval("search_trigram_mode", TRIGRAM_MODE)
         return "pg_trgm" if has else "builtin"
 
-    async def window(self, name: str, sql: str, *args: object) -> Window:
-        rows = await self.search_db.fetch(name, sql, *args)
-        size = rows[0]["n"] if rows else 0
-        low = rows[0]["low"] if rows else None
-        return Window(
-            [Candidate(r["id"], r["score"], r["snippet"]) for r in rows if r["id"] is not None],
-            size,
-            low,
-        )
-
-    async def users(self, name: str, sql: str, *args: object) -> list[Candidate]:
+    async def candidates(self, name: str, sql: str, *args: object) -> list[Candidate]:
         rows = await self.search_db.fetch(name, sql, *args)
         return [Candidate(r["id"], r["score"]) for r in rows]
 
     # -- the re-check ---------------------------------------------------------------------------
 
-    async def visible_users(self, viewer: int, ids: list[int]) -> dict[int, PublicUser]:
-        rows = await self.db.fetch("search_visible_users", VISIBLE_USERS, viewer, ids)
-        return {r["u_id"]: PublicUser.of(r) for r in rows}
+    async def visible_users(self, viewer: int, ids: list[int], keep: int) -> list[FoundUser]:
+        rows = await self.db.fetch("search_visible_users", VISIBLE_USERS, viewer, ids, keep)
+        return [FoundUser(r["ord"] - 1, None, PublicUser.of(r)) for r in rows]
 
-    async def visible_messages(self, viewer: int, ids: list[int]) -> dict[int, FoundMessage]:
-        rows = await self.db.fetch("search_visible_messages", VISIBLE_MESSAGES, viewer, ids)
-        return {
-            r["id"]: FoundMessage(
+    async def visible_posts(
+        self, viewer: int, ids: list[int], keep: int, highlight: list[str]
+    ) -> list[FoundPost]:
+        rows = await self.db.fetch(
+            "search_visible_posts", VISIBLE_POSTS, viewer, ids, keep, highlight
+        )
+        return [FoundPost(r["ord"] - 1, r["snippet"], PostRow.of(r)) for r in rows]
+
+    async def visible_messages(
+        self, viewer: int, ids: list[int], keep: int, highlight: list[str]
+    ) -> list[FoundMessage]:
+        rows = await self.db.fetch(
+            "search_visible_messages", VISIBLE_MESSAGES, viewer, ids, keep, highlight
+        )
+        return [
+            FoundMessage(
+                r["ord"] - 1,
+                r["snippet"],
                 MessageRow(
                     r["id"],
                     r["conversation_id"],
@@ -287,4 +300,4 @@ class SearchStore:
                 PublicUser.of(r),
             )
             for r in rows
-        }
+        ]

@@ -34,9 +34,10 @@ class Searcher:
     backend: str
 
     async def indexed(self) -> None:
-        """Wait until what was written so far is searchable (at once on PostgreSQL; through
-        the events and an index refresh on Elasticsearch)."""
+        """Make what was written so far searchable: on PostgreSQL, as if the windows a node
+        keeps for a moment had run out; on Elasticsearch, through the events and a refresh."""
         if self.backend == "postgres":
+            self.client.app[keys.SEARCH].backend.windows.clear()  # type: ignore[attr-defined]
             return
         await settled(self.client)
         from elasticsearch import AsyncElasticsearch
