@@ -141,7 +141,11 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
 _WORDS = (["coffee"], ["good morning"], ["tea"], [])
 _NO_WORDS: tuple[list[str], ...] = ([], [], [], [])
 CUSTOM_PLANNED: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "search: posts by words": (search.POST_WINDOW, (*_WORDS, 2**53, 0, None, False, NOW)),
+    "search: posts by words": (search.POST_TEXT_WINDOW, (*_WORDS, 2**53, 0, NOW)),
+    "search: posts by words and more": (
+        search.POST_WINDOW,
+        (*_WORDS, 2**53, 0, [2], True, NOW),
+    ),
     "search: posts from authors": (
         search.POST_WINDOW,
         (*_NO_WORDS, 2**53, 0, [2, 3], False, NOW),
@@ -149,6 +153,7 @@ CUSTOM_PLANNED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "search: posts with media": (search.POST_WINDOW, (*_NO_WORDS, 2**53, 0, None, True, NOW)),
     "search: posts by date": (search.POST_WINDOW, (*_NO_WORDS, 2**53, 2**40, None, False, NOW)),
     "search: messages by words": (search.MESSAGE_WINDOW, (*_WORDS, 2**53, 0, None, 1, NOW)),
+    "search: messages by date": (search.MESSAGE_WINDOW, (*_NO_WORDS, 2**53, 0, None, 1, NOW)),
     "search: messages from senders": (
         search.MESSAGE_WINDOW,
         (*_NO_WORDS, 2**53, 0, [2], 1, NOW),

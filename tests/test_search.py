@@ -429,3 +429,35 @@ async def searcher_get(client: TestClient, user: User, q: str) -> Any:
     resp = await client.get("/api/v1/search", params={"q": q}, headers=user.headers)
     assert resp.status == 200, await resp.text()
     return await resp.json()
+
+
+async def test_both_ways_to_the_newest_matches_agree(db: asyncpg.Connection) -> None:
+    """search.newest_posts (migration 0011) reads a few matches from the index and walks the ids
+    for many; both give the same newest matches, in a range too."""
+    author = await db.fetchval(
+        "INSERT INTO accounts.users (username, email, password_hash) VALUES ($1, $1 || '@x.test',"
+        " 'x') RETURNING id",
+        word("u"),
+    )
+    w1, w2 = word(), word()
+    now = datetime.now(UTC)
+    await db.executemany(
+        """INSERT INTO content.posts (id, author_id, text, visibility, created_at, updated_at)
+           VALUES (agora.next_id($3), $1, $2, 'public', $3, $3)""",
+        [(author, f"{w1} {w2 if i % 3 == 0 else 'other'} {i}", now) for i in range(90)],
+    )
+    q = "search.query($1::text[], '{}', '{}', '{}')"
+    top = 2**53
+    for words, upper, lower in (([w1], top, 0), ([w1, w2], top, 0), ([w1], None, None)):
+        if upper is None:  # a range in the middle of the matches
+            ids = await db.fetch(
+                f"SELECT n.id FROM search.newest_posts({q}, $2, 0, 200, 1000) AS n(id)", [w1], top
+            )
+            ordered = sorted((r["id"] for r in ids), reverse=True)
+            upper, lower = ordered[10], ordered[60]
+        sql = f"SELECT n.id FROM search.newest_posts({q}, $2, $3, 25, $4) AS n(id)"
+        from_index = [r["id"] for r in await db.fetch(sql, words, upper, lower, 1000)]
+        walking = [r["id"] for r in await db.fetch(sql, words, upper, lower, 5)]
+        assert from_index == walking and len(from_index) == 25
+        assert from_index == sorted(from_index, reverse=True)
+        assert all(lower <= i < upper for i in from_index)

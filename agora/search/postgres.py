@@ -20,6 +20,7 @@ from agora.search.query import SearchQuery
 from agora.storage.db import MAX_ID, id_floor
 from agora.storage.search import (
     MESSAGE_WINDOW,
+    POST_TEXT_WINDOW,
     POST_WINDOW,
     PREFIX_SCORES,
     START,
@@ -194,19 +195,21 @@ class PostgresBackend:
         kind = search[0]
         lower = id_floor(_day(query.after)) if query.after is not None else 0
         authors = list(scope.author_ids) if scope.author_ids is not None else None
-        found = await self.store.candidates(
-            f"search_{kind}",
-            POST_WINDOW if kind == "posts" else MESSAGE_WINDOW,
+        terms = (
             list(query.words),
             list(query.phrases),
             list(query.excluded),
             list(query.excluded_phrases),
-            upper,
-            lower,
-            authors,
-            query.has_media if kind == "posts" else scope.viewer_id,
-            as_of,
         )
+        args: tuple[Any, ...]
+        if kind == "messages":
+            name, sql, args = "messages", MESSAGE_WINDOW, (authors, scope.viewer_id, as_of)
+        elif len(query.words) + 2 * len(query.phrases) > 1 and not (authors or query.has_media):
+            # Several words or a phrase: the planner cannot know how often they meet.
+            name, sql, args = "posts_text", POST_TEXT_WINDOW, (as_of,)
+        else:
+            name, sql, args = "posts", POST_WINDOW, (authors, query.has_media, as_of)
+        found = await self.store.candidates(f"search_{name}", sql, *terms, upper, lower, *args)
         window = Window(array("q", [c.id for c in found]), array("d", [c.score for c in found]))
         self.windows.put(key, window)
         return window

@@ -50,61 +50,65 @@ HEADLINE_OPTIONS = (
 # it into a constant tsquery and estimates how common the words are.
 TSQUERY = "search.query($1::text[], $2::text[], $3::text[], $4::text[])"
 
+
 # The score: ts_rank (exact lexemes weigh 1.0, stemmed 0.4; normalization 32 maps it into
 # [0, 1)) plus a floor so that a query of operators only (no text: no rank) still orders by
 # age, divided by the square root of 1 + age in weeks, "as of" the search's first page.
-_SCORE = f"""(
+def _score(as_of: str) -> str:
+    return f"""(
     (coalesce(ts_rank(w.search, {TSQUERY}, 32), 0)::float8 + 0.01::float8)
-    / sqrt(1::float8 + greatest(extract(epoch FROM ($9::timestamptz - w.created_at))::float8,
+    / sqrt(1::float8 + greatest(extract(epoch FROM ({as_of}::timestamptz - w.created_at))::float8,
                                 0::float8) / 604800::float8)
 )"""
 
 
-def _windowed(table: str, alias: str, filters: list[str]) -> str:
-    """One window: the newest WINDOW matches below an id, with their scores, best first.
-
-    $1-$4 words, phrases, excluded words and phrases, $5 upper id (exclusive), $6 lower id,
-    $7 author ids (NULL: any), $8 has:media (posts) or the viewer (messages), $9 as-of time.
-    Each condition of an absent operator folds to true in the custom plan."""
-    where = " AND ".join(
-        [
-            f"{alias}.id < $5",
-            f"{alias}.id >= $6",
-            f"({TSQUERY} IS NULL OR {alias}.search @@ {TSQUERY})",
-            *filters,
-        ]
-    )
+def _ranked(window: str, as_of: str) -> str:
+    """The rows of ``window`` (id, search, created_at) with their scores, best first."""
     return f"""
-WITH win AS MATERIALIZED (
-    SELECT {alias}.id, {alias}.search, {alias}.created_at FROM {table} {alias}
-    WHERE {where}
-    ORDER BY {alias}.id DESC
-    LIMIT {WINDOW}
-)
-SELECT w.id, {_SCORE} AS score FROM win w
+WITH win AS MATERIALIZED ({window})
+SELECT w.id, {_score(as_of)} AS score FROM win w
 ORDER BY score DESC, id DESC
 """
 
 
-# Posts: whoever asks (the window is the same for every viewer, so a node shares it between
-# them for a moment: agora/search/postgres.py); the re-check keeps what the viewer may see.
-POST_WINDOW = _windowed(
-    "content.posts",
-    "p",
-    [
-        "($7::bigint[] IS NULL OR p.author_id = ANY($7::bigint[]))",
-        "(NOT $8::bool OR cardinality(p.media_ids) > 0)",
-    ],
+# A window is the newest WINDOW matches below an id ($5, exclusive) and from an id ($6).
+# Several words or a phrase go through search.newest_posts (migration 0011), whose work is
+# bounded through MATCH_CAP whatever the words: the planner estimates how often words meet as if
+# they were independent, and when they are common apart but seldom together it walks every post.
+# $1-$4 words, phrases, excluded words and phrases, $7 the as-of time.
+MATCH_CAP = 2000
+POST_TEXT_WINDOW = _ranked(
+    f"""
+    SELECT p.id, p.search, p.created_at
+    FROM search.newest_posts({TSQUERY}, $5, $6, {WINDOW}, {MATCH_CAP}) AS n(id)
+    JOIN content.posts p ON p.id = n.id""",
+    "$7",
 )
-# Messages: only the viewer's conversations (nobody else's would survive the re-check).
-MESSAGE_WINDOW = _windowed(
-    "chat.messages",
-    "m",
-    [
-        "($7::bigint[] IS NULL OR m.sender_id = ANY($7::bigint[]))",
-        """m.conversation_id IN (
-            SELECT mb.conversation_id FROM chat.members mb WHERE mb.user_id = $8::bigint)""",
-    ],
+# One word, or from: or has:media, or no words: a plan made for the values (the planner knows
+# how common one word is): a word's matches from the GIN index or by walking the ids, an
+# author's posts through posts_author, media through posts_with_media, dates alone walking the
+# ids (every row matches).
+# $7 author ids (NULL: any), $8 has:media, $9 the as-of time; each condition of an absent
+# operator folds to true in the custom plan.
+POST_WINDOW = _ranked(
+    f"""
+    SELECT p.id, p.search, p.created_at FROM content.posts p
+    WHERE p.id < $5 AND p.id >= $6
+      AND ({TSQUERY} IS NULL OR p.search @@ {TSQUERY})
+      AND ($7::bigint[] IS NULL OR p.author_id = ANY($7::bigint[]))
+      AND (NOT $8::bool OR cardinality(p.media_ids) > 0)
+    ORDER BY p.id DESC
+    LIMIT {WINDOW}""",
+    "$9",
+)
+# Messages: only the viewer's conversations (nobody else's would survive the re-check), through
+# search.newest_messages (migration 0011). $7 sender ids (NULL: any), $8 the viewer, $9 as of.
+MESSAGE_WINDOW = _ranked(
+    f"""
+    SELECT m.id, m.search, m.created_at
+    FROM search.newest_messages({TSQUERY}, $8::bigint, $7::bigint[], $5, $6, {WINDOW}) AS n(id)
+    JOIN chat.messages m ON m.id = n.id""",
+    "$9",
 )
 
 
