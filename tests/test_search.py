@@ -3,10 +3,8 @@ limits and errors. The same suite runs on every backend of tests/support/search.
 
 from __future__ import annotations
 
-import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -30,29 +28,7 @@ from tests.support.api import (
     register,
 )
 from tests.support.events import settled
-from tests.support.search import BACKENDS, ELASTICSEARCH_URL, Searcher, word
-
-
-@pytest.fixture(params=BACKENDS)
-async def searcher(
-    request: pytest.FixtureRequest, make_client: AppFactory, config: Config
-) -> Searcher:
-    if request.param == "postgres":
-        return Searcher(await make_client(), "postgres")
-    prefix = f"agoratest{secrets.token_hex(3)}"
-    client = await make_client(
-        elasticsearch_url=ELASTICSEARCH_URL,
-        search=replace(config.search, index_prefix=prefix),
-    )
-    return Searcher(client, "elasticsearch")
-
-
-@pytest.fixture
-async def db(config: Config) -> AsyncIterator[asyncpg.Connection]:
-    assert config.database.url
-    conn = await asyncpg.connect(config.database.url)
-    yield conn
-    await conn.close()
+from tests.support.search import Searcher, word
 
 
 async def post(client: TestClient, author: User, text: str, visibility: str = "public") -> str:

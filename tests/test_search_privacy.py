@@ -10,20 +10,16 @@ lagging index returns) through it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import pytest
 
-from agora.config import Config
 from agora.search.backend import Scope
 from agora.search.query import parse_query
 from agora.server import keys
-from tests.conftest import AppFactory
 from tests.support.api import User, befriend, block, create_post, register
-from tests.support.search import BACKENDS, ELASTICSEARCH_URL, Searcher, word
+from tests.support.search import Searcher, word
 
 VISIBILITIES = ("public", "friends", "private")
 VIEWERS = ("author", "friend", "stranger", "blocked", "blocker")
@@ -32,19 +28,6 @@ SEES = {
     "friends": {"author", "friend"},
     "private": {"author"},
 }
-
-
-@pytest.fixture(params=BACKENDS)
-async def searcher(
-    request: pytest.FixtureRequest, make_client: AppFactory, config: Config
-) -> Searcher:
-    if request.param == "postgres":
-        return Searcher(await make_client(), "postgres")
-    client = await make_client(
-        elasticsearch_url=ELASTICSEARCH_URL,
-        search=replace(config.search, index_prefix=f"agoratest{word('').lower()}"),
-    )
-    return Searcher(client, "elasticsearch")
 
 
 @pytest.fixture
@@ -59,14 +42,6 @@ async def world(searcher: Searcher) -> dict[str, Any]:
     w = word()
     posts = {v: (await create_post(client, author, f"{w} {v}", v))["id"] for v in VISIBILITIES}
     return {"users": users, "posts": posts, "word": w}
-
-
-@pytest.fixture
-async def db(config: Config) -> AsyncIterator[asyncpg.Connection]:
-    assert config.database.url
-    conn = await asyncpg.connect(config.database.url)
-    yield conn
-    await conn.close()
 
 
 @pytest.mark.parametrize("viewer", VIEWERS)

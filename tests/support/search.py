@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
+from agora.config import Config
 from agora.server import keys
 from tests.support.api import User
 from tests.support.events import settled
@@ -69,3 +73,31 @@ class Searcher:
             if cursor is None:
                 return out
         raise AssertionError("pagination did not end")
+
+
+# Fixtures of the search test modules (registered in tests/conftest.py as a plugin).
+
+
+@pytest.fixture(params=BACKENDS)
+async def searcher(
+    request: pytest.FixtureRequest,
+    make_client: Callable[..., Awaitable[TestClient]],
+    config: Config,
+) -> Searcher:
+    """A node on each backend (Elasticsearch: indices of this test's own)."""
+    if request.param == "postgres":
+        return Searcher(await make_client(), "postgres")
+    client = await make_client(
+        elasticsearch_url=ELASTICSEARCH_URL,
+        search=replace(config.search, index_prefix=f"agoratest{word('')}"),
+    )
+    return Searcher(client, "elasticsearch")
+
+
+@pytest.fixture
+async def db(config: Config) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, for rows a test writes in SQL."""
+    assert config.database.url
+    conn = await asyncpg.connect(config.database.url)
+    yield conn
+    await conn.close()
