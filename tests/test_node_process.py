@@ -59,11 +59,47 @@ async def _login(url: str, username: str) -> None:
         assert (await me.json())["username"] == username
 
 
+async def _search_works(url: str) -> None:
+    """Search on the embedded PostgreSQL: stems, phrases and names within a typo (no pg_trgm
+    there: the built-in trigrams of migration 0010)."""
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            f"{url}/api/v1/auth/register",
+            json={
+                "username": "zephyrine_q",
+                "email": "zephyrine@example.test",
+                "password": PASSWORD,
+                "display_name": "Zephyrine Quill",
+            },
+        )
+        assert resp.status == 201, await resp.text()
+        auth = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
+        for text in ("the runner runs every morning", "good morning to you"):
+            resp = await http.post(
+                f"{url}/api/v1/posts", json={"text": text, "visibility": "public"}, headers=auth
+            )
+            assert resp.status == 201, await resp.text()
+
+        async def found(q: str, kind: str = "posts") -> list[str]:
+            resp = await http.get(
+                f"{url}/api/v1/search", params={"q": q, "type": kind}, headers=auth
+            )
+            assert resp.status == 200, await resp.text()
+            items = (await resp.json())["items"]
+            return [i["post"]["text"] if kind == "posts" else i["user"]["username"] for i in items]
+
+        assert await found("running") == ["the runner runs every morning"]
+        assert await found('"good morning"') == ["good morning to you"]
+        assert "zephyrine_q" in await found("zefyrine", "users")
+        assert "zephyrine_q" in await found("zephyr", "users")
+
+
 async def test_node_with_nothing_configured(tmp_path: Path) -> None:
     node = NodeProcess({}, tmp_path)
     took = node.start(ready_within=60)
     try:
         await _register_and_login(node.url, "embedded_user")
+        await _search_works(node.url)
         log = node.log
         assert "PostgreSQL: embedded" in log and "Redis: embedded" in log
         assert "AGORA_JWT_SECRET is not set" in log
