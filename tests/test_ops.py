@@ -29,6 +29,7 @@ async def test_readyz_ok(client: TestClient) -> None:
     assert resp.status == 200
     checks = (await resp.json())["checks"]
     assert checks.pop("events") == {"status": "ok", "transport": "in-process", "unsent": 0}
+    assert checks.pop("search") == {"status": "ok", "backend": "postgres"}
     assert checks == {"postgres": "ok", "redis": "ok"}
 
 
@@ -70,6 +71,7 @@ async def test_readyz_503_when_the_configured_rabbitmq_is_down(make_client) -> N
     checks = (await resp.json())["checks"]
     # Events wait in the outbox until the broker is back (tests/test_events_faults.py).
     assert checks.pop("events")["status"] == "waiting"
+    assert checks.pop("search")["status"] == "ok"
     assert checks == {"postgres": "ok", "redis": "ok", "rabbitmq": "unavailable"}
 
 
@@ -80,6 +82,7 @@ async def test_readyz_ok_with_a_reachable_rabbitmq(make_client, services: Servic
     assert resp.status == 200
     checks = (await resp.json())["checks"]
     assert checks.pop("events")["status"] == "ok"
+    assert checks.pop("search")["status"] == "ok"
     assert checks == {"postgres": "ok", "redis": "ok", "rabbitmq": "ok"}
 
 
