@@ -76,7 +76,7 @@ ORDER BY score DESC, id DESC
 # bounded through MATCH_CAP whatever the words: the planner estimates how often words meet as if
 # they were independent, and when they are common apart but seldom together it walks every post.
 # $1-$4 words, phrases, excluded words and phrases, $7 the as-of time.
-MATCH_CAP = 2000
+MATCH_CAP = 1000
 POST_TEXT_WINDOW = _ranked(
     f"""
     SELECT p.id, p.search, p.created_at
@@ -122,22 +122,27 @@ PREFIX_SCORES = 2.0  # every prefix match scores at least this, every typo match
 
 
 def _scored_users(sources: str, similarity: str) -> str:
+    # Each candidate is looked up by id (OFFSET 0 keeps the lookup a nested loop: with a few
+    # hundred candidates the planner would otherwise read every user and hash-join them).
     return f"""
 WITH cand AS ({sources})
-SELECT u.id, sc.score
-FROM cand JOIN accounts.users u ON u.id = cand.id
-CROSS JOIN LATERAL (SELECT CASE
-    WHEN lower(u.username) = $1 THEN 4::float8
-    WHEN lower(u.username) COLLATE "C" LIKE $2
-        THEN 3::float8 + length($1)::float8 / length(u.username)::float8
-    WHEN lower(u.display_name) COLLATE "C" LIKE $2
-        THEN 2::float8 + length($1)::float8 / greatest(length(u.display_name), 1)::float8
-    ELSE {similarity}::float8
-END AS score) sc
-WHERE u.status = 'active'
-  AND NOT (search.name(u.username, u.display_name) LIKE ANY($3::text[]))
-  AND (sc.score, u.id) < ($4::float8, $5::bigint)
-ORDER BY sc.score DESC, u.id DESC
+SELECT s.id, s.score
+FROM cand CROSS JOIN LATERAL (
+    SELECT u.id, u.status, search.name(u.username, u.display_name) AS name, CASE
+        WHEN lower(u.username) = $1 THEN 4::float8
+        WHEN lower(u.username) COLLATE "C" LIKE $2
+            THEN 3::float8 + length($1)::float8 / length(u.username)::float8
+        WHEN lower(u.display_name) COLLATE "C" LIKE $2
+            THEN 2::float8 + length($1)::float8 / greatest(length(u.display_name), 1)::float8
+        ELSE {similarity}::float8
+    END AS score
+    FROM accounts.users u WHERE u.id = cand.id
+    OFFSET 0
+) s
+WHERE s.status = 'active'
+  AND NOT (s.name LIKE ANY($3::text[]))
+  AND (s.score, s.id) < ($4::float8, $5::bigint)
+ORDER BY s.score DESC, s.id DESC
 LIMIT $6
 """
 
