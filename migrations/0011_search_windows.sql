@@ -4,72 +4,69 @@
 -- GIN index, a common word's by walking post ids down until enough have matched. The planner
 -- picks by its estimate of how common the words are, and for two words or a phrase that estimate
 -- can be wrong by orders of magnitude (words that are each common but seldom together): it then
--- walks every post. These functions decide by counting instead, and each step runs with the
--- plan shape it was written for (a function's SET applies while it runs).
+-- walks every post. These functions bound the walk instead of trusting the guess.
 
--- agora.next_id's bits for a time: the smallest id made at or after it.
-CREATE FUNCTION agora.next_id_floor(at timestamptz) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT greatest(floor(extract(epoch FROM at) * 1000)::bigint - 1735689600000, 0) << 12
-$$;
+-- Each step is dynamic SQL (EXECUTE ... USING), so it is planned for the actual values, with
+-- the plan shape it was written for (a function's SET applies while it runs).
 
--- Each step is dynamic SQL (EXECUTE ... USING), so it is planned for the actual values: the id
--- range joins in (a bitmap of the ids) only where it is narrow enough to help, and drops out
--- where it covers every post.
-
--- Up to `cap` posts matching q between the ids (upper exclusive), in no order, from the GIN
--- index alone. A range from the start to (nearly) now is searched as every post (the posts of
--- the last minute are dropped by the caller's own bounds).
-CREATE FUNCTION search.posts_matching(q tsquery, upper bigint, lower bigint, cap integer)
-RETURNS SETOF bigint
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET enable_seqscan = off SET enable_indexscan = off
-AS $$
-BEGIN
-    IF lower <= 0 AND upper >= agora.next_id_floor(now() - interval '1 minute') THEN
-        RETURN QUERY EXECUTE
-            'SELECT p.id FROM content.posts p WHERE p.search @@ $1 LIMIT $2'
-            USING q, cap;
-    ELSE
-        RETURN QUERY EXECUTE
-            'SELECT p.id FROM content.posts p
-             WHERE p.search @@ $1 AND p.id < $2 AND p.id >= $3 LIMIT $4'
-            USING q, upper, lower, cap;
-    END IF;
-END $$;
-
--- The newest n posts matching q between the ids, walking the ids down.
-CREATE FUNCTION search.posts_walking(q tsquery, upper bigint, lower bigint, n integer)
-RETURNS SETOF bigint
+-- Walking: the newest n matches among the newest `budget` posts between the ids (upper
+-- exclusive), reading posts newest first and stopping at the n-th match.
+CREATE FUNCTION search.posts_walking(
+    q tsquery, upper bigint, lower bigint, budget integer, n integer
+) RETURNS SETOF bigint
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 BEGIN
     RETURN QUERY EXECUTE
+        'SELECT r.id FROM (
+             SELECT p.id, p.search FROM content.posts p
+             WHERE p.id < $2 AND p.id >= $3 ORDER BY p.id DESC LIMIT $4) r
+         WHERE r.search @@ $1
+         ORDER BY r.id DESC LIMIT $5'
+        USING q, upper, lower, budget, n;
+END $$;
+
+-- The lowest id among the newest `budget` posts between the ids (from the id index alone).
+CREATE FUNCTION search.posts_floor(upper bigint, lower bigint, budget integer) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT min(r.id) FROM (
+        SELECT p.id FROM content.posts p
+        WHERE p.id < upper AND p.id >= lower ORDER BY p.id DESC LIMIT budget) r
+$$;
+
+-- From the index: the newest n of every match between the ids, read from the GIN index.
+CREATE FUNCTION search.posts_from_index(q tsquery, upper bigint, lower bigint, n integer)
+RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET enable_seqscan = off SET enable_indexscan = off
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE
         'SELECT p.id FROM content.posts p
          WHERE p.search @@ $1 AND p.id < $2 AND p.id >= $3
-         ORDER BY p.id DESC
-         LIMIT $4'
+         ORDER BY p.id DESC LIMIT $4'
         USING q, upper, lower, n;
 END $$;
 
--- The newest n posts matching q between the ids. With at most `cap` matches they all come from
--- the index and the newest are kept; with more, the walk meets n of them within about
--- n * (posts in the range) / cap rows. Either way the work is bounded through `cap`
--- (storage/search.py picks it), never the whole table.
-CREATE FUNCTION search.newest_posts(q tsquery, upper bigint, lower bigint, n integer, cap integer)
-RETURNS SETOF bigint
+-- The newest n posts matching q between the ids. Words that are common together are met
+-- walking the newest `budget` posts (at most `budget` rows read); rarer ones (fewer than n in
+-- those) continue from the GIN index below them, which reads their matches only. Either way no
+-- step walks more than `budget` rows, whatever the planner would have guessed.
+CREATE FUNCTION search.newest_posts(
+    q tsquery, upper bigint, lower bigint, n integer, budget integer
+) RETURNS SETOF bigint
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    found bigint[] := ARRAY(SELECT search.posts_matching(q, upper, lower, cap + 1));
+    near bigint[] := ARRAY(SELECT search.posts_walking(q, upper, lower, budget, n));
+    floor bigint;
 BEGIN
-    IF cardinality(found) <= cap THEN
-        RETURN QUERY
-            SELECT f.id FROM unnest(found) AS f(id)
-            WHERE f.id < upper AND f.id >= lower
-            ORDER BY f.id DESC LIMIT n;
-    ELSE
-        RETURN QUERY SELECT search.posts_walking(q, upper, lower, n);
+    RETURN QUERY SELECT unnest(near);
+    IF cardinality(near) < n THEN
+        floor := search.posts_floor(upper, lower, budget);
+        IF floor IS NOT NULL AND floor > lower THEN
+            RETURN QUERY SELECT search.posts_from_index(q, floor, lower, n - cardinality(near));
+        END IF;
     END IF;
 END $$;
 

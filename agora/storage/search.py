@@ -72,15 +72,16 @@ ORDER BY score DESC, id DESC
 
 
 # A window is the newest WINDOW matches below an id ($5, exclusive) and from an id ($6).
-# Several words or a phrase go through search.newest_posts (migration 0011), whose work is
-# bounded through MATCH_CAP whatever the words: the planner estimates how often words meet as if
-# they were independent, and when they are common apart but seldom together it walks every post.
+# Several words or a phrase go through search.newest_posts (migration 0011): the planner
+# estimates how often words meet as if they were independent, and when they are common apart but
+# seldom together it walks every post. There, a walk reads WALK_BUDGET posts at most (matches
+# common together are met in it), and rarer matches come from the GIN index below them.
 # $1-$4 words, phrases, excluded words and phrases, $7 the as-of time.
-MATCH_CAP = 1000
+WALK_BUDGET = 10_000
 POST_TEXT_WINDOW = _ranked(
     f"""
     SELECT p.id, p.search, p.created_at
-    FROM search.newest_posts({TSQUERY}, $5, $6, {WINDOW}, {MATCH_CAP}) AS n(id)
+    FROM search.newest_posts({TSQUERY}, $5, $6, {WINDOW}, {WALK_BUDGET}) AS n(id)
     JOIN content.posts p ON p.id = n.id""",
     "$7",
 )
