@@ -17,7 +17,7 @@ from agora.clock import ManualClock
 from agora.config import Config
 from agora.search.postgres import PostgresBackend
 from agora.server import keys
-from agora.storage.search import WINDOW
+from agora.storage.search import TEXT_WINDOW, WINDOW
 from tests.conftest import AppFactory
 from tests.support.api import (
     User,
@@ -210,6 +210,10 @@ async def test_windows_page_through_every_match(searcher: Searcher, db: asyncpg.
     )
     found = await searcher.ids(a, w, limit=100)
     assert len(found) == len(set(found)) == 2 * WINDOW + 50
+    # Two words take the other way (search.newest_posts), in windows of TEXT_WINDOW.
+    both = await searcher.ids(a, f"{w} again", limit=30)
+    assert len(both) == len(set(both)) == sum(1 for i in range(2 * WINDOW + 50) if i % 3)
+    assert len(both) > 2 * TEXT_WINDOW
 
 
 async def test_users_by_prefix_and_within_a_typo(searcher: Searcher, trigrams: str | None) -> None:

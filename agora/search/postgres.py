@@ -24,6 +24,7 @@ from agora.storage.search import (
     POST_WINDOW,
     PREFIX_SCORES,
     START,
+    TEXT_WINDOW,
     USER_PREFIXES,
     WINDOW,
     SearchStore,
@@ -44,10 +45,12 @@ def like_escape(text: str) -> str:
 
 
 class Window(NamedTuple):
-    """One ranking window, best first (arrays: about 3 kB for 200 candidates)."""
+    """One ranking window, best first (arrays: about 3 kB for 200 candidates); ``full``: it
+    holds as many as its statement takes, so older matches may follow."""
 
     ids: array[int]
     scores: array[float]
+    full: bool
 
 
 class WindowCache:
@@ -170,7 +173,7 @@ class PostgresBackend:
                 Hit(window.ids[k], None, state(upper, window.scores[k], window.ids[k]))
                 for k in take
             ]
-            full = len(window.ids) == WINDOW  # a full window: older matches may follow
+            full = window.full
             if len(hits) == want:
                 if take.stop < len(window.ids):
                     return Hits(hits, hits[-1].after)
@@ -202,15 +205,20 @@ class PostgresBackend:
             list(query.excluded_phrases),
         )
         args: tuple[Any, ...]
+        size = WINDOW
         if kind == "messages":
             name, sql, args = "messages", MESSAGE_WINDOW, (authors, scope.viewer_id, as_of)
         elif len(query.words) + 2 * len(query.phrases) > 1 and not (authors or query.has_media):
             # Several words or a phrase: the planner cannot know how often they meet.
-            name, sql, args = "posts_text", POST_TEXT_WINDOW, (as_of,)
+            name, sql, args, size = "posts_text", POST_TEXT_WINDOW, (as_of,), TEXT_WINDOW
         else:
             name, sql, args = "posts", POST_WINDOW, (authors, query.has_media, as_of)
         found = await self.store.candidates(f"search_{name}", sql, *terms, upper, lower, *args)
-        window = Window(array("q", [c.id for c in found]), array("d", [c.score for c in found]))
+        window = Window(
+            array("q", [c.id for c in found]),
+            array("d", [c.score for c in found]),
+            len(found) == size,
+        )
         self.windows.put(key, window)
         return window
 

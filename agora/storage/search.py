@@ -36,7 +36,9 @@ SEARCH_SETTINGS = {
     "pg_trgm.word_similarity_threshold": "0.4",
 }
 FUZZY_SHARE = 0.5  # the built-in trigrams: the share of the query's found anywhere in the name
-WINDOW = 200  # matches ranked together (posts, messages); users: candidates per source
+WINDOW = 200  # matches ranked together (posts, messages)
+TEXT_WINDOW = 100  # the same for several words or a phrase (each one costs a walk: below)
+NAMES = 100  # people: candidates per source
 START = 2.0  # a score above every real one: a cursor at the top of a window
 
 # ts_headline: one fragment of about 10-30 words around the best match, marked with the
@@ -81,7 +83,7 @@ WALK_BUDGET = 10_000
 POST_TEXT_WINDOW = _ranked(
     f"""
     SELECT p.id, p.search, p.created_at
-    FROM search.newest_posts({TSQUERY}, $5, $6, {WINDOW}, {WALK_BUDGET}) AS n(id)
+    FROM search.newest_posts({TSQUERY}, $5, $6, {TEXT_WINDOW}, {WALK_BUDGET}) AS n(id)
     JOIN content.posts p ON p.id = n.id""",
     "$7",
 )
@@ -151,10 +153,10 @@ LIMIT $6
 USER_PREFIXES = _scored_users(
     f"""
     (SELECT u.id FROM accounts.users u WHERE lower(u.username) COLLATE "C" LIKE $2
-     ORDER BY lower(u.username) COLLATE "C" LIMIT {WINDOW})
+     ORDER BY lower(u.username) COLLATE "C" LIMIT {NAMES})
     UNION
     (SELECT u.id FROM accounts.users u WHERE lower(u.display_name) COLLATE "C" LIKE $2
-     ORDER BY lower(u.display_name) COLLATE "C" LIMIT {WINDOW})""",
+     ORDER BY lower(u.display_name) COLLATE "C" LIMIT {NAMES})""",
     "0",
 )
 
@@ -165,7 +167,7 @@ def user_typos(trigram: str) -> str:
     if trigram == "pg_trgm":
         return _scored_users(
             f"""SELECT u.id FROM accounts.users u
-            WHERE $1 <% search.name(u.username, u.display_name) LIMIT {WINDOW}""",
+            WHERE $1 <% search.name(u.username, u.display_name) LIMIT {NAMES}""",
             "word_similarity($1, search.name(u.username, u.display_name))",
         )
     shared = "(SELECT count(*) FROM unnest(u.name_trigrams) g WHERE g = ANY(search.trigrams($1)))"
@@ -173,7 +175,7 @@ def user_typos(trigram: str) -> str:
         f"""SELECT u.id FROM accounts.users u
         WHERE u.name_trigrams && search.trigrams($1)
           AND {shared} >= {FUZZY_SHARE} * cardinality(search.trigrams($1))
-        LIMIT {WINDOW}""",
+        LIMIT {NAMES}""",
         f"{shared}::float8 / greatest(cardinality(search.trigrams($1)), 1)",
     )
 
