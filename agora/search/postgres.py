@@ -156,9 +156,10 @@ class PostgresBackend:
             upper, score, last = after["w"], after["s"], after["i"]
         want = limit * OVERFETCH if kind == "posts" else limit
         hits: list[Hit] = []
+        a = to_micros(as_of)
 
         def state(w: int, s: float, i: int) -> dict[str, Any]:
-            return {"a": to_micros(as_of), "w": w, "s": s, "i": i}
+            return {"a": a, "w": w, "s": s, "i": i}
 
         for _ in range(MAX_WINDOWS):
             window = await self._window(search, query, scope, as_of, upper)
@@ -169,10 +170,8 @@ class PostgresBackend:
             ):
                 start += 1
             take = range(start, min(len(window.ids), start + want - len(hits)))
-            hits += [
-                Hit(window.ids[k], None, state(upper, window.scores[k], window.ids[k]))
-                for k in take
-            ]
+            ids, scores, w = window.ids, window.scores, upper
+            hits += [Hit(ids[k], None, {"a": a, "w": w, "s": scores[k], "i": ids[k]}) for k in take]
             full = window.full
             if len(hits) == want:
                 if take.stop < len(window.ids):
