@@ -49,18 +49,39 @@ BEGIN
         USING q, upper, lower, n;
 END $$;
 
--- The newest n posts matching q between the ids. Words that are common together are met
--- walking the newest `budget` posts (at most `budget` rows read); rarer ones (fewer than n in
--- those) continue from the GIN index below them, which reads their matches only. Either way no
--- step walks more than `budget` rows, whatever the planner would have guessed.
-CREATE FUNCTION search.newest_posts(
-    q tsquery, upper bigint, lower bigint, n integer, budget integer
-) RETURNS SETOF bigint
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+-- The share of posts the planner expects to match q (its estimate, from the column's statistics:
+-- good for one word, guessed for several).
+-- (VOLATILE only because PostgreSQL allows EXPLAIN in no other function; it writes nothing.)
+CREATE FUNCTION search.posts_share(q tsquery) RETURNS float8
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    near bigint[] := ARRAY(SELECT search.posts_walking(q, upper, lower, budget, n));
+    plan json;
+BEGIN
+    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM content.posts p WHERE p.search @@ $1'
+        INTO plan USING q;
+    RETURN (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8
+        / greatest((SELECT c.reltuples FROM pg_class c WHERE c.oid = 'content.posts'::regclass), 1);
+END $$;
+
+-- The newest n posts matching q between the ids. Words expected in at least n of every
+-- `budget` posts are met walking the newest `budget` posts (at most `budget` rows read), and
+-- what is missing then comes from the GIN index below them; rarer words come from the GIN
+-- index at once (their matches only are read). So a wrong guess costs a bounded walk, never a
+-- walk over every post (a word common long ago and rare now, words common apart and seldom
+-- together). `walk` decides instead of the estimate when it is not NULL (tests).
+CREATE FUNCTION search.newest_posts(
+    q tsquery, upper bigint, lower bigint, n integer, budget integer, walk boolean DEFAULT NULL
+) RETURNS SETOF bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    near bigint[];
     floor bigint;
 BEGIN
+    IF NOT coalesce(walk, search.posts_share(q) >= n::float8 / budget) THEN
+        RETURN QUERY SELECT search.posts_from_index(q, upper, lower, n);
+        RETURN;
+    END IF;
+    near := ARRAY(SELECT search.posts_walking(q, upper, lower, budget, n));
     RETURN QUERY SELECT unnest(near);
     IF cardinality(near) < n THEN
         floor := search.posts_floor(upper, lower, budget);

@@ -412,9 +412,9 @@ async def searcher_get(client: TestClient, user: User, q: str) -> Any:
 
 
 async def test_both_ways_to_the_newest_matches_agree(db: asyncpg.Connection) -> None:
-    """search.newest_posts (migration 0011) walks the newest posts up to a budget and takes the
-    rest from the GIN index below them: any budget gives the same newest matches, in a range
-    too."""
+    """search.newest_posts (migration 0011) reads the matches from the GIN index, or walks the
+    newest posts up to a budget and takes what is missing from the index below them: every way
+    gives the same newest matches, in a range too."""
     author = await db.fetchval(
         "INSERT INTO accounts.users (username, email, password_hash) VALUES ($1, $1 || '@x.test',"
         " 'x') RETURNING id",
@@ -428,17 +428,20 @@ async def test_both_ways_to_the_newest_matches_agree(db: asyncpg.Connection) -> 
         [(author, f"{w1} {w2 if i % 3 == 0 else 'other'} {i}", now) for i in range(90)],
     )
     q = "search.query($1::text[], '{}', '{}', '{}')"
+    sql = f"SELECT n.id FROM search.newest_posts({q}, $2, $3, 25, $4, $5) AS n(id)"
     top = 2**53
-    for words, upper, lower in (([w1], top, 0), ([w1, w2], top, 0), ([w1], None, None)):
-        if upper is None:  # a range in the middle of the matches
-            ids = await db.fetch(
-                f"SELECT n.id FROM search.newest_posts({q}, $2, 0, 200, 1000) AS n(id)", [w1], top
-            )
-            ordered = sorted((r["id"] for r in ids), reverse=True)
-            upper, lower = ordered[10], ordered[60]
-        sql = f"SELECT n.id FROM search.newest_posts({q}, $2, $3, 25, $4) AS n(id)"
-        walking = [r["id"] for r in await db.fetch(sql, words, upper, lower, 1000)]
-        from_index = [r["id"] for r in await db.fetch(sql, words, upper, lower, 5)]
-        assert from_index == walking and len(from_index) == 25
-        assert from_index == sorted(from_index, reverse=True)
-        assert all(lower <= i < upper for i in from_index)
+    everything = [r["id"] for r in await db.fetch(sql, [w1], top, 0, 1000, False)]
+    middle = (everything[3], everything[20])  # a range inside the matches
+    for words, (upper, lower) in (([w1], (top, 0)), ([w1, w2], (top, 0)), ([w1], middle)):
+        ways = {
+            "index": await db.fetch(sql, words, upper, lower, 1000, False),
+            "walk": await db.fetch(sql, words, upper, lower, 100_000, True),
+            "walk, then index": await db.fetch(sql, words, upper, lower, 4, True),
+            "estimate": await db.fetch(sql, words, upper, lower, 10_000, None),
+        }
+        found = {way: [r["id"] for r in rows] for way, rows in ways.items()}
+        expected = found["index"]
+        assert expected == sorted(expected, reverse=True)
+        assert all(lower <= i < upper for i in expected)
+        assert len(expected) == (17 if (upper, lower) == middle else 25)
+        assert all(ids == expected for ids in found.values()), found

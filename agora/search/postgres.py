@@ -207,8 +207,7 @@ class PostgresBackend:
         size = WINDOW
         if kind == "messages":
             name, sql, args = "messages", MESSAGE_WINDOW, (authors, scope.viewer_id, as_of)
-        elif len(query.words) + 2 * len(query.phrases) > 1 and not (authors or query.has_media):
-            # Several words or a phrase: the planner cannot know how often they meet.
+        elif (query.words or query.phrases) and not (authors or query.has_media):
             name, sql, args, size = "posts_text", POST_TEXT_WINDOW, (as_of,), TEXT_WINDOW
         else:
             name, sql, args = "posts", POST_WINDOW, (authors, query.has_media, as_of)

@@ -1,21 +1,20 @@
 """Search's SQL: the PostgreSQL backend's candidate queries, and the re-check every backend's
 candidates go through before anyone sees them.
 
-Candidates (``PostgresBackend``) are pre-filtered on the coarse audience an index could hold
-(visibility, author, friendship, membership); the re-check (:data:`VISIBLE_USERS`,
-:data:`VISIBLE_MESSAGES`, and ``content.POSTS_BY_IDS`` for posts) applies the one visibility rule
-of :mod:`agora.storage.visibility` in full: blocks and suspension included.
+Candidates (``PostgresBackend``) are filtered only on what is asked (words, authors, dates,
+media; for messages the viewer's conversations); the re-check (:data:`VISIBLE_USERS`,
+:data:`VISIBLE_POSTS`, :data:`VISIBLE_MESSAGES`) applies the one visibility rule of
+:mod:`agora.storage.visibility` in full: privacy, friendship, blocks, suspension, membership.
 
-Posts and messages are searched in *windows*: the newest ``WINDOW`` matches (by id, which is
-time order) below an upper id are ranked by relevance with a recency boost, a page is taken by
-``(score, id)`` keyset, and the next window starts below the lowest id of this one. A common
-word therefore reads ``WINDOW`` index entries, not every post that holds it; a rare one reads
-its few matches through the GIN index.
+Posts and messages are searched in *windows*: the newest matches (by id, which is time order)
+below an upper id are ranked by relevance with a recency boost, a page is taken by ``(score,
+id)`` keyset, and the next window starts below the lowest id of this one. A common word
+therefore reads a bounded number of rows, not every post that holds it; a rare one reads its
+few matches through the GIN index.
 
-The candidate statements run on a pool with ``plan_cache_mode = force_custom_plan``: which plan
-is right (walk the id index newest first and stop after ``WINDOW`` matches, or collect a rare
-word's few matches from the GIN index) depends on the word, and only a plan made for the actual
-value can know it.
+The candidate statements run on a pool of their own with ``plan_cache_mode =
+force_custom_plan``: the plans they need (an author's posts, media, a date range) depend on the
+values, and only a plan made for the actual values can know them.
 """
 
 from __future__ import annotations
@@ -36,8 +35,8 @@ SEARCH_SETTINGS = {
     "pg_trgm.word_similarity_threshold": "0.4",
 }
 FUZZY_SHARE = 0.5  # the built-in trigrams: the share of the query's found anywhere in the name
-WINDOW = 200  # matches ranked together (posts, messages)
-TEXT_WINDOW = 100  # the same for several words or a phrase (each one costs a walk: below)
+WINDOW = 200  # matches ranked together (messages; posts by from:, has:media or dates)
+TEXT_WINDOW = 100  # posts by words alone (a window of a common word is a walk: below)
 NAMES = 100  # people: candidates per source
 START = 2.0  # a score above every real one: a cursor at the top of a window
 
@@ -73,12 +72,12 @@ ORDER BY score DESC, id DESC
 """
 
 
-# A window is the newest WINDOW matches below an id ($5, exclusive) and from an id ($6).
-# Several words or a phrase go through search.newest_posts (migration 0011): the planner
-# estimates how often words meet as if they were independent, and when they are common apart but
-# seldom together it walks every post. There, a walk reads WALK_BUDGET posts at most (matches
-# common together are met in it), and rarer matches come from the GIN index below them.
-# $1-$4 words, phrases, excluded words and phrases, $7 the as-of time.
+# A window is the newest matches below an id ($5, exclusive) and from an id ($6). Words alone
+# (the common search) go through search.newest_posts (migration 0011): left to itself the
+# planner walks the ids whenever it expects the words to be common, and when they are not (a
+# word common long ago and rare now, words common apart and seldom together) it walks every
+# post. There a walk reads WALK_BUDGET posts at most, and what it does not meet comes from the
+# GIN index below them. $1-$4 words, phrases, excluded words and phrases, $7 the as-of time.
 WALK_BUDGET = 10_000
 POST_TEXT_WINDOW = _ranked(
     f"""
@@ -87,10 +86,8 @@ POST_TEXT_WINDOW = _ranked(
     JOIN content.posts p ON p.id = n.id""",
     "$7",
 )
-# One word, or from: or has:media, or no words: a plan made for the values (the planner knows
-# how common one word is): a word's matches from the GIN index or by walking the ids, an
-# author's posts through posts_author, media through posts_with_media, dates alone walking the
-# ids (every row matches).
+# With from: or has:media, or no words: a plan made for the values: an author's posts through
+# posts_author, media through posts_with_media, dates alone walking the ids (every row matches).
 # $7 author ids (NULL: any), $8 has:media, $9 the as-of time; each condition of an absent
 # operator folds to true in the custom plan.
 POST_WINDOW = _ranked(
