@@ -141,7 +141,7 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
 _WORDS = (["coffee"], ["good morning"], ["tea"], [])
 _NO_WORDS: tuple[list[str], ...] = ([], [], [], [])
 CUSTOM_PLANNED: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "search: posts by words": (search.POST_TEXT_WINDOW, (*_WORDS, 2**53, 0, NOW)),
+    "search: posts by words": (search.POST_TEXT_WINDOW, (*_WORDS, 2**53, 0, NOW, None)),
     "search: posts by words and more": (
         search.POST_WINDOW,
         (*_WORDS, 2**53, 0, [2], True, NOW),

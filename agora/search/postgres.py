@@ -208,7 +208,8 @@ class PostgresBackend:
         if kind == "messages":
             name, sql, args = "messages", MESSAGE_WINDOW, (authors, scope.viewer_id, as_of)
         elif (query.words or query.phrases) and not (authors or query.has_media):
-            name, sql, args, size = "posts_text", POST_TEXT_WINDOW, (as_of,), TEXT_WINDOW
+            walk = True if query.phrases else None
+            name, sql, args, size = "posts_text", POST_TEXT_WINDOW, (as_of, walk), TEXT_WINDOW
         else:
             name, sql, args = "posts", POST_WINDOW, (authors, query.has_media, as_of)
         found = await self.store.candidates(f"search_{name}", sql, *terms, upper, lower, *args)

@@ -77,12 +77,15 @@ ORDER BY score DESC, id DESC
 # planner walks the ids whenever it expects the words to be common, and when they are not (a
 # word common long ago and rare now, words common apart and seldom together) it walks every
 # post. There a walk reads WALK_BUDGET posts at most, and what it does not meet comes from the
-# GIN index below them. $1-$4 words, phrases, excluded words and phrases, $7 the as-of time.
+# GIN index below them. A phrase walks first ($8 true; NULL: by the estimate): from the index,
+# every post holding all its words is read to check their order, and for common words those
+# are many more than the phrase's matches; the walk checks the posts it reads anyway.
+# $1-$4 words, phrases, excluded words and phrases, $7 the as-of time.
 WALK_BUDGET = 10_000
 POST_TEXT_WINDOW = _ranked(
     f"""
     SELECT p.id, p.search, p.created_at
-    FROM search.newest_posts({TSQUERY}, $5, $6, {TEXT_WINDOW}, {WALK_BUDGET}) AS n(id)
+    FROM search.newest_posts({TSQUERY}, $5, $6, {TEXT_WINDOW}, {WALK_BUDGET}, $8) AS n(id)
     JOIN content.posts p ON p.id = n.id""",
     "$7",
 )
