@@ -72,7 +72,7 @@ END $$;
 CREATE FUNCTION search.newest_posts(
     q tsquery, upper bigint, lower bigint, n integer, budget integer, walk boolean DEFAULT NULL
 ) RETURNS SETOF bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     near bigint[];
     floor bigint;
