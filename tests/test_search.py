@@ -403,6 +403,9 @@ async def test_a_node_shares_windows_for_a_moment(client: TestClient) -> None:
     clock.advance(2.0)
     assert await found(b) == [second]
     assert backend.windows.hits >= 2 and len(backend.windows) <= 10
+    # The node's own backend's windows are on /metrics.
+    text = await (await client.get("/metrics")).text()
+    assert "agora_search_window_cache_hits_total" in text
 
 
 async def searcher_get(client: TestClient, user: User, q: str) -> Any:

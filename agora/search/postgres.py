@@ -79,7 +79,7 @@ class WindowCache:
         return entry[1]
 
     def put(self, key: Hashable, value: Any) -> None:
-        if self.size <= 0:
+        if self.size <= 0 or self.ttl <= 0:
             return
         self._entries[key] = (self.clock.monotonic() + self.ttl, value)
         self._entries.move_to_end(key)

@@ -217,6 +217,7 @@ async def _search(app: web.Application) -> AsyncIterator[None]:
             cache_ttl=config.search.cache_ttl,
             cache_size=config.search.cache_size,
         )
+        app[keys.METRICS].watch_search_windows(backend.windows)
     app[keys.SEARCH] = SearchService(
         backend,
         store,

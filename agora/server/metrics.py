@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from agora.search.postgres import WindowCache
 from agora.services.feed_pages import FeedPages
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -100,6 +101,10 @@ class Metrics:
         """Export the feed page cache's own counters (read when /metrics is scraped)."""
         self.registry.register(_FeedPagesCollector(pages))
 
+    def watch_search_windows(self, windows: WindowCache) -> None:
+        """Export the search ranking windows a node shares (PostgreSQL backend)."""
+        self.registry.register(_SearchWindowsCollector(windows))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -121,4 +126,25 @@ class _FeedPagesCollector(Collector):
         )
         yield GaugeMetricFamily(
             "agora_feed_page_cache_entries", "Encoded pages held", value=len(pages)
+        )
+
+
+class _SearchWindowsCollector(Collector):
+    def __init__(self, windows: WindowCache) -> None:
+        self.windows = windows
+
+    def collect(self) -> Iterator[Metric]:
+        windows = self.windows
+        yield CounterMetricFamily(
+            "agora_search_window_cache_hits",
+            "Search ranking windows (and first-page starts) found in the node's memory",
+            value=windows.hits,
+        )
+        yield CounterMetricFamily(
+            "agora_search_window_cache_misses",
+            "Search ranking windows (and first-page starts) read from PostgreSQL",
+            value=windows.misses,
+        )
+        yield GaugeMetricFamily(
+            "agora_search_window_cache_entries", "Search windows held", value=len(windows)
         )
