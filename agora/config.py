@@ -118,6 +118,24 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    max_bytes: int = 10 * 1024 * 1024  # an upload's body, enforced while it is read
+    max_pixels: int = 33_177_600  # width x height (Mastodon's), refused before decoding in full
+    workers: int = 2  # processes/threads decoding and resizing images, apart from the loop
+    url_ttl: float = 3600.0  # seconds a signed URL of a non-public post's media works
+    upload_limit: int = 30  # uploads per account within upload_window seconds (Mastodon: 30/30 min)
+    upload_window: int = 1800
+    orphan_age: float = 86_400.0  # unattached uploads older than this are removed
+    # S3-compatible storage (all of bucket, endpoint... set: S3; otherwise the media directory)
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     env: str
     node_id: str
@@ -131,6 +149,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
     metrics_token: str | None = None
@@ -381,6 +400,26 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         )
     )
 
+    media = MediaConfig(
+        **_set_fields(
+            env,
+            {
+                "max_bytes": ("AGORA_MEDIA_MAX_BYTES", POSITIVE_INT),
+                "max_pixels": ("AGORA_MEDIA_MAX_PIXELS", POSITIVE_INT),
+                "workers": ("AGORA_MEDIA_WORKERS", POSITIVE_INT),
+                "url_ttl": ("AGORA_MEDIA_URL_TTL", SECONDS),
+                "upload_limit": ("AGORA_MEDIA_UPLOAD_LIMIT", NON_NEGATIVE_INT),
+                "orphan_age": ("AGORA_MEDIA_ORPHAN_AGE", SECONDS),
+            },
+        ),
+        s3_bucket=_get(env, "AGORA_MEDIA_S3_BUCKET"),
+        s3_endpoint=_url(env, "AGORA_MEDIA_S3_ENDPOINT", ("http", "https")),
+        s3_region=_get(env, "AGORA_MEDIA_S3_REGION") or "us-east-1",
+        s3_access_key_id=_get(env, "AGORA_MEDIA_S3_ACCESS_KEY_ID"),
+        s3_secret_access_key=_get(env, "AGORA_MEDIA_S3_SECRET_ACCESS_KEY"),
+        s3_prefix=_get(env, "AGORA_MEDIA_S3_PREFIX") or "",
+    )
+
     return Config(
         env=mode,
         node_id=node_id,
@@ -396,6 +435,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         cluster=cluster,
         events=events,
         search=search,
+        media=media,
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),
