@@ -151,6 +151,26 @@ def _search(a: argparse.Namespace) -> dict[str, Any]:
         return run(search(options, services=services, url=a.url, pid=a.pid))
 
 
+def _media(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.media import MediaOptions, media
+
+    if min(a.concurrency, a.sockets) < 1 or min(a.duration, a.idle, a.ping_interval) <= 0:
+        raise BenchError("need --concurrency, --sockets, --duration, --idle, --ping-interval > 0")
+    if a.warmup < 0:
+        raise BenchError("need --warmup >= 0")
+    options = MediaOptions(
+        concurrency=a.concurrency,
+        duration=a.duration,
+        warmup=a.warmup,
+        idle=a.idle,
+        sockets=a.sockets,
+        ping_interval=a.ping_interval,
+        library=a.library,
+    )
+    with resolved_services(need_redis=True) as services:
+        return run(media(services, options))
+
+
 def _load_options(p: argparse.ArgumentParser, concurrency: int = 50, duration: float = 30) -> None:
     p.add_argument("--concurrency", type=int, default=concurrency, help="connections")
     p.add_argument("--duration", type=float, default=duration, help="measured seconds")
@@ -257,6 +277,20 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=1, help="random seed for users and queries")
     s.set_defaults(func=_search)
+
+    s = sub.add_parser("media", help="POST /api/v1/media uploads and WebSocket pings meanwhile")
+    _load_options(s, concurrency=8, duration=20)
+    s.add_argument("--idle", type=float, default=5.0, help="seconds of pings before the uploads")
+    s.add_argument("--sockets", type=int, default=20, help="WebSocket sessions pinging")
+    s.add_argument(
+        "--ping-interval", type=float, default=0.1, help="seconds between one socket's pings"
+    )
+    s.add_argument(
+        "--library",
+        choices=("vips", "pillow"),
+        help="imaging library for the node, as AGORA_MEDIA_LIBRARY (default: the node's own)",
+    )
+    s.set_defaults(func=_media)
     return p
 
 
