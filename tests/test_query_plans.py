@@ -17,6 +17,7 @@ from agora.storage import (
     chat,
     content,
     events,
+    media,
     notifications,
     search,
     search_index,
@@ -24,7 +25,7 @@ from agora.storage import (
 )
 
 NOW = datetime.now(UTC)
-OUR_SCHEMAS = {"accounts", "social", "content", "chat", "notifications", "events"}
+OUR_SCHEMAS = {"accounts", "social", "content", "chat", "notifications", "events", "media"}
 # Tables read whole on purpose: the relay claims every one of the 16 partitions it can.
 WHOLE = {"events.relay_partitions"}
 
@@ -124,6 +125,15 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "events: dead letter": (events.DEAD_LETTER, (1, "t", "e", 5)),
     "events: dead letters": (events.DEAD_LETTERS, ("c", 100)),
     "events: replay": (events.REPLAY, ("c", [1])),
+    "media: claim objects": (media.CLAIM_OBJECTS, (["a" * 64 + ".jpg"], [1])),
+    "media: access": (media.UPLOAD_ACCESS, (1,)),
+    "media: by ids": (media.UPLOADS_BY_IDS, ([1, 2],)),
+    "media: attach": (media.ATTACH, (1, [2, 3], 4)),
+    "media: own unattached": (media.OWN_UNATTACHED, (1, 2)),
+    "media: delete for post": (media.DELETE_FOR_POST, (1,)),
+    "media: orphans": (media.ORPHANS, (86400.0, 100)),
+    "media: unused objects": (media.UNUSED_OBJECTS, (3600.0, 100)),
+    "media: delete objects": (media.DELETE_OBJECTS, (["a"],)),
     "search: visible users": (search.VISIBLE_USERS, (1, [2, 3], 20)),
     "search: visible posts": (search.VISIBLE_POSTS, (1, [2, 3], 20, ["tea"])),
     "search: visible messages": (search.VISIBLE_MESSAGES, (1, [2, 3], 20, ["tea"])),

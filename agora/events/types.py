@@ -257,6 +257,38 @@ class ReactionRemoved(Payload, frozen=True, kw_only=True):
         return self.post_id
 
 
+# -- media ------------------------------------------------------------------------------------
+
+
+class MediaStored(Payload, frozen=True, kw_only=True):
+    """An image was uploaded, processed and stored (not yet attached to anything)."""
+
+    type = "media.stored"
+    aggregate = "media"
+    media_id: int
+    owner_id: int
+    content_type: str
+    size: int
+    width: int
+    height: int
+
+    def aggregate_id(self) -> int:
+        return self.media_id
+
+
+class MediaDeleted(Payload, frozen=True, kw_only=True):
+    """An upload went: with its post, or unattached for too long (its bytes are collected
+    later, when no other upload shares them)."""
+
+    type = "media.deleted"
+    aggregate = "media"
+    media_id: int
+    owner_id: int
+
+    def aggregate_id(self) -> int:
+        return self.media_id
+
+
 # -- chat -------------------------------------------------------------------------------------
 
 

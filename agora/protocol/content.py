@@ -21,13 +21,29 @@ CommentText = Annotated[
 ]
 
 
+class FocusOut(msgspec.Struct):
+    """Where to keep the image's subject when cropping: -1..1 from left to right, bottom to
+    top (as Mastodon)."""
+
+    x: float
+    y: float
+
+
 class MediaOut(msgspec.Struct):
+    """An image. `url` (the re-encoded original, at most 3840x2160) and `thumbnail_url` (about
+    640x360 in area) work as `<img src>` without an Authorization header: plain for a public
+    post's media and avatars, signed and expiring otherwise. `blurhash` paints a placeholder."""
+
     id: str
     url: str
-    thumbnail_url: str | None
+    thumbnail_url: str
     content_type: str
-    width: int | None
-    height: int | None
+    size: int
+    width: int
+    height: int
+    blurhash: str
+    description: str
+    focus: FocusOut
 
 
 class PostOut(msgspec.Struct):
@@ -46,7 +62,9 @@ class PostOut(msgspec.Struct):
 class CreatePostIn(msgspec.Struct):
     text: PostText
     visibility: Visibility = "friends"
-    media_ids: Annotated[list[Id], msgspec.Meta(max_length=10)] = []
+    media_ids: Annotated[
+        list[Id], msgspec.Meta(max_length=4, description="up to 4 of your own uploads")
+    ] = []
 
 
 class UpdatePostIn(msgspec.Struct):

@@ -35,12 +35,15 @@ from agora.handlers import (
     docs,
     feed,
     friends,
+    media,
     notifications,
     posts,
     search,
     users,
     ws,
 )
+from agora.media.storage import storage_for
+from agora.media.urls import MediaUrls
 from agora.protocol.frames import CloseCode
 from agora.search.backend import SearchBackend
 from agora.search.elastic import ElasticBackend
@@ -55,8 +58,9 @@ from agora.services.accounts import AccountService
 from agora.services.chat import ChatService
 from agora.services.feed import FeedService
 from agora.services.feed_pages import FeedPages
-from agora.services.housekeeping import housekeeping_jobs
+from agora.services.housekeeping import Periodic, housekeeping_jobs
 from agora.services.invalidation import Invalidator
+from agora.services.media import MediaService
 from agora.services.notifications import NotificationConsumer, NotificationService
 from agora.services.passwords import Passwords
 from agora.services.posts import PostService
@@ -72,6 +76,7 @@ from agora.storage.chat import ChatStore
 from agora.storage.content import CommentStore, PostStore
 from agora.storage.db import Database
 from agora.storage.feed_cache import FeedCache
+from agora.storage.media import MediaStore
 from agora.storage.migrations import migrate
 from agora.storage.notifications import NotificationStore
 from agora.storage.search import SEARCH_SETTINGS, SearchStore
@@ -106,6 +111,7 @@ REST_TABLES = [
     conversations.routes,
     notifications.routes,
     search.routes,
+    media.routes,
 ]
 
 
@@ -168,6 +174,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
 
     social_store, post_store = SocialStore(db), PostStore(db)
+    urls = MediaUrls(config.auth.jwt_secret, config.media.url_ttl, clock)
+    media_store = MediaStore(db)
+    storage = storage_for(config)
+    app[keys.MEDIA] = MediaService(
+        media_store, storage, urls, RateLimiter(redis, rkeys), config.media
+    )
+    app[keys.ACCOUNTS].media = media_store
     feed_cache = FeedCache(redis, rkeys, size=config.feed_cache_size)
     invalidator = Invalidator(FeedPages(clock, max_entries=config.feed_page_cache))
     app[keys.METRICS].watch_feed_pages(invalidator.pages)
@@ -175,7 +188,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[keys.ACCOUNTS].invalidator = invalidator
     app[keys.SOCIAL] = SocialService(db, social_store, store, feed_cache, invalidator)
     app[keys.FEED] = FeedService(
-        post_store, social_store, feed_cache, invalidator.pages, invalidator, clock
+        post_store, social_store, feed_cache, invalidator.pages, invalidator, clock, urls
     )
     app[keys.NOTIFICATIONS] = NotificationService(db)
     app[keys.REALTIME] = Realtime(social_store)
@@ -184,11 +197,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         CommentStore(db),
         store,
         app[keys.FEED],
+        urls,
         on_created=app[keys.REALTIME].post_created,
     )
     yield
     await bounded(revocations.stop(), "stopping revocations")
     passwords.close()
+    app[keys.MEDIA].close()
+    await bounded(storage.close(), "closing media storage")
 
 
 async def _search(app: web.Application) -> AsyncIterator[None]:
@@ -223,6 +239,7 @@ async def _search(app: web.Application) -> AsyncIterator[None]:
         store,
         RateLimiter(app[keys.REDIS], app[keys.REDIS_KEYS]),
         config.search.rate_limit,
+        app[keys.MEDIA].urls,
     )
     log.info("search: %s", backend.name)
     yield
@@ -340,6 +357,14 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         accounts.revocations,
         app[keys.SESSIONS],
     )
+    jobs.append(
+        Periodic(
+            "media-cleanup",
+            app[keys.CONFIG].auth.purge_interval,
+            app[keys.CLOCK],
+            app[keys.MEDIA].cleanup_once,
+        )
+    )
     for job in jobs:
         job.start()
     yield
@@ -421,6 +446,7 @@ def create_app(
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)
     ops.add_routes(app)
     ws.add_routes(app)
+    media.add_routes(app)
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agora.services.chat import ChatService
     from agora.services.feed import FeedService
     from agora.services.invalidation import Invalidator
+    from agora.services.media import MediaService
     from agora.services.notifications import NotificationService
     from agora.services.posts import PostService
     from agora.services.realtime import Realtime
@@ -60,4 +61,5 @@ REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
 NOTIFICATIONS: web.AppKey[NotificationService] = web.AppKey("notifications")
 EVENTS: web.AppKey[EventBus] = web.AppKey("events")
 SEARCH: web.AppKey[SearchService] = web.AppKey("search")
+MEDIA: web.AppKey[MediaService] = web.AppKey("media")
 EXTRA_CONSUMERS: web.AppKey[list[Consumer]] = web.AppKey("extra_consumers")

@@ -19,9 +19,10 @@ _ERRORS = {
     404: "No such resource, or one the caller may not see",
     409: "Conflicts with the current state",
     413: "Body larger than the limit",
-    415: "Body is not JSON",
+    415: "Body is not JSON (for uploads: not an image Agora takes)",
     422: "Validation failed; `fields` names every bad field",
     429: "Rate limited; see the Retry-After header",
+    503: "A service it needs is unavailable, or too busy; see the Retry-After header",
 }
 
 

@@ -18,6 +18,7 @@ from agora.services.ratelimit import RateLimiter
 from agora.services.revocations import Revocations
 from agora.services.tokens import InvalidToken, TokenIssuer, hash_refresh_token, new_refresh_token
 from agora.storage.accounts import AccountStore, DuplicateUser, Refresh, UserRecord
+from agora.storage.media import MediaStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class AccountService:
         self.clock = clock
         self.refresh_ttl = refresh_ttl
         self.invalidator: Invalidator | None = None
+        self.media: MediaStore | None = None  # avatars are the user's own uploads
 
     # -- authentication of calls -------------------------------------------------------------
 
@@ -162,9 +164,13 @@ class AccountService:
             for f in body.__struct_fields__
             if getattr(body, f) is not msgspec.UNSET
         }
-        if "avatar_media_id" in changes and changes["avatar_media_id"] is not None:
-            # Media uploads arrive with the media issue; until then no id can name an image.
-            raise invalid({"avatar_media_id": "no such media"})
+        avatar = changes.get("avatar_media_id")
+        if avatar is not None and (
+            self.media is None or not await self.media.own_unattached(int(avatar), viewer.user_id)
+        ):
+            raise invalid({"avatar_media_id": "no such media: one of your uploads, not in a post"})
+        if avatar is not None:
+            changes["avatar_media_id"] = int(avatar)
         user = await self.store.update_profile(viewer.user_id, changes)
         if user is None:
             raise unauthorized("this account no longer exists")

@@ -21,6 +21,7 @@ from collections.abc import Awaitable
 from datetime import timedelta
 
 from agora.clock import Clock
+from agora.media.urls import MediaUrls
 from agora.protocol.codec import encode
 from agora.protocol.common import Page
 from agora.protocol.content import PostOut
@@ -51,7 +52,9 @@ class FeedService:
         pages: FeedPages,
         invalidator: Invalidator,
         clock: Clock,
+        urls: MediaUrls,
     ) -> None:
+        self.urls = urls
         self.posts = posts
         self.social = social
         self.cache = cache
@@ -69,7 +72,12 @@ class FeedService:
             return body
         mark = self.pages.mark()
         rows = await self._recent_rows(viewer, cursor, limit)
-        page = make_page(rows, limit, post_out, lambda p: encode_cursor("feed", before=p.id))
+        page = make_page(
+            rows,
+            limit,
+            lambda p: post_out(p, self.urls),
+            lambda p: encode_cursor("feed", before=p.id),
+        )
         body = encode(page)
         shown = rows[:limit]
         self.pages.put(key, body, viewer, [p.id for p in shown], {p.author.id for p in shown}, mark)
@@ -149,7 +157,7 @@ class FeedService:
         page = make_page(
             rows,
             limit,
-            lambda r: post_out(r[0]),
+            lambda r: post_out(r[0], self.urls),
             lambda r: encode_cursor("top", asof=asof, score=r[1], id=r[0].id),
         )
         return page, [r for r, _ in rows[:limit]]

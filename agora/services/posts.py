@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from agora.errors import forbidden, invalid, not_found
+from agora.media.urls import MediaUrls
 from agora.protocol.common import Page
 from agora.protocol.content import CommentOut, CreateCommentIn, CreatePostIn, PostOut, UpdatePostIn
 from agora.protocol.cursor import decode_cursor, encode_cursor
@@ -18,7 +19,7 @@ from agora.services.feed import FeedService
 from agora.services.pages import make_page
 from agora.services.presenters import comment_out, post_out
 from agora.storage.accounts import AccountStore
-from agora.storage.content import CommentStore, PostStore
+from agora.storage.content import CommentStore, MediaNotAttachable, PostStore
 from agora.storage.db import MAX_ID
 
 MODERATING_ROLES = ("moderator", "admin")
@@ -31,8 +32,10 @@ class PostService:
         comments: CommentStore,
         accounts: AccountStore,
         feed: FeedService,
+        urls: MediaUrls,
         on_created: Callable[[PostOut, list[int]], Awaitable[None]] | None = None,
     ) -> None:
+        self.urls = urls
         self.posts = posts
         self.comments = comments
         self.accounts = accounts
@@ -46,10 +49,13 @@ class PostService:
     # -- posts ---------------------------------------------------------------------------------
 
     async def create(self, author: int, body: CreatePostIn) -> PostOut:
-        if body.media_ids:
-            # Uploads arrive with the media issue; until then no id names an image.
-            raise invalid({"media_ids": "no such media"})
-        post_id = await self.posts.create(author, body.text, body.visibility, [])
+        media_ids = [int(m) for m in dict.fromkeys(body.media_ids)]
+        try:
+            post_id = await self.posts.create(author, body.text, body.visibility, media_ids)
+        except MediaNotAttachable:
+            raise invalid(
+                {"media_ids": "no such media: up to 4 of your own uploads, not in another post"}
+            ) from None
         audience = await self.feed.post_created(author, post_id, body.visibility)
         post = await self.get(author, post_id)
         if self.on_created is not None:  # the same audience: one friend list read, not two
@@ -60,7 +66,7 @@ class PostService:
         row = await self.posts.get(viewer, post_id)
         if row is None:
             raise not_found("post")
-        return post_out(row)
+        return post_out(row, self.urls)
 
     async def update(self, viewer: int, post_id: int, body: UpdatePostIn) -> PostOut:
         access = await self.posts.access(viewer, post_id)
@@ -99,7 +105,12 @@ class PostService:
         rows = await self.posts.by_author(
             viewer, user_id, c["before"] if c else MAX_ID + 1, limit + 1
         )
-        return make_page(rows, limit, post_out, lambda p: encode_cursor("user-posts", before=p.id))
+        return make_page(
+            rows,
+            limit,
+            lambda p: post_out(p, self.urls),
+            lambda p: encode_cursor("user-posts", before=p.id),
+        )
 
     # -- reactions -------------------------------------------------------------------------------
 

@@ -7,11 +7,13 @@ from typing import Protocol
 
 import msgspec
 
+from agora.media.urls import MediaUrls
 from agora.protocol.accounts import MeOut, UserOut
-from agora.protocol.content import CommentOut, PostOut
+from agora.protocol.content import CommentOut, FocusOut, MediaOut, PostOut
 from agora.protocol.social import BlockOut, FriendOut, FriendRequestOut
 from agora.storage.accounts import UserRecord
-from agora.storage.content import CommentRow, PostRow
+from agora.storage.content import CommentRow, PostMedia, PostRow
+from agora.storage.media import Upload
 from agora.storage.social import Block, Friend, FriendRequest
 
 
@@ -36,7 +38,8 @@ def user_out(user: UserLike) -> UserOut:
         username=user.username,
         display_name=user.display_name,
         bio=user.bio,
-        avatar_url=None,
+        # Avatars are public (plain URLs): the small rendition.
+        avatar_url=MediaUrls.path(user.avatar_media_id, "small") if user.avatar_media_id else None,
         created_at=user.created_at,
     )
 
@@ -64,13 +67,29 @@ def block_out(block: Block) -> BlockOut:
     return BlockOut(user=user_out(block.user), created_at=block.created_at)
 
 
-def post_out(post: PostRow) -> PostOut:
+def media_out(m: Upload | PostMedia, urls: MediaUrls, public: bool) -> MediaOut:
+    return MediaOut(
+        id=str(m.id),
+        url=urls.url(m.id, "original", public),
+        thumbnail_url=urls.url(m.id, "small", public),
+        content_type=m.content_type,
+        size=m.size,
+        width=m.width,
+        height=m.height,
+        blurhash=m.blurhash,
+        description=m.description,
+        focus=FocusOut(x=m.focus_x, y=m.focus_y),
+    )
+
+
+def post_out(post: PostRow, urls: MediaUrls) -> PostOut:
+    public = post.visibility == "public"
     return PostOut(
         id=str(post.id),
         author=user_out(post.author),
         text=post.text,
         visibility=post.visibility,
-        media=[],
+        media=[media_out(m, urls, public) for m in post.media],
         created_at=post.created_at,
         updated_at=post.updated_at,
         comment_count=post.comment_count,

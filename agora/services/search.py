@@ -15,6 +15,7 @@ import msgspec
 
 from agora.actors.conversation import message_out
 from agora.errors import AppError, ErrorCode
+from agora.media.urls import MediaUrls
 from agora.protocol.common import Page
 from agora.protocol.cursor import decode_cursor, encode_cursor, invalid_cursor
 from agora.protocol.search import MessageResult, PostResult, SearchResult, UserResult
@@ -57,7 +58,9 @@ class SearchService:
         store: SearchStore,
         limiter: RateLimiter,
         rate_limit: int,
+        urls: MediaUrls,
     ) -> None:
+        self.urls = urls
         self.backend = backend
         self.store = store
         self.limiter = limiter
@@ -112,7 +115,8 @@ class SearchService:
             if kind == "posts":
                 found = await self.store.visible_posts(viewer, ids, limit, highlight)
                 items = [
-                    PostResult(post_out(f.post), self._snippet(hits[f.place], f)) for f in found
+                    PostResult(post_out(f.post, self.urls), self._snippet(hits[f.place], f))
+                    for f in found
                 ]
             else:
                 found = await self.store.visible_messages(viewer, ids, limit, highlight)

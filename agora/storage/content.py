@@ -26,6 +26,7 @@ from agora.protocol.content import ReactionType, Visibility
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record, Tx, id_floor
 from agora.storage.events import append
+from agora.storage.media import attach, delete_for_post
 from agora.storage.visibility import can_see, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
@@ -33,13 +34,23 @@ _UPSERT_ATTEMPTS = 5  # see UPSERT_REACTION
 _COUNT_COLUMNS = tuple((t, f"{t}_count") for t in REACTION_TYPES)
 
 
-# One page of posts is one statement: the posts, their author, counters and the viewer's
-# reaction. $1 is always the viewer (NULL when anonymous).
+# A post's media, in the order the author gave them (nothing read for a post without any).
+_MEDIA = """CASE WHEN cardinality(p.media_ids) = 0 THEN NULL ELSE (
+    SELECT json_agg(json_build_object(
+        'id', m.id, 'content_type', m.content_type, 'size', m.size, 'width', m.width,
+        'height', m.height, 'small_width', m.small_width, 'small_height', m.small_height,
+        'blurhash', m.blurhash, 'description', m.description, 'focus_x', m.focus_x,
+        'focus_y', m.focus_y) ORDER BY array_position(p.media_ids, m.id))
+    FROM media.uploads m WHERE m.post_id = p.id) END AS media"""
+
+
+# One page of posts is one statement: the posts, their author, counters, the viewer's reaction
+# and the media. $1 is always the viewer (NULL when anonymous).
 def post_select(extra_columns: str = "") -> str:
     return f"""
 SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at,
        s.comment_count, s.like_count, s.love_count, s.haha_count, s.wow_count, s.sad_count,
-       s.angry_count, r.type AS my_reaction, {PUBLIC_USER_COLUMNS}{extra_columns}
+       s.angry_count, r.type AS my_reaction, {PUBLIC_USER_COLUMNS}, {_MEDIA}{extra_columns}
 FROM content.posts p
 JOIN content.post_stats s ON s.post_id = p.id
 JOIN accounts.users u ON u.id = p.author_id
@@ -201,12 +212,28 @@ WHERE c.id = $2
 DELETE_COMMENT = "DELETE FROM content.comments WHERE id = $1 RETURNING post_id, author_id"
 
 
+class PostMedia(msgspec.Struct, frozen=True, gc=False):
+    """What a post shows of one of its images (agora.services.media makes its URLs)."""
+
+    id: int
+    content_type: str
+    size: int
+    width: int
+    height: int
+    small_width: int
+    small_height: int
+    blurhash: str
+    description: str
+    focus_x: float
+    focus_y: float
+
+
 class PostRow(msgspec.Struct, frozen=True, gc=False):
     id: int
     author: PublicUser
     text: str
     visibility: Visibility
-    media_ids: list[int]
+    media: list[PostMedia]
     created_at: datetime
     updated_at: datetime
     comment_count: int
@@ -216,18 +243,23 @@ class PostRow(msgspec.Struct, frozen=True, gc=False):
     @classmethod
     def of(cls, row: Record) -> PostRow:
         counts = {t: n for t, column in _COUNT_COLUMNS if (n := row[column])}
+        media = row["media"]
         return cls(
             row["id"],
             PublicUser.of(row),
             row["text"],
             row["visibility"],
-            row["media_ids"],
+            msgspec.convert(media, list[PostMedia]) if media else [],
             row["created_at"],
             row["updated_at"],
             row["comment_count"],
             counts,
             row["my_reaction"],
         )
+
+
+class MediaNotAttachable(Exception):
+    """A media id of a new post is not the author's, unattached upload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +315,14 @@ class PostStore:
         self.db = db
 
     async def create(self, author_id: int, text: str, visibility: str, media_ids: list[int]) -> int:
+        """The new post's id; with media, the author's own unattached uploads are attached in
+        the same transaction (:class:`MediaNotAttachable` and nothing written otherwise)."""
         async with self.db.transaction("create_post") as tx:
             post_id: int = await tx.fetchval(
                 "insert_post", INSERT_POST, author_id, text, visibility, media_ids
             )
+            if media_ids and len(await attach(tx, post_id, author_id, media_ids)) != len(media_ids):
+                raise MediaNotAttachable()
             await append(
                 tx,
                 PostCreated(
@@ -366,6 +402,7 @@ class PostStore:
     async def delete(self, post_id: int, actor_id: int) -> bool:
         """Delete the post (its comments and reactions go with it); False when it was gone."""
         async with self.db.transaction("delete_post") as tx:
+            await delete_for_post(tx, post_id, actor_id)
             author_id = await tx.fetchval("delete_post", DELETE_POST, post_id)
             if author_id is None:
                 return False
