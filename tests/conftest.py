@@ -18,7 +18,8 @@ from agora.storage.migrations import migrate
 from tests.support.events import amqp_namespace, delete_namespace, exchange_name, require_amqp
 from tests.support.services import ServiceSet, create_database, drop_database
 
-pytest_plugins = ("tests.support.search",)  # the search suites' fixtures: searcher, db
+# Fixtures several suites share: searcher and db (search), moto_endpoint (media on S3).
+pytest_plugins = ("tests.support.search", "tests.support.media")
 
 JWT_SECRET = "test-secret-" + "x" * 52  # 64 bytes: long enough for HS512 too (a test forges one)
 

@@ -8,6 +8,7 @@ import asyncio
 import io
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,8 @@ from agora.server import keys
 from agora.server.app import create_app
 from tests.conftest import AppFactory
 from tests.support.api import User, befriend, expect_error, register
+from tests.support.media import ACCESS, admin_client, new_bucket
+from tests.support.ws import WsClient
 
 
 def jpeg(width: int = 800, height: int = 600, seed: int = 0) -> bytes:
@@ -320,3 +323,51 @@ async def test_a_body_that_is_not_multipart_is_a_clear_400(client: TestClient) -
         assert (await resp.json())["error"]["code"] == "validation_error"
     resp = await client.post("/api/v1/media", json={"file": "x"}, headers=a.headers)
     await expect_error(resp, 415, "unsupported_media_type")
+
+
+async def test_uploads_on_one_node_are_served_by_another(
+    make_client: AppFactory, config: Config, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two nodes sharing the media directory (a mounted volume) or an S3-compatible bucket
+    (moto in server mode, started by the tests): an upload on one is served by the other."""
+    shared = tmp_path / "shared-media"
+    endpoint = request.getfixturevalue("moto_endpoint")
+    async with admin_client(endpoint) as admin:
+        bucket = await new_bucket(admin)
+    s3 = replace(
+        config.media,
+        s3_bucket=bucket,
+        s3_endpoint=endpoint,
+        s3_access_key_id=ACCESS["aws_access_key_id"],
+        s3_secret_access_key=ACCESS["aws_secret_access_key"],
+    )
+    for changes in ({"media_dir": shared}, {"media": s3}):
+        one, two = await make_client(**changes), await make_client(**changes)
+        a = await register(one)
+        media = await upload(one, a, jpeg(seed=61))
+        resp = await two.get(media["url"])
+        assert resp.status == 200, changes
+        assert Image.open(io.BytesIO(await resp.read())).size == (800, 600)
+
+
+async def test_the_event_loop_keeps_answering_while_images_are_processed(
+    client: TestClient,
+) -> None:
+    """Decoding and resizing run in worker threads: WebSocket pings are answered while four
+    12-megapixel uploads are processed (a decode on the event loop would hold every ping for
+    the whole of it). The bound is generous; bench media measures the real figure."""
+    a = await register(client)
+    ws = await WsClient.connect(client, a.access)
+    images = [jpeg(4000, 3000, seed=70 + i) for i in range(4)]
+    loop = asyncio.get_running_loop()
+    uploads = asyncio.gather(*(upload(client, a, data) for data in images))
+    rtts = []
+    while not uploads.done():
+        sent = loop.time()
+        await ws.send({"type": "ping"})
+        await ws.expect("pong")
+        rtts.append(loop.time() - sent)
+        await asyncio.sleep(0.06)  # under the sessions' frame rate limit
+    await uploads
+    assert len(rtts) >= 5, rtts
+    assert max(rtts) < 0.25, sorted(rtts)[-5:]

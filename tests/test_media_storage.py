@@ -10,14 +10,12 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
-from moto.server import ThreadedMotoServer
 
 from agora.config import load_config
 from agora.media.storage import (
@@ -29,8 +27,8 @@ from agora.media.storage import (
     Stored,
     storage_for,
 )
+from tests.support.media import admin_client, new_bucket
 
-ACCESS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 PREFIX = "media"
 # A hang guard, not a speed target: a store that cannot answer must fail well within this.
 GIVE_UP = 15.0
@@ -40,33 +38,10 @@ def key_of(data: bytes, ext: str = ".bin") -> str:
     return hashlib.sha256(data).hexdigest() + ext
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """An S3-compatible server for the whole session, on a free port of the loopback."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-def admin_client(endpoint: str) -> Any:
-    """The tests' own client of the S3 server, to make buckets and look behind the store."""
-    return get_session().create_client(
-        "s3", region_name="us-east-1", endpoint_url=endpoint, **ACCESS
-    )
-
-
 @pytest.fixture
 async def s3_admin(moto_endpoint: str) -> AsyncIterator[Any]:
     async with admin_client(moto_endpoint) as client:
         yield client
-
-
-async def new_bucket(admin: Any) -> str:
-    name = f"agora-media-{secrets.token_hex(4)}"
-    await admin.create_bucket(Bucket=name)
-    return name
 
 
 async def bucket_names(admin: Any, bucket: str) -> list[str]:

@@ -39,11 +39,13 @@ LEFT JOIN content.posts p ON p.id = u.post_id
 WHERE u.id = $1
 """
 UPLOADS_BY_IDS = f"SELECT {UPLOAD_COLUMNS} FROM media.uploads u WHERE u.id = ANY($1::bigint[])"
-# Attaching (in the post's transaction): the author's own uploads attached to nothing.
+# Attaching (in the post's transaction): the author's own uploads attached to nothing (an
+# avatar is not a post's: the post's deletion would take it).
 ATTACH = """
-UPDATE media.uploads SET post_id = $1
-WHERE id = ANY($2::bigint[]) AND owner_id = $3 AND post_id IS NULL
-RETURNING id
+UPDATE media.uploads u SET post_id = $1
+WHERE u.id = ANY($2::bigint[]) AND u.owner_id = $3 AND u.post_id IS NULL
+  AND NOT EXISTS (SELECT 1 FROM accounts.users a WHERE a.avatar_media_id = u.id)
+RETURNING u.id
 """
 # An avatar: the user's own upload, attached to no post.
 OWN_UNATTACHED = """
