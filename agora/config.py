@@ -121,7 +121,8 @@ class SearchConfig:
 class MediaConfig:
     max_bytes: int = 10 * 1024 * 1024  # an upload's body, enforced while it is read
     max_pixels: int = 33_177_600  # width x height (Mastodon's), refused before decoding in full
-    workers: int = 2  # processes/threads decoding and resizing images, apart from the loop
+    workers: int = 2  # threads decoding and resizing images, apart from the event loop
+    library: str | None = None  # "vips" or "pillow" (None: agora.media.imaging.DEFAULT)
     url_ttl: float = 3600.0  # seconds a signed URL of a non-public post's media works
     upload_limit: int = 30  # uploads per account within upload_window seconds (Mastodon: 30/30 min)
     upload_window: int = 1800
@@ -244,7 +245,14 @@ def _index_prefix(raw: str) -> str:
     return raw
 
 
+def _imaging_library(raw: str) -> str:
+    if raw not in ("vips", "pillow"):
+        raise ValueError(raw)
+    return raw
+
+
 SWITCH: _Kind = (_switch, "on or off")
+IMAGING_LIBRARY: _Kind = (_imaging_library, "vips or pillow")
 INDEX_PREFIX: _Kind = (
     _index_prefix,
     "1-64 lowercase letters, digits or '_.-', starting with a letter or digit",
@@ -410,6 +418,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                 "url_ttl": ("AGORA_MEDIA_URL_TTL", SECONDS),
                 "upload_limit": ("AGORA_MEDIA_UPLOAD_LIMIT", NON_NEGATIVE_INT),
                 "orphan_age": ("AGORA_MEDIA_ORPHAN_AGE", SECONDS),
+                "library": ("AGORA_MEDIA_LIBRARY", IMAGING_LIBRARY),
             },
         ),
         s3_bucket=_get(env, "AGORA_MEDIA_S3_BUCKET"),

@@ -53,7 +53,12 @@ async def upload(
     return body
 
 
-async def test_an_upload_is_processed_stored_and_served(client: TestClient) -> None:
+@pytest.mark.parametrize("library", ["vips", "pillow"])
+async def test_an_upload_is_processed_stored_and_served(
+    make_client: AppFactory, config: Config, library: str
+) -> None:
+    """On either imaging library (AGORA_MEDIA_LIBRARY)."""
+    client = await make_client(media=replace(config.media, library=library))
     a = await register(client)
     media = await upload(client, a, jpeg(), description="a blue field", focus="0.5,-0.25")
     assert media["content_type"] == "image/jpeg"

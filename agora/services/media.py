@@ -85,7 +85,14 @@ class MediaService:
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="agora-media")
         # Uploads being processed or waiting for a worker: more are refused at once (503).
         self._slots = asyncio.Semaphore(config.workers * 4)
-        self._process = process or (lambda data, limit: imaging.process(data, max_pixels=limit))
+        library = imaging.DEFAULT if config.library is None else config.library
+        self._process = process or (
+            lambda data, limit: imaging.process(
+                data,
+                max_pixels=limit,
+                library="pillow" if library == "pillow" else "vips",
+            )
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
