@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import pickle
 import struct
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import blurhash
@@ -556,6 +557,24 @@ def test_frames_count_in_the_budget(library: str) -> None:
             run(data, library, max_pixels=1_199_999)
 
 
+def test_pillows_own_bomb_guard_is_answered_as_too_many_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pillow refuses images over twice Image.MAX_IMAGE_PIXELS itself; that is TooManyPixels too."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    with pytest.raises(TooManyPixels):
+        run(encode(photo(100, 100), "PNG"), "pillow", max_pixels=LIMIT)
+
+
+def test_a_gif_frame_outside_the_screen_counts(library: str) -> None:
+    """Pillow grows the canvas to hold a frame placed beyond the logical screen: so does the budget."""
+    data = bytearray(encode(Image.new("P", (10, 10)), "GIF"))
+    descriptor = data.index(b"\x2c\x00\x00\x00\x00\x0a\x00\x0a\x00")  # at 0,0, 10x10
+    data[descriptor + 1 : descriptor + 5] = struct.pack("<HH", 5_000, 5_000)  # moved far out
+    with pytest.raises(TooManyPixels, match=r"^the image is 5010x5010 pixels"):
+        run(bytes(data), library, max_pixels=1_000_000)
+
+
 def test_the_limit_is_the_callers(library: str) -> None:
     data = encode(photo(100, 100), "PNG")
     assert run(data, library, max_pixels=10_000).original.width == 100
@@ -572,6 +591,17 @@ def test_results_and_errors_pickle() -> None:
     for error in (Refused("the GIF file is truncated or damaged"), TooManyPixels("too big")):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)
+
+
+def test_runs_in_a_fresh_process() -> None:
+    """A process pool (spawned: nothing inherited) imports the module and pickles both ways."""
+    data = encode(photo(120, 80), "JPEG")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        result = pool.submit(process, data, max_pixels=LIMIT).result(timeout=60)
+        assert (result.original.width, result.original.height) == (120, 80)
+        with pytest.raises(Refused, match=r"^the file is not a JPEG, PNG, GIF or WebP image$"):
+            pool.submit(process, b"plain text", max_pixels=LIMIT).result(timeout=60)
 
 
 def test_threads_at_once_give_the_same_results(library: str) -> None:
