@@ -100,6 +100,7 @@ async def test_an_upload_is_processed_stored_and_served(
         (b"just some text, renamed to photo.jpg" * 10, 415, "unsupported_media_type"),
         (jpeg()[:400], 415, "unsupported_media_type"),  # truncated
         (b"\x89PNG\r\n\x1a\n" + b"not a png at all" * 20, 415, "unsupported_media_type"),
+        (jpeg() + b"<script>alert(1)</script>", 415, "unsupported_media_type"),  # a polyglot
     ],
 )
 async def test_what_is_not_an_image_is_refused(

@@ -17,11 +17,13 @@ What it guarantees, in order:
    ``fail_on="error"``, and Pillow's ``DecompressionBombError`` is answered as TooManyPixels too.
 3. **The image is really decoded**, every frame: a truncated file or one whose body is not what
    its magic says raises :class:`Refused`; no decoder error escapes as anything else.
-4. **Polyglots come out clean; they are not refused.** Every output is re-encoded from decoded
-   pixels, so nothing of the input but the pixels and the ICC profile reaches the output: trailing
-   HTML, script or ZIP after the image, or HTML inside EXIF/XMP/comments, is dropped. (Refusing
-   trailing bytes would also refuse phones' JPEGs, which append secondary images after the first.)
-   The ICC profile is kept only when littlecms parses it as a profile.
+4. **Polyglots are refused** (:class:`Refused`): a file that is also a web page, a script or an
+   archive (an HTML, SVG, PHP or script tag anywhere in it, or a ZIP's central directory at its
+   end) is what a polyglot is for; the rest of a file is not checked that way, so phones'
+   JPEGs, which append secondary images after the first, are taken. Whatever is accepted is
+   re-encoded from decoded pixels anyway, so nothing of the input but the pixels and the ICC
+   profile reaches the output (HTML inside EXIF/XMP/comments is dropped with them). The ICC
+   profile is kept only when littlecms parses it as a profile.
 5. **Orientation is applied** (EXIF orientation 2-8), then **all metadata is dropped** (EXIF with
    GPS and camera make/model, XMP, IPTC, comments) except the ICC colour profile, which both
    renditions keep. CMYK JPEGs become sRGB and lose their (CMYK) profile.
@@ -51,6 +53,7 @@ from __future__ import annotations
 import io
 import math
 import operator
+import re
 import struct
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
@@ -126,6 +129,20 @@ def sniff(head: bytes) -> ContentType | None:
     return None
 
 
+POLYGLOT = "the file is also something else than an image (markup, a script or an archive)"
+# Markup a browser or a server would run, anywhere in the file (7+ bytes each: compressed image
+# data holds them by chance about once in 2**56 positions), and the end of a ZIP archive.
+_SMUGGLED = re.compile(
+    rb"<(?:script|html|!doctype html|svg|iframe|body|\?php)[\s>/]", re.IGNORECASE
+)
+_ZIP_END = b"PK\x05\x06"
+
+
+def smuggled(data: bytes) -> bool:
+    """Whether the file carries a page, a script or an archive besides the image."""
+    return _SMUGGLED.search(data) is not None or _ZIP_END in data[-65_557:]
+
+
 def process(data: bytes, *, max_pixels: int, library: Library = DEFAULT) -> Processed:
     """Decode, check, orient, strip, downscale and re-encode an uploaded image.
 
@@ -137,6 +154,8 @@ def process(data: bytes, *, max_pixels: int, library: Library = DEFAULT) -> Proc
     content_type = sniff(data[:16])
     if content_type is None:
         raise Refused(NOT_AN_IMAGE)
+    if smuggled(data):
+        raise Refused(POLYGLOT)
     header = _read_header(content_type, data)
     _check_budget(header.width, header.height, header.frames, max_pixels)
     try:
