@@ -76,7 +76,8 @@ def test_media_uploads_while_sockets_ping(bench_env: dict[str, str]) -> None:
     for phase in (out["idle"], upload):
         assert phase["ping"]["pings"] > 0, phase
         assert_latency(phase["ping"]["rtt_ms"] | {"p999": phase["ping"]["rtt_ms"]["max"]})
-        assert phase["node_cpu_pct"] > 0 and phase["client_loop_lag_ms"]["max"] is not None
+        assert phase["node_cpu_pct"] >= 0 and phase["client_loop_lag_ms"]["max"] is not None
+    assert upload["node_cpu_pct"] > 0  # idle, a node may use less than a clock tick in 0.5 s
     assert out["socket_closes"] == 0 and out["node_rss_mib"] > 0
     # The run's users went, with the stored objects only their uploads used.
     assert out["cleanup"]["users"] == 3 and out["cleanup"]["objects"] >= 2 * upload["uploads"]
