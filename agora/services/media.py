@@ -131,12 +131,8 @@ class MediaService:
             ) from None
         if data is None:
             raise invalid({"file": "required: the image, as a part named file"})
-        processed = await self._run(data)
+        processed, keys = await self._run(data)
         original, small = processed.original, processed.small
-        keys = {
-            _key(original.data, original.content_type): original,
-            _key(small.data, small.content_type): small,
-        }
         await self.store.claim_objects({k: len(r.data) for k, r in keys.items()})
         try:
             await asyncio.gather(
@@ -203,7 +199,17 @@ class MediaService:
             raise invalid({name: "must not contain NUL characters"})
         return text
 
-    async def _run(self, data: bytes) -> imaging.Processed:
+    def _work(self, data: bytes) -> tuple[imaging.Processed, dict[str, imaging.Rendition]]:
+        """In a worker thread: the processing, and the renditions' content-addressed keys
+        (hashing a megabyte takes milliseconds, which the event loop should not spend)."""
+        processed = self._process(data, self.config.max_pixels)
+        original, small = processed.original, processed.small
+        return processed, {
+            _key(original.data, original.content_type): original,
+            _key(small.data, small.content_type): small,
+        }
+
+    async def _run(self, data: bytes) -> tuple[imaging.Processed, dict[str, imaging.Rendition]]:
         if self._slots.locked():
             raise AppError(
                 ErrorCode.UNAVAILABLE,
@@ -214,9 +220,7 @@ class MediaService:
         async with self._slots:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(
-                    self.pool, self._process, data, self.config.max_pixels
-                )
+                return await loop.run_in_executor(self.pool, self._work, data)
             except imaging.TooManyPixels as exc:
                 raise AppError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc), status=413) from None
             except imaging.Refused as exc:
