@@ -377,3 +377,20 @@ async def test_the_event_loop_keeps_answering_while_images_are_processed(
     await uploads
     assert len(rtts) >= 5, rtts
     assert max(rtts) < 0.25, sorted(rtts)[-5:]
+
+
+async def test_a_full_pool_refuses_at_once(make_client: AppFactory, config: Config) -> None:
+    """One worker holds 4 uploads at most (read, waiting or processed); the others are refused
+    at once (503 with Retry-After) instead of queueing in memory."""
+    client = await make_client(media=replace(config.media, workers=1, upload_limit=0))
+    a = await register(client)
+    images = [jpeg(4000, 3000, seed=90 + i) for i in range(7)]
+    answers = await asyncio.gather(
+        *(client.post("/api/v1/media", data=form(data), headers=a.headers) for data in images)
+    )
+    statuses = sorted(r.status for r in answers)
+    assert statuses.count(201) >= 4 and 503 in statuses, statuses
+    for resp in answers:
+        if resp.status == 503:
+            await expect_error(resp, 503, "unavailable")
+            assert resp.headers["Retry-After"]

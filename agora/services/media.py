@@ -83,7 +83,7 @@ class MediaService:
         self.limiter = limiter
         self.config = config
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="agora-media")
-        # Uploads being processed or waiting for a worker: more are refused at once (503).
+        # Uploads being read, processed or waiting for a worker: more are refused at once (503).
         self._slots = asyncio.Semaphore(config.workers * 4)
         library = imaging.DEFAULT if config.library is None else config.library
         self._process = process or (
@@ -106,6 +106,19 @@ class MediaService:
             )
         if not request.content_type.startswith("multipart/"):
             raise _refused("send the file as multipart/form-data with a field named file")
+        # A slot before the body is read: at most 4 uploads per worker are held in memory
+        # (read, waiting or processed) at once; more are refused at once instead of queueing.
+        if self._slots.locked():
+            raise AppError(
+                ErrorCode.UNAVAILABLE,
+                "too many uploads are being processed; try again shortly",
+                status=503,
+                headers={"Retry-After": "2"},
+            )
+        async with self._slots:
+            return await self._upload(owner_id, request)
+
+    async def _upload(self, owner_id: int, request: web.Request) -> MediaOut:
         data: bytes | None = None
         description = ""
         focus = (0.0, 0.0)
@@ -115,6 +128,8 @@ class MediaService:
                 if not isinstance(part, BodyPartReader):
                     raise invalid({"file": "nested multipart bodies are not accepted"})
                 if part.name == "file":
+                    if data is not None:
+                        raise invalid({"file": "one file per upload"})
                     data = await self._read_file(part)
                 elif part.name == "description":
                     description = await self._read_text(part, "description", MAX_DESCRIPTION)
@@ -210,21 +225,13 @@ class MediaService:
         }
 
     async def _run(self, data: bytes) -> tuple[imaging.Processed, dict[str, imaging.Rendition]]:
-        if self._slots.locked():
-            raise AppError(
-                ErrorCode.UNAVAILABLE,
-                "too many uploads are being processed; try again shortly",
-                status=503,
-                headers={"Retry-After": "2"},
-            )
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            try:
-                return await loop.run_in_executor(self.pool, self._work, data)
-            except imaging.TooManyPixels as exc:
-                raise AppError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc), status=413) from None
-            except imaging.Refused as exc:
-                raise _refused(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, self._work, data)
+        except imaging.TooManyPixels as exc:
+            raise AppError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc), status=413) from None
+        except imaging.Refused as exc:
+            raise _refused(str(exc)) from None
 
     # -- the media job ---------------------------------------------------------------------------
 
