@@ -154,6 +154,10 @@ class Config:
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
     metrics_token: str | None = None
+    # Browsers' cross-origin calls: the origins allowed (exact "https://app.example.com", or
+    # "*" for any); none: no cross-origin call is allowed.
+    cors_origins: tuple[str, ...] = ()
+    hsts_seconds: int = 0  # Strict-Transport-Security max-age when served over HTTPS; 0: not sent
     max_body_bytes: int = 1024 * 1024
     feed_cache_size: int = 800  # posts per user kept in Redis; 0 = feeds read PostgreSQL only
     feed_page_cache: int = 20_000  # encoded feed pages kept in memory per node; 0 = none
@@ -258,6 +262,22 @@ INDEX_PREFIX: _Kind = (
     "1-64 lowercase letters, digits or '_.-', starting with a letter or digit",
 )
 EXCHANGE: _Kind = (_exchange, "1-64 letters, digits or '_.:-'")
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _get(env, name)
+    if raw is None:
+        return ()
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                name, f"{origin!r} is not an origin like https://app.example.com (or *)"
+            )
+    return origins
 
 
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
@@ -448,12 +468,14 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),
+        cors_origins=_origins(env, "AGORA_CORS_ORIGINS"),
         **_set_fields(
             env,
             {
                 "feed_cache_size": ("AGORA_FEED_CACHE_SIZE", NON_NEGATIVE_INT),
                 "feed_page_cache": ("AGORA_FEED_PAGE_CACHE", NON_NEGATIVE_INT),
                 "shutdown_timeout": ("AGORA_SHUTDOWN_TIMEOUT", SECONDS_OR_ZERO),
+                "hsts_seconds": ("AGORA_HSTS_SECONDS", NON_NEGATIVE_INT),
             },
         ),
     )

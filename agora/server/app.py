@@ -49,7 +49,7 @@ from agora.search.backend import SearchBackend
 from agora.search.elastic import ElasticBackend
 from agora.search.indexer import search_consumers
 from agora.search.postgres import PostgresBackend
-from agora.server import keys, ops
+from agora.server import hardening, keys, ops
 from agora.server.amqp import Amqp
 from agora.server.metrics import Metrics
 from agora.server.middleware import InFlight, envelope_middleware
@@ -433,7 +433,11 @@ def create_app(
 ) -> web.Application:
     """Build a node. ``config`` must be resolved: database and Redis URLs and JWT secret set.
     ``consumers`` run beside the node's own event consumers (tests, extensions)."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[envelope_middleware])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[envelope_middleware, hardening.cors_preflight],
+    )
+    hardening.install(app)
     app[keys.CONFIG] = config
     app[keys.CLOCK] = clock or Clock()
     app[keys.METRICS] = Metrics()

@@ -89,16 +89,24 @@ def serve(config: Config, host: str, port: int) -> int:
         log.info("stopped")
 
 
+# How a node's server runs its app (tests build theirs the same way where it matters).
+SERVER_OPTIONS: dict[str, Any] = {
+    # No aiohttp access log: its request line would carry /ws?token=...; agora.http logs each
+    # request's method, path (no query string), status and time instead.
+    "access_log": None,
+    # A request line up to 64 KiB reaches Agora (a long query answers 400 in the error
+    # envelope); past that aiohttp's parser answers a plain-text 400 itself.
+    "max_line_size": MAX_REQUEST_LINE,
+}
+
+
 async def _serve(config: Config, host: str, port: int) -> int:
     app = create_app(config)
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log=None,
         shutdown_timeout=1.0,  # drain() already waited for requests
-        # A request line up to 64 KiB reaches Agora (a long query answers 400 in the error
-        # envelope); past that aiohttp's parser answers a plain-text 400 itself.
-        max_line_size=MAX_REQUEST_LINE,
+        **SERVER_OPTIONS,
     )
     try:
         await runner.setup()
