@@ -23,6 +23,7 @@ from agora.storage import (
     search_index,
     social,
 )
+from tests.support.search import NO_PG_TRGM, has_pg_trgm
 
 NOW = datetime.now(UTC)
 OUR_SCHEMAS = {"accounts", "social", "content", "chat", "notifications", "events", "media"}
@@ -197,6 +198,8 @@ def _seq_scans(plan: dict[str, Any]) -> list[str]:
 async def test_no_sequential_scans(database_url: str, name: str) -> None:
     sql, args = QUERIES[name] if name in QUERIES else CUSTOM_PLANNED[name]
     mode = "force_generic_plan" if name in QUERIES else "force_custom_plan"
+    if "(pg_trgm)" in name and not await has_pg_trgm(database_url):
+        pytest.skip(NO_PG_TRGM)
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():

@@ -101,3 +101,19 @@ async def db(config: Config) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(config.database.url)
     yield conn
     await conn.close()
+
+
+NO_PG_TRGM = "this PostgreSQL has no pg_trgm (the embedded one has no contrib): built-in trigrams"
+
+
+async def has_pg_trgm(database_url: str) -> bool:
+    """Whether migration 0010 could install pg_trgm on the test database's server."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm')"
+            )
+        )
+    finally:
+        await conn.close()
