@@ -262,7 +262,7 @@ class S3Storage:
         prefix: str = "",
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
-        max_attempts: int = 2,
+        max_attempts: int = 3,  # botocore's default: S3 asks clients to retry 500s and 503s
         deadline: float = 60.0,
         max_connections: int = 32,
     ) -> None:
