@@ -229,6 +229,16 @@ async def test_media_follow_their_post(client: TestClient, db: asyncpg.Connectio
     assert "sig=" not in url
     resp = await client.get(url)
     assert resp.status == 200 and "immutable" in resp.headers["Cache-Control"]
+    # Made friends-only: its plain URL stops at once (nobody gets a signed one but who may see).
+    resp = await client.patch(
+        f"/api/v1/posts/{public['id']}", json={"visibility": "friends"}, headers=author.headers
+    )
+    assert resp.status == 200
+    await expect_error(await client.get(url), 404, "not_found")
+    resp = await client.patch(
+        f"/api/v1/posts/{public['id']}", json={"visibility": "public"}, headers=author.headers
+    )
+    assert (await client.get(url)).status == 200
     # Deleted with the post, at once, with a media.deleted event.
     resp = await client.delete(f"/api/v1/posts/{public['id']}", headers=author.headers)
     assert resp.status == 204
