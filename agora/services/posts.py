@@ -18,11 +18,10 @@ from agora.protocol.cursor import decode_cursor, encode_cursor
 from agora.services.feed import FeedService
 from agora.services.pages import make_page
 from agora.services.presenters import comment_out, post_out
+from agora.services.roles import has_role
 from agora.storage.accounts import AccountStore
 from agora.storage.content import CommentStore, MediaNotAttachable, PostStore
 from agora.storage.db import MAX_ID
-
-MODERATING_ROLES = ("moderator", "admin")
 
 
 class PostService:
@@ -43,8 +42,7 @@ class PostService:
         self.on_created = on_created  # pushes `post` frames to online friends
 
     async def _is_moderator(self, user_id: int) -> bool:
-        user = await self.accounts.get_user(user_id)
-        return user is not None and user.role in MODERATING_ROLES
+        return await has_role(self.accounts, user_id)
 
     # -- posts ---------------------------------------------------------------------------------
 
