@@ -6,6 +6,7 @@ One frozen struct per section. A bad value raises :class:`ConfigError` naming th
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -13,7 +14,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 ENVIRONMENTS = ("development", "production", "test")
@@ -136,6 +137,113 @@ class MediaConfig:
     s3_prefix: str = ""
 
 
+Per = Literal["account", "address", "account_address"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """``limit`` actions per ``period`` seconds for each subject (an account, a client address
+    with IPv6 grouped by /64, or an account from an address); ``limit`` 0 turns it off."""
+
+    name: str
+    limit: int
+    period: float
+    per: Per = "account"
+
+    @property
+    def on(self) -> bool:
+        return self.limit > 0
+
+
+# Mastodon's published defaults where it has one (its rack-attack throttles and status limits);
+# each is AGORA_RATE_LIMIT_<NAME> = "<limit>/<seconds>", or 0 to turn it off.
+RATE_RULES: tuple[Rule, ...] = (
+    Rule("api", 300, 300),  # every authenticated API request
+    Rule("api_anonymous", 300, 300, "address"),  # every API request without a token
+    Rule("register", 5, 1800, "address"),
+    Rule("login", 25, 300, "address"),  # sign-in attempts from one address
+    Rule("login_account", 25, 300),  # successful sign-ins to one account
+    Rule("login_failures", 10, 900, "account_address"),  # failed ones, per account and address
+    Rule("posts", 300, 3 * 3600),
+    Rule("comments", 300, 3 * 3600),
+    Rule("reactions", 600, 3600),
+    Rule("friend_requests", 400, 24 * 3600),
+    Rule("messages", 120, 60),  # REST and WebSocket `send`
+    Rule("uploads", 30, 1800),
+    Rule("deletes", 30, 1800),
+    Rule("search", 120, 60),
+    Rule("reports", 30, 1800),
+)
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    enabled: bool = True
+    rules: Mapping[str, Rule] = field(default_factory=lambda: {r.name: r for r in RATE_RULES})
+    # Peers whose X-Forwarded-For is believed (the proxies in front of the node); none: the
+    # address of the connection is the client's.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    password_workers: int = 2  # argon2 threads (64 MiB each at the default cost)
+    password_queue: int = 8  # hashes waiting beyond the workers; more are refused with 503
+
+    def __getitem__(self, name: str) -> Rule:
+        return self.rules[name]
+
+    def but(self, **rules: tuple[int, float]) -> RateLimitConfig:
+        """These limits with some rules changed: ``but(posts=(3, 60))``."""
+        changed = {
+            n: replace(self.rules[n], limit=lim, period=per) for n, (lim, per) in rules.items()
+        }
+        return replace(self, rules={**self.rules, **changed})
+
+
+MAX_PATTERN_LENGTH = 200
+MAX_FILTER_ENTRIES = 500
+# A group that repeats and holds a repetition itself: (a+)+, (\w*)*, (x+){2,} ... the shapes
+# whose backtracking explodes.
+_NESTED_REPEAT = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+
+
+@dataclass(frozen=True)
+class ModerationConfig:
+    """The word filter (agora/services/wordfilter.py): whole words, case-insensitive, and
+    regular expressions; a post or comment matching either is held for review."""
+
+    words: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+
+def _moderation(env: Mapping[str, str]) -> ModerationConfig:
+    words_raw = _get(env, "AGORA_MODERATION_WORDS")
+    words = tuple(
+        dict.fromkeys(w.strip().lower() for w in (words_raw or "").split(",") if w.strip())
+    )
+    patterns_raw = _get(env, "AGORA_MODERATION_PATTERNS")
+    patterns = tuple(p.strip() for p in (patterns_raw or "").splitlines() if p.strip())
+    if len(words) > MAX_FILTER_ENTRIES:
+        raise ConfigError("AGORA_MODERATION_WORDS", f"at most {MAX_FILTER_ENTRIES} words")
+    if len(patterns) > MAX_FILTER_ENTRIES:
+        raise ConfigError("AGORA_MODERATION_PATTERNS", f"at most {MAX_FILTER_ENTRIES} patterns")
+    for pattern in patterns:
+        if len(pattern) > MAX_PATTERN_LENGTH:
+            raise ConfigError(
+                "AGORA_MODERATION_PATTERNS",
+                f"{pattern[:40]!r}... is longer than {MAX_PATTERN_LENGTH} characters",
+            )
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                "AGORA_MODERATION_PATTERNS", f"{pattern!r} is not a regular expression: {exc}"
+            ) from None
+        if _NESTED_REPEAT.search(pattern):
+            raise ConfigError(
+                "AGORA_MODERATION_PATTERNS",
+                f"{pattern!r} repeats a group that repeats itself (catastrophic backtracking)",
+            )
+    return ModerationConfig(words=words, patterns=patterns)
+
+
 @dataclass(frozen=True)
 class Config:
     env: str
@@ -151,6 +259,8 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     amqp_url: str | None = None
     elasticsearch_url: str | None = None
     metrics_token: str | None = None
@@ -256,6 +366,7 @@ def _imaging_library(raw: str) -> str:
 
 
 SWITCH: _Kind = (_switch, "on or off")
+SCALE: _Kind = (_positive_float, "a positive number (a factor applied to every rate limit)")
 IMAGING_LIBRARY: _Kind = (_imaging_library, "vips or pillow")
 INDEX_PREFIX: _Kind = (
     _index_prefix,
@@ -278,6 +389,72 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
                 name, f"{origin!r} is not an origin like https://app.example.com (or *)"
             )
     return origins
+
+
+def _rate(raw: str) -> tuple[int, float]:
+    if raw == "0":
+        return 0, 1.0
+    count, sep, seconds = raw.partition("/")
+    limit, period = int(count), float(seconds)
+    if not sep or limit < 0 or not 0 < period < float("inf"):
+        raise ValueError(raw)
+    return limit, period
+
+
+def _networks(
+    env: Mapping[str, str], name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = _get(env, name)
+    if raw is None:
+        return ()
+    try:
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False) for p in raw.split(",") if p.strip()
+        )
+    except ValueError:
+        raise ConfigError(
+            name, f"must be addresses or networks like 10.0.0.0/8, ::1, got {raw!r}"
+        ) from None
+
+
+def _limits(env: Mapping[str, str], search: SearchConfig, media: MediaConfig) -> RateLimitConfig:
+    """The rate limits: the defaults, then the older single settings (searches per minute,
+    uploads per window), then AGORA_RATE_LIMIT_<NAME>, then AGORA_RATE_LIMIT_SCALE."""
+    rules = {r.name: r for r in RATE_RULES}
+    rules["search"] = replace(rules["search"], limit=search.rate_limit, period=60)
+    rules["uploads"] = replace(
+        rules["uploads"], limit=media.upload_limit, period=media.upload_window
+    )
+    for rule in RATE_RULES:
+        name = f"AGORA_RATE_LIMIT_{rule.name.upper()}"
+        raw = _get(env, name)
+        if raw is None:
+            continue
+        try:
+            limit, period = _rate(raw)
+        except ValueError:
+            raise ConfigError(
+                name, f"must be <limit>/<seconds> like 300/300, or 0 for none, got {raw!r}"
+            ) from None
+        rules[rule.name] = replace(rule, limit=limit, period=period)
+    scale = _set_fields(env, {"scale": ("AGORA_RATE_LIMIT_SCALE", SCALE)}).get("scale", 1.0)
+    if scale != 1.0:
+        rules = {
+            n: replace(r, limit=max(1, round(r.limit * scale)) if r.limit else 0)
+            for n, r in rules.items()
+        }
+    return RateLimitConfig(
+        rules=rules,
+        trusted_proxies=_networks(env, "AGORA_TRUSTED_PROXIES"),
+        **_set_fields(
+            env,
+            {
+                "enabled": ("AGORA_RATE_LIMITS", SWITCH),
+                "password_workers": ("AGORA_PASSWORD_WORKERS", POSITIVE_INT),
+                "password_queue": ("AGORA_PASSWORD_QUEUE", NON_NEGATIVE_INT),
+            },
+        ),
+    )
 
 
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
@@ -465,6 +642,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         events=events,
         search=search,
         media=media,
+        moderation=_moderation(env),
+        limits=_limits(env, search, media),
         amqp_url=_url(env, "AGORA_AMQP_URL", ("amqp", "amqps")),
         elasticsearch_url=_url(env, "AGORA_ELASTICSEARCH_URL", ("http", "https")),
         metrics_token=_get(env, "AGORA_METRICS_TOKEN"),

@@ -91,6 +91,10 @@ def config(
             # Node processes killed by tests leave leased deliveries behind: short leases let
             # the next test's consumers take them over within seconds.
             "AGORA_EVENTS_LEASE": "5",
+            # Every request goes through the rate limits, a thousand times looser than the
+            # defaults so that no test trips them by accident (tests/test_ratelimit.py sets
+            # its own).
+            "AGORA_RATE_LIMIT_SCALE": "1000",
         }
     )
     # Cheap argon2 parameters: the hashing itself is argon2-cffi's business, not ours.

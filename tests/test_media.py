@@ -317,7 +317,7 @@ async def test_uploads_nobody_uses_are_removed(client: TestClient, db: asyncpg.C
 
 
 async def test_uploads_are_rate_limited(make_client: AppFactory, config: Config) -> None:
-    client = await make_client(media=replace(config.media, upload_limit=2))
+    client = await make_client(limits=config.limits.but(uploads=(2, 1800)))
     a = await register(client)
     for seed in (41, 42):
         await upload(client, a, jpeg(seed=seed))

@@ -328,7 +328,7 @@ async def test_search_needs_an_account(client: TestClient) -> None:
 
 
 async def test_rate_limit_per_account(make_client: AppFactory, config: Config) -> None:
-    client = await make_client(search=replace(config.search, rate_limit=3))
+    client = await make_client(limits=config.limits.but(search=(3, 60)))
     a, b = await register(client), await register(client)
     for _ in range(3):
         resp = await client.get("/api/v1/search", params={"q": "hello"}, headers=a.headers)

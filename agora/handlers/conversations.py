@@ -64,6 +64,7 @@ async def history(call: Call[None, HistoryQuery]) -> Page[MessageOut]:
     response=MessageOut,
     status=201,
     also=((200, MessageOut, "This client_id was sent before: the first message"),),
+    limits=("messages",),
 )
 async def send(call: Call[SendMessageIn, Any]) -> Reply:
     """Send a message (the same path as the WebSocket `send`); answered after it is stored."""

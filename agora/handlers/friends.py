@@ -18,6 +18,7 @@ routes = Routes("friends")
     response=FriendRequestOut,
     status=201,
     also=((200, FriendRequestOut, "The other user had already asked: now accepted"),),
+    limits=("friend_requests",),
 )
 async def send_request(call: Call[UserRef, Any]) -> Reply:
     """Ask a user to be friends.

@@ -15,7 +15,9 @@ from agora.server.routing import Call, Routes
 routes = Routes("media")
 
 
-@routes.post("/media", response=MediaOut, status=201, errors=(413, 415, 429, 503))
+@routes.post(
+    "/media", response=MediaOut, status=201, errors=(413, 415, 429, 503), limits=("uploads",)
+)
 async def upload(call: Call[None, Any]) -> MediaOut:
     """Upload an image as `multipart/form-data`: a part `file` (JPEG, PNG, GIF or WebP; the
     bytes decide, not the name), optional `description` (alt text, up to 1,500 characters) and

@@ -19,7 +19,7 @@ from agora.server.routing import Call, Routes
 routes = Routes("posts")
 
 
-@routes.post("/posts", body=CreatePostIn, response=PostOut, status=201)
+@routes.post("/posts", body=CreatePostIn, response=PostOut, status=201, limits=("posts",))
 async def create_post(call: Call[CreatePostIn, Any]) -> PostOut:
     """Publish a post to `public`, `friends` (default) or `private` (only the author)."""
     return await call.app[keys.POSTS].create(call.viewer.user_id, call.body)
@@ -39,7 +39,7 @@ async def update_post(call: Call[UpdatePostIn, Any]) -> PostOut:
     )
 
 
-@routes.delete("/posts/{id}", status=204)
+@routes.delete("/posts/{id}", status=204, limits=("deletes",))
 async def delete_post(call: Call[None, Any]) -> None:
     """Delete a post with its comments and reactions (author or moderator)."""
     await call.app[keys.POSTS].delete(call.viewer.user_id, call.path_id("id", "post"))
@@ -53,7 +53,7 @@ async def user_posts(call: Call[None, PageQuery]) -> Page[PostOut]:
     )
 
 
-@routes.put("/posts/{id}/reactions", body=ReactIn, response=PostOut)
+@routes.put("/posts/{id}/reactions", body=ReactIn, response=PostOut, limits=("reactions",))
 async def react(call: Call[ReactIn, Any]) -> PostOut:
     """Set the caller's reaction (one per user per post; a new type replaces the old)."""
     return await call.app[keys.POSTS].react(
@@ -61,13 +61,19 @@ async def react(call: Call[ReactIn, Any]) -> PostOut:
     )
 
 
-@routes.delete("/posts/{id}/reactions", status=204)
+@routes.delete("/posts/{id}/reactions", status=204, limits=("reactions",))
 async def unreact(call: Call[None, Any]) -> None:
     """Remove the caller's reaction, if any."""
     await call.app[keys.POSTS].unreact(call.viewer.user_id, call.path_id("id", "post"))
 
 
-@routes.post("/posts/{id}/comments", body=CreateCommentIn, response=CommentOut, status=201)
+@routes.post(
+    "/posts/{id}/comments",
+    body=CreateCommentIn,
+    response=CommentOut,
+    status=201,
+    limits=("comments",),
+)
 async def add_comment(call: Call[CreateCommentIn, Any]) -> CommentOut:
     """Comment on a post, or reply to one of its comments with `parent_id`."""
     return await call.app[keys.POSTS].add_comment(
@@ -83,7 +89,7 @@ async def list_comments(call: Call[None, PageQuery]) -> Page[CommentOut]:
     )
 
 
-@routes.delete("/comments/{id}", status=204)
+@routes.delete("/comments/{id}", status=204, limits=("deletes",))
 async def delete_comment(call: Call[None, Any]) -> None:
     """Delete a comment (its author, the post's author, or a moderator); replies go with it."""
     await call.app[keys.POSTS].delete_comment(call.viewer.user_id, call.path_id("id", "comment"))

@@ -10,7 +10,7 @@ from agora.server.routing import Call, Routes
 routes = Routes("search")
 
 
-@routes.get("/search", query=SearchIn, response=Page[SearchResult])
+@routes.get("/search", query=SearchIn, response=Page[SearchResult], limits=("search",))
 async def search(call: Call[None, SearchIn]) -> Page[SearchResult]:
     """Search `users` (username and display name: prefix, or within a typo), `posts` or
     `messages` (of the caller's conversations) with the query syntax of the README: words (all

@@ -42,12 +42,18 @@ from agora.protocol.frames import (
 from agora.server import keys
 from agora.server.logs import request_id_var
 from agora.server.middleware import name_response
+from agora.server.routing import rate_limit
 from agora.services.chat import ChatService
+from agora.services.ratelimit import Hit, Verdict
 
 log = logging.getLogger(__name__)
 
 SYNC_PAGE = 500
 SYNC_WAIT = 30.0  # seconds a sync waits for a client that stopped reading
+# `send` frames refused by the messages limit in a row (each answered with an error frame
+# carrying retry_after) before the socket is closed with 1008: a client that ignores
+# retry_after is abusive. A frame that gets through starts the count again.
+SEND_REFUSALS_TOLERATED = 10
 
 
 class TokenBucket:
@@ -73,9 +79,15 @@ class TokenBucket:
 
 
 def _error(
-    code: ErrorCode | str, message: str, ref: str | None = None, retry: bool = False
+    code: ErrorCode | str,
+    message: str,
+    ref: str | None = None,
+    retry: bool = False,
+    retry_after: float | None = None,
 ) -> bytes:
-    return encode(ErrorFrame(code=str(code), message=message, ref=ref, retry=retry))
+    return encode(
+        ErrorFrame(code=str(code), message=message, ref=ref, retry=retry, retry_after=retry_after)
+    )
 
 
 class Connection:
@@ -91,8 +103,14 @@ class Connection:
         self.chat: ChatService = app[keys.CHAT]
         self.metrics = app[keys.METRICS]
         self._sync: asyncio.Task[None] | None = None
+        self.limiter = app[keys.LIMITER]
+        self._sends = [Hit(app[keys.CONFIG].limits["messages"], str(session.user_id))]
+        self._refused = 0  # `send` frames refused in a row by the messages limit
+        self._ws: web.WebSocketResponse | None = None
+        self._closing: asyncio.Future[bool] | None = None
 
     async def run(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 if not self.bucket.take():
@@ -139,8 +157,11 @@ class Connection:
         match frame:
             case Send(conversation_id=cid, client_id=client_id, text=text):
                 self.metrics.ws_frames_in.labels("send").inc()
-                self.router.submit(
-                    int(cid), SendOp(user, client_id, text), self._on_sent(client_id)
+                # The messages limit (shared with REST sends) first; verdicts come back in
+                # the order the frames came, so sends stay in order.
+                op = SendOp(user, client_id, text)
+                self.limiter.submit(self._sends).add_done_callback(
+                    lambda verdict: self._send(verdict.result(), int(cid), op)
                 )
             case Typing(conversation_id=cid):
                 self.metrics.ws_frames_in.labels("typing").inc()
@@ -163,6 +184,29 @@ class Connection:
             case Ping():
                 self.metrics.ws_frames_in.labels("ping").inc()
                 self.session.push(encode(Pong()))
+
+    def _send(self, verdict: Verdict, conversation_id: int, op: SendOp) -> None:
+        if verdict.allowed:
+            self._refused = 0
+            self.router.submit(conversation_id, op, self._on_sent(op.client_id))
+            return
+        self._refused += 1
+        if self._refused > SEND_REFUSALS_TOLERATED and self._ws is not None:
+            if self._closing is None:
+                self.metrics.ws_closed.labels("rate_limited").inc()
+                self._closing = asyncio.ensure_future(
+                    self._ws.close(code=CloseCode.POLICY_VIOLATION, message=b"rate_limited")
+                )
+            return
+        self.session.push(
+            _error(
+                ErrorCode.RATE_LIMITED,
+                verdict.error().message,
+                op.client_id,
+                retry=True,
+                retry_after=max(1.0, round(verdict.retry_after, 1)),
+            )
+        )
 
     def _on_sent(self, client_id: str) -> Reply:
         session = self.session
@@ -243,6 +287,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not token:
         raise unauthorized("pass the access token as ?token=")
     viewer = app[keys.ACCOUNTS].authenticate(token)  # 401 before the upgrade
+    await rate_limit(request, viewer)  # an upgrade is an API request of the account
+    app[keys.ACTIVITY].seen(viewer.user_id)  # analytics: no I/O (services/activity.py)
 
     config = app[keys.CONFIG].ws
     sessions, presence, metrics = app[keys.SESSIONS], app[keys.PRESENCE], app[keys.METRICS]

@@ -116,6 +116,7 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="type", omit_defaults=Tr
     message: str
     ref: str | None = None
     retry: bool = False
+    retry_after: float | None = None  # rate_limited: seconds until the frame would be taken
 
 
 ServerFrame = (

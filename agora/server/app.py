@@ -30,6 +30,8 @@ from agora.events.bus import EventBus
 from agora.events.consumer import Consumer, Reach
 from agora.events.metrics import EventMetrics
 from agora.handlers import (
+    admin,
+    admin_stats,
     auth,
     conversations,
     docs,
@@ -38,6 +40,7 @@ from agora.handlers import (
     media,
     notifications,
     posts,
+    reports,
     search,
     users,
     ws,
@@ -55,21 +58,27 @@ from agora.server.metrics import Metrics
 from agora.server.middleware import InFlight, envelope_middleware
 from agora.server.routing import mount
 from agora.services.accounts import AccountService
+from agora.services.activity import ActivityTracker
+from agora.services.audit import AuditLog
 from agora.services.chat import ChatService
 from agora.services.feed import FeedService
 from agora.services.feed_pages import FeedPages
 from agora.services.housekeeping import Periodic, housekeeping_jobs
 from agora.services.invalidation import Invalidator
 from agora.services.media import MediaService
+from agora.services.moderation import ModerationService
 from agora.services.notifications import NotificationConsumer, NotificationService
 from agora.services.passwords import Passwords
 from agora.services.posts import PostService
-from agora.services.ratelimit import RateLimiter
+from agora.services.ratelimit import Limiter
 from agora.services.realtime import Realtime
 from agora.services.revocations import Revocations
 from agora.services.search import SearchService
 from agora.services.social import SocialService
+from agora.services.stats import StatsConsumer, StatsService
+from agora.services.suspensions import Suspensions
 from agora.services.tokens import TokenIssuer
+from agora.services.wordfilter import WordFilter
 from agora.storage import redis as redis_store
 from agora.storage.accounts import AccountStore
 from agora.storage.chat import ChatStore
@@ -78,9 +87,11 @@ from agora.storage.db import Database
 from agora.storage.feed_cache import FeedCache
 from agora.storage.media import MediaStore
 from agora.storage.migrations import migrate
+from agora.storage.moderation import AuditStore, ReportStore
 from agora.storage.notifications import NotificationStore
 from agora.storage.search import SEARCH_SETTINGS, SearchStore
 from agora.storage.social import SocialStore
+from agora.storage.stats import StatsStore
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +123,9 @@ REST_TABLES = [
     notifications.routes,
     search.routes,
     media.routes,
+    reports.routes,
+    admin.routes,
+    admin_stats.routes,
 ]
 
 
@@ -139,7 +153,11 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await client.ping()
     app[keys.REDIS] = client
     app[keys.REDIS_KEYS] = redis_store.Keys(config.redis.prefix)
+    app[keys.LIMITER] = Limiter(
+        client, app[keys.REDIS_KEYS], app[keys.CLOCK], enabled=config.limits.enabled
+    )
     yield
+    await app[keys.LIMITER].close()
     await client.aclose()
 
 
@@ -160,7 +178,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     db, redis, rkeys = app[keys.DB], app[keys.REDIS], app[keys.REDIS_KEYS]
     assert config.auth.jwt_secret, "resolve the JWT secret before building the app"
     store = AccountStore(db)
-    passwords = Passwords(config.auth.password_time_cost, config.auth.password_memory_kib)
+    passwords = Passwords(
+        config.auth.password_time_cost,
+        config.auth.password_memory_kib,
+        workers=config.limits.password_workers,
+        queue=config.limits.password_queue,
+    )
     revocations = Revocations(redis, rkeys, store, clock, config.auth.access_ttl)
     await revocations.start()
     app[keys.ACCOUNTS] = AccountService(
@@ -168,7 +191,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         passwords=passwords,
         tokens=TokenIssuer(config.auth.jwt_secret, config.auth.access_ttl, clock),
         revocations=revocations,
-        limiter=RateLimiter(redis, rkeys),
+        limiter=app[keys.LIMITER],
+        limits=config.limits,
         clock=clock,
         refresh_ttl=config.auth.refresh_ttl,
     )
@@ -177,9 +201,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     urls = MediaUrls(config.auth.jwt_secret, config.media.url_ttl, clock)
     media_store = MediaStore(db)
     storage = storage_for(config)
-    app[keys.MEDIA] = MediaService(
-        media_store, storage, urls, RateLimiter(redis, rkeys), config.media
-    )
+    app[keys.MEDIA] = MediaService(media_store, storage, urls, config.media)
     app[keys.ACCOUNTS].media = media_store
     feed_cache = FeedCache(redis, rkeys, size=config.feed_cache_size)
     invalidator = Invalidator(FeedPages(clock, max_entries=config.feed_page_cache))
@@ -192,6 +214,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[keys.NOTIFICATIONS] = NotificationService(db)
     app[keys.REALTIME] = Realtime(social_store)
+    reports = ReportStore(db)
+    audit = AuditLog(AuditStore(db), reports)
     app[keys.POSTS] = PostService(
         post_store,
         CommentStore(db),
@@ -199,8 +223,31 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[keys.FEED],
         urls,
         on_created=app[keys.REALTIME].post_created,
+        word_filter=WordFilter(config.moderation.words, config.moderation.patterns),
+        audit=audit,
     )
+    # Moderation (services/moderation.py): the node's set of suspended accounts, which
+    # authenticate checks, and the lifting of suspensions that ended, at login and refresh.
+    suspensions = Suspensions(redis, rkeys, store, clock, config.auth.session_recheck)
+    await suspensions.start()
+    moderation = ModerationService(
+        store,
+        revocations,
+        suspensions,
+        reports,
+        audit,
+        app[keys.POSTS],
+        ChatStore(db),
+        social_store,
+        invalidator,
+        clock,
+    )
+    app[keys.MODERATION] = moderation
+    app[keys.ACCOUNTS].suspended = suspensions
+    app[keys.ACCOUNTS].suspension_over = moderation.lift_if_over
+    app[keys.ACCOUNTS].suspension_message = moderation.suspended_message
     yield
+    await bounded(suspensions.stop(), "stopping suspensions")
     await bounded(revocations.stop(), "stopping revocations")
     passwords.close()
     app[keys.MEDIA].close()
@@ -237,8 +284,6 @@ async def _search(app: web.Application) -> AsyncIterator[None]:
     app[keys.SEARCH] = SearchService(
         backend,
         store,
-        RateLimiter(app[keys.REDIS], app[keys.REDIS_KEYS]),
-        config.search.rate_limit,
         app[keys.MEDIA].urls,
     )
     log.info("search: %s", backend.name)
@@ -365,11 +410,40 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             app[keys.MEDIA].cleanup_once,
         )
     )
+    jobs.append(
+        Periodic(
+            "suspension-expiry",
+            app[keys.CONFIG].auth.session_recheck,
+            app[keys.CLOCK],
+            app[keys.MODERATION].lift_expired,
+        )
+    )
     for job in jobs:
         job.start()
     yield
     for job in jobs:
         await bounded(job.stop(), f"stopping {job.name}")
+
+
+async def _stats(app: web.Application) -> AsyncIterator[None]:
+    """Analytics (services/stats.py): the activity tracker every authenticated request and
+    WebSocket connect feeds (after _realtime: it reports this node's sessions), and the
+    figures admins read."""
+    redis, rkeys, clock = app[keys.REDIS], app[keys.REDIS_KEYS], app[keys.CLOCK]
+    nodes, sessions = app[keys.NODES], app[keys.SESSIONS]
+    tracker = ActivityTracker(redis, rkeys, clock, sessions=lambda: (nodes.node_id, len(sessions)))
+    tracker.start()
+    app[keys.ACTIVITY] = tracker
+    app[keys.STATS] = StatsService(
+        StatsStore(app[keys.DB]),
+        app[keys.ACCOUNTS].store,
+        redis,
+        rkeys,
+        clock,
+        app[keys.CONFIG].cluster.node_timeout,
+    )
+    yield
+    await bounded(tracker.stop(), "flushing activity")
 
 
 def consumers_for(
@@ -383,6 +457,7 @@ def consumers_for(
             on_created=metrics.notification_created if metrics else None,
         ),
         *search_consumers(config, db),
+        StatsConsumer(StatsStore(db)),
     ]
 
 
@@ -444,7 +519,7 @@ def create_app(
     app[keys.IN_FLIGHT] = InFlight()
     app[keys.EXTRA_CONSUMERS] = list(consumers)
     app.cleanup_ctx.extend(
-        [_database, _redis, _amqp, _services, _search, _realtime, _housekeeping, _events]
+        [_database, _redis, _amqp, _services, _search, _realtime, _stats, _housekeeping, _events]
     )
 
     app[keys.ENDPOINTS] = mount(app, API_PREFIX, REST_TABLES)

@@ -22,6 +22,7 @@ from aiohttp.typedefs import Handler
 
 from agora.errors import forbidden
 from agora.server import keys
+from agora.server.routing import RATE_HEADERS
 
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
 ALLOW_HEADERS = "Authorization, Content-Type, If-None-Match, Range, X-Request-ID"
@@ -63,6 +64,8 @@ async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
+    for name, value in request.get(RATE_HEADERS, {}).items():  # the API's rate limits
+        headers.setdefault(name, value)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Frame-Options", "DENY")

@@ -23,15 +23,19 @@ if TYPE_CHECKING:
     from agora.server.middleware import InFlight
     from agora.server.routing import Endpoint
     from agora.services.accounts import AccountService
+    from agora.services.activity import ActivityTracker
     from agora.services.chat import ChatService
     from agora.services.feed import FeedService
     from agora.services.invalidation import Invalidator
     from agora.services.media import MediaService
+    from agora.services.moderation import ModerationService
     from agora.services.notifications import NotificationService
     from agora.services.posts import PostService
+    from agora.services.ratelimit import Limiter
     from agora.services.realtime import Realtime
     from agora.services.search import SearchService
     from agora.services.social import SocialService
+    from agora.services.stats import StatsService
     from agora.storage.db import Database
     from agora.storage.redis import Keys
 
@@ -45,6 +49,7 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight")
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
 DB: web.AppKey[Database] = web.AppKey("db")
 REDIS_KEYS: web.AppKey[Keys] = web.AppKey("redis_keys")
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 AMQP: web.AppKey[Amqp | None] = web.AppKey("amqp")
 ACCOUNTS: web.AppKey[AccountService] = web.AppKey("accounts")
 SOCIAL: web.AppKey[SocialService] = web.AppKey("social")
@@ -62,4 +67,7 @@ NOTIFICATIONS: web.AppKey[NotificationService] = web.AppKey("notifications")
 EVENTS: web.AppKey[EventBus] = web.AppKey("events")
 SEARCH: web.AppKey[SearchService] = web.AppKey("search")
 MEDIA: web.AppKey[MediaService] = web.AppKey("media")
+MODERATION: web.AppKey[ModerationService] = web.AppKey("moderation")
 EXTRA_CONSUMERS: web.AppKey[list[Consumer]] = web.AppKey("extra_consumers")
+ACTIVITY: web.AppKey[ActivityTracker] = web.AppKey("activity")
+STATS: web.AppKey[StatsService] = web.AppKey("stats")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 
 from aiohttp import web
 
 from agora.errors import AppError, forbidden
 from agora.protocol.codec import encode
 from agora.server import keys
+from agora.server.clientip import is_loopback
 from agora.server.routing import parse_bearer
 from agora.storage.redis import ping as redis_ping
 
@@ -69,15 +69,6 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-def _is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
 def metrics_token_matches(header: str | None, token: str | None) -> bool:
     """``Authorization: Bearer <AGORA_METRICS_TOKEN>``, compared in constant time. Header bytes
     that are not UTF-8 reach us as surrogates: they are compared as they came, never a 500."""
@@ -91,8 +82,9 @@ def metrics_token_matches(header: str | None, token: str | None) -> bool:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text; loopback callers only, others with ``AGORA_METRICS_TOKEN`` as bearer."""
-    if not _is_loopback(request.remote):
+    """Prometheus text; loopback callers only, others with ``AGORA_METRICS_TOKEN`` as bearer.
+    Behind a trusted proxy the client it names counts, not the proxy (which may share the host)."""
+    if not is_loopback(request):
         token = request.app[keys.CONFIG].metrics_token
         if not metrics_token_matches(request.headers.get("Authorization"), token):
             raise forbidden("metrics are served to loopback or with the metrics token")

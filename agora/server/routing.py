@@ -20,7 +20,9 @@ from aiohttp import web
 from agora.errors import AppError, ErrorCode, not_found, unauthorized
 from agora.protocol.codec import convert_query, decode_body, encode
 from agora.server import keys
+from agora.server.clientip import client_address
 from agora.services.accounts import Viewer
+from agora.services.ratelimit import Hit
 
 AuthMode = Literal["required", "optional", "none"]
 B = TypeVar("B")
@@ -99,6 +101,7 @@ class Endpoint:
     auth: AuthMode = "required"
     also: tuple[tuple[int, type | None, str], ...] = ()  # other successful answers
     errors: tuple[int, ...] = ()  # error statuses beyond those its shape implies (openapi.py)
+    limits: tuple[str, ...] = ()  # rate-limit rules counted beside the API's own (config.py)
 
     @property
     def path_params(self) -> list[str]:
@@ -123,6 +126,7 @@ class Routes:
         summary: str | None = None,
         also: tuple[tuple[int, type | None, str], ...] = (),
         errors: tuple[int, ...] = (),
+        limits: tuple[str, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             doc = (handler.__doc__ or "").strip()
@@ -140,6 +144,7 @@ class Routes:
                     auth=auth,
                     also=also,
                     errors=errors,
+                    limits=limits,
                 )
             )
             return handler
@@ -185,7 +190,36 @@ def authenticate(request: web.Request, mode: AuthMode) -> Viewer | None:
             raise unauthorized()
         return None
     viewer = request.app[keys.ACCOUNTS].authenticate(token)
+    request.app[keys.ACTIVITY].seen(viewer.user_id)  # analytics: no I/O (services/activity.py)
     return viewer
+
+
+RATE_HEADERS = web.RequestKey("rate_headers", dict)
+
+
+async def rate_limit(
+    request: web.Request, viewer: Viewer | None, names: tuple[str, ...] = ()
+) -> None:
+    """Count the request against the API's limit (per account, or per address without a token)
+    and the endpoint's own rules, all or none; 429 when one of them is spent. The tightest
+    bucket's ``X-RateLimit-*`` headers go on the response, whatever it turns out to be."""
+    limits = request.app[keys.CONFIG].limits
+    account = str(viewer.user_id) if viewer is not None else None
+    hits = [
+        Hit(limits["api"], account)
+        if account is not None
+        else Hit(limits["api_anonymous"], client_address(request))
+    ]
+    for name in names:
+        rule = limits[name]
+        if rule.per == "account" and account is not None:
+            hits.append(Hit(rule, account))
+        elif rule.per == "address":
+            hits.append(Hit(rule, client_address(request)))
+    verdict = await request.app[keys.LIMITER].take(hits)
+    request[RATE_HEADERS] = verdict.headers()
+    if not verdict.allowed:
+        raise verdict.error()
 
 
 async def read_json_body(request: web.Request) -> bytes:
@@ -207,6 +241,7 @@ def json_response(
 def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         viewer = authenticate(request, ep.auth)
+        await rate_limit(request, viewer, ep.limits)
         body = decode_body(ep.body, await read_json_body(request)) if ep.body else None
         query = convert_query(ep.query, request.query) if ep.query else None
         result = await ep.handler(Call(request, body, query, viewer))

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import msgspec
 
 from agora.clock import Clock
+from agora.config import RateLimitConfig
 from agora.errors import AppError, ErrorCode, invalid, not_found, unauthorized
 from agora.protocol.accounts import AuthOut, MeOut, RegisterIn, UpdateMeIn, UserOut
 from agora.services.invalidation import Invalidator
 from agora.services.passwords import Passwords
 from agora.services.presenters import me_out, user_out
-from agora.services.ratelimit import RateLimiter
+from agora.services.ratelimit import Hit, Limiter
 from agora.services.revocations import Revocations
 from agora.services.tokens import InvalidToken, TokenIssuer, hash_refresh_token, new_refresh_token
 from agora.storage.accounts import AccountStore, DuplicateUser, Refresh, UserRecord
@@ -23,8 +25,6 @@ from agora.storage.media import MediaStore
 log = logging.getLogger(__name__)
 
 ROLES = ("user", "moderator", "admin")
-LOGIN_FAILURES_ALLOWED = 10
-LOGIN_FAILURE_WINDOW = 15 * 60
 BAD_CREDENTIALS = "wrong login or password"
 
 
@@ -43,7 +43,8 @@ class AccountService:
         passwords: Passwords,
         tokens: TokenIssuer,
         revocations: Revocations,
-        limiter: RateLimiter,
+        limiter: Limiter,
+        limits: RateLimitConfig,
         clock: Clock,
         refresh_ttl: int,
     ) -> None:
@@ -52,10 +53,17 @@ class AccountService:
         self.tokens = tokens
         self.revocations = revocations
         self.limiter = limiter
+        self.limits = limits
         self.clock = clock
         self.refresh_ttl = refresh_ttl
         self.invalidator: Invalidator | None = None
         self.media: MediaStore | None = None  # avatars are the user's own uploads
+        # Moderation (services/moderation.py, wired by the app): the node's set of suspended
+        # accounts (checked by authenticate without I/O), the lifting of a suspension whose end
+        # has passed (at login and refresh) and the message a suspended account gets.
+        self.suspended: Container[int] = frozenset()
+        self.suspension_over: Callable[[int], Awaitable[bool]] | None = None
+        self.suspension_message: Callable[[int], Awaitable[str]] | None = None
 
     # -- authentication of calls -------------------------------------------------------------
 
@@ -67,6 +75,8 @@ class AccountService:
             raise unauthorized("the access token is invalid or expired") from None
         if self.revocations.is_revoked(claims.session_id):
             raise unauthorized("this login has been signed out")
+        if claims.user_id in self.suspended:
+            raise AppError(ErrorCode.FORBIDDEN, "this account is suspended")
         return Viewer(claims.user_id, claims.session_id)
 
     # -- sign-up, sign-in, tokens -------------------------------------------------------------
@@ -78,19 +88,27 @@ class AccountService:
         log.info("registered user %s", user.id)
         return await self._open_session(user, user_agent)
 
-    async def login(self, login: str, password: str, user_agent: str = "") -> AuthOut:
-        bucket = f"login:{login.lower()}"
-        await self.limiter.check(bucket, LOGIN_FAILURES_ALLOWED)
+    async def login(
+        self, login: str, password: str, user_agent: str = "", address: str = "unknown"
+    ) -> AuthOut:
+        """Sign in. Failures are counted per account *and* address (``login_failures``): a
+        stranger guessing passwords spends only their own address's budget and cannot lock the
+        owner out; the owner's success clears theirs. Successful sign-ins of one account are
+        limited too (``login_account``); attempts per address, by the endpoint (``login``)."""
         user = await self.store.find_by_login(login)
+        account = str(user.id) if user is not None else login.lower()[:320]
+        failures = Hit(self.limits["login_failures"], f"{account}|{address}")
+        await self.limiter.check([Hit(failures.rule, failures.subject, look=True)])
         if not await self.passwords.verify(user.password_hash if user else None, password):
-            await self.limiter.hit(bucket, LOGIN_FAILURES_ALLOWED + 1, LOGIN_FAILURE_WINDOW)
+            await self.limiter.take([failures])
             raise unauthorized(BAD_CREDENTIALS)
         assert user is not None
         if user.status != "active":
-            raise AppError(ErrorCode.FORBIDDEN, "this account is suspended")
+            await self._refuse_suspended(user.id)
+        await self.limiter.check([Hit(self.limits["login_account"], account)])
         if self.passwords.needs_rehash(user.password_hash):
             await self.store.update_password_hash(user.id, await self.passwords.hash(password))
-        await self.limiter.reset(bucket)
+        await self.limiter.clear(failures.rule, failures.subject)
         return await self._open_session(user, user_agent)
 
     async def refresh(self, refresh_token: str) -> AuthOut:
@@ -103,12 +121,26 @@ class AccountService:
             log.warning("refresh token reused; revoked login session %s", result.session_id)
             await self.revocations.revoke([result.session_id])
             raise unauthorized("this refresh token was already used; the login is revoked")
+        if result.outcome is Refresh.SUSPENDED:
+            assert result.user_id is not None
+            await self._refuse_suspended(result.user_id)
+            raise unauthorized("the suspension has ended; log in again")
         if result.outcome is not Refresh.ROTATED:
             raise unauthorized("the refresh token is invalid, expired or revoked")
         assert result.session_id is not None and result.user_id is not None
         user = await self.store.get_user(result.user_id)
         assert user is not None
         return self._auth_out(user, result.session_id, new_token)
+
+    async def _refuse_suspended(self, user_id: int) -> None:
+        """403 for a suspended account, unless its suspension's end has passed (then it is
+        lifted now and this returns)."""
+        if self.suspension_over is not None and await self.suspension_over(user_id):
+            return
+        message = "this account is suspended"
+        if self.suspension_message is not None:
+            message = await self.suspension_message(user_id)
+        raise AppError(ErrorCode.FORBIDDEN, message)
 
     async def logout(self, refresh_token: str) -> None:
         """Revoke the login the token belongs to. Unknown tokens are accepted silently, so

@@ -42,7 +42,6 @@ from agora.media.storage import MediaStorage, StorageError
 from agora.media.urls import MediaUrls, Rendition
 from agora.protocol.content import MediaOut
 from agora.services.presenters import media_out
-from agora.services.ratelimit import RateLimiter
 from agora.storage.media import MediaStore, NewUpload
 
 log = logging.getLogger(__name__)
@@ -73,14 +72,12 @@ class MediaService:
         store: MediaStore,
         storage: MediaStorage,
         urls: MediaUrls,
-        limiter: RateLimiter,
         config: MediaConfig,
         process: Callable[[bytes, int], imaging.Processed] | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.urls = urls
-        self.limiter = limiter
         self.config = config
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="agora-media")
         # Uploads being read, processed or waiting for a worker: more are refused at once (503).
@@ -100,10 +97,6 @@ class MediaService:
     # -- upload ----------------------------------------------------------------------------------
 
     async def upload(self, owner_id: int, request: web.Request) -> MediaOut:
-        if self.config.upload_limit:
-            await self.limiter.hit(
-                f"uploads:{owner_id}", self.config.upload_limit, self.config.upload_window
-            )
         if not request.content_type.startswith("multipart/"):
             raise _refused("send the file as multipart/form-data with a field named file")
         # A slot before the body is read: at most 4 uploads per worker are held in memory

@@ -22,10 +22,7 @@ from agora.protocol.search import MessageResult, PostResult, SearchResult, UserR
 from agora.search.backend import Hit, Scope, SearchBackend, SearchType, snippet
 from agora.search.query import SearchQuery, parse_query
 from agora.services.presenters import post_out, user_out
-from agora.services.ratelimit import RateLimiter
 from agora.storage.search import Found, SearchStore
-
-RATE_WINDOW = 60  # seconds; AGORA_SEARCH_RATE_LIMIT searches per account within it
 
 # Operators each kind understands (words, phrases and exclusions apply to all).
 _NOT_FOR = {
@@ -56,15 +53,11 @@ class SearchService:
         self,
         backend: SearchBackend,
         store: SearchStore,
-        limiter: RateLimiter,
-        rate_limit: int,
         urls: MediaUrls,
     ) -> None:
         self.urls = urls
         self.backend = backend
         self.store = store
-        self.limiter = limiter
-        self.rate_limit = rate_limit
 
     async def search(
         self, viewer: int, q: str, kind: SearchType, cursor: str | None, limit: int
@@ -81,8 +74,6 @@ class SearchService:
         state = decode_cursor(cursor, f"search.{kind}", h=str, **self.backend.cursor_fields)
         if state is not None and state.pop("h") != fingerprint:  # another search's cursor
             raise invalid_cursor()
-        if self.rate_limit:
-            await self.limiter.hit(f"search:{viewer}", self.rate_limit, RATE_WINDOW)
         authors = None
         if query.from_users:
             authors = tuple(await self.store.user_ids(list(query.from_users)))
