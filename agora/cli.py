@@ -143,6 +143,7 @@ def _offline(config: Config, args: argparse.Namespace) -> int:
 
 async def _admin(config: Config, args: argparse.Namespace) -> int:
     from agora.services.accounts import create_user, set_role
+    from agora.services.audit import record_cli
     from agora.services.passwords import Passwords
     from agora.storage.accounts import AccountStore
     from agora.storage.db import Database
@@ -156,9 +157,13 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
             user = await create_user(
                 store, passwords, args.username, args.email, args.password, role=args.role
             )
+            await record_cli(db, "user.create", user, f"created with the role {user.role}")
             print(f"created user {user.username} (id {user.id}, role {user.role})")
         else:
+            before = await store.find_by_login(args.username)
             user = await set_role(store, args.username, args.role)
+            was = before.role if before is not None else "?"
+            await record_cli(db, "user.set_role", before or user, f"role {was} -> {user.role}")
             print(f"user {user.username} now has role {user.role}")
         return 0
     except AppError as exc:

@@ -686,6 +686,7 @@ async def test_settings_defaults_and_partial_changes(client: TestClient) -> None
         "reaction",
         "mention",
         "message",
+        "report_resolved",  # issue 12: a report of yours was resolved
     }
     assert all(v == {"enabled": True, "only_friends": False} for v in defaults.values())
 

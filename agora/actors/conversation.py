@@ -96,6 +96,7 @@ def message_out(row: MessageRow) -> MessageOut:
         text=row.text,
         client_id=row.client_id,
         created_at=row.created_at,
+        removed=row.removed,
     )
 
 

@@ -336,6 +336,59 @@ class MemberRemoved(_Membership, frozen=True, kw_only=True):
     type = "conversation.member_removed"
 
 
+# -- moderation (services/moderation.py) -----------------------------------------------------
+
+
+class MessageRemoved(Payload, frozen=True, kw_only=True):
+    """A moderator removed a message: its text is gone, its seq stays (a tombstone)."""
+
+    type = "message.removed"
+    aggregate = "conversation"
+    conversation_id: int
+    message_id: int
+    seq: int
+    sender_id: int
+
+    def aggregate_id(self) -> int:
+        return self.conversation_id
+
+
+class UserSuspended(Payload, frozen=True, kw_only=True):
+    type = "user.suspended"
+    aggregate = "user"
+    user_id: int
+    until: datetime | None = None
+    reason: str = ""
+
+    def aggregate_id(self) -> int:
+        return self.user_id
+
+
+class UserUnsuspended(Payload, frozen=True, kw_only=True):
+    type = "user.unsuspended"
+    aggregate = "user"
+    user_id: int
+
+    def aggregate_id(self) -> int:
+        return self.user_id
+
+
+class ReportResolved(Payload, frozen=True, kw_only=True):
+    """A moderator resolved a user's report (``action``: dismiss, remove or suspend)."""
+
+    type = "report.resolved"
+    aggregate = "report"
+    report_id: int
+    reporter_id: int
+    moderator_id: int
+    action: str
+    subject_type: str
+    subject_id: int
+
+    def aggregate_id(self) -> int:
+        return self.report_id
+
+
 # -- the envelope ------------------------------------------------------------------------------
 
 

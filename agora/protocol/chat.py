@@ -28,6 +28,9 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
 class MessageOut(msgspec.Struct):
+    """A message. `removed` true: a tombstone (a moderator removed it, or its sender is
+    suspended): its id and seq stay so `sync` has no gap, its `text` is empty."""
+
     id: str
     conversation_id: str
     seq: int
@@ -35,6 +38,7 @@ class MessageOut(msgspec.Struct):
     text: str
     client_id: str
     created_at: datetime
+    removed: bool = False
 
 
 class ConversationOut(msgspec.Struct):

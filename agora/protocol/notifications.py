@@ -10,13 +10,21 @@ import msgspec
 from agora.protocol.accounts import UserOut
 from agora.protocol.common import Cursor, Id, Limit
 
+# `report_resolved`: a report of yours was resolved (subject: the report; actor: the moderator).
 NotificationKind = Literal[
-    "friend_request", "friend_accepted", "comment", "reply", "reaction", "mention", "message"
+    "friend_request",
+    "friend_accepted",
+    "comment",
+    "reply",
+    "reaction",
+    "mention",
+    "message",
+    "report_resolved",
 ]
 KINDS: tuple[str, ...] = get_args(NotificationKind)
 # Kinds whose preference can drop notifications from non-friends.
 FRIEND_FILTERABLE: frozenset[str] = frozenset({"mention", "comment", "reply", "reaction"})
-SubjectType = Literal["post", "comment", "user", "conversation"]
+SubjectType = Literal["post", "comment", "user", "conversation", "report"]
 
 
 class NotificationOut(msgspec.Struct):
@@ -83,6 +91,7 @@ class NotificationSettingsOut(msgspec.Struct):
     reaction: KindSetting
     mention: KindSetting
     message: KindSetting
+    report_resolved: KindSetting
 
 
 class KindPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,3 +114,4 @@ class NotificationSettingsIn(msgspec.Struct, forbid_unknown_fields=True):
     reaction: FilterableKindPatch | msgspec.UnsetType = msgspec.UNSET
     mention: FilterableKindPatch | msgspec.UnsetType = msgspec.UNSET
     message: KindPatch | msgspec.UnsetType = msgspec.UNSET
+    report_resolved: KindPatch | msgspec.UnsetType = msgspec.UNSET

@@ -37,6 +37,7 @@ from agora.config import Config
 from agora.events.consumer import AfterCommit, Consumer
 from agora.events.types import (
     Event,
+    MessageRemoved,
     MessageStored,
     PostCreated,
     PostDeleted,
@@ -76,7 +77,7 @@ def changed(events: list[Event]) -> dict[SearchType, dict[int, int]]:
             doc_id = p.user_id
         elif isinstance(p, PostCreated | PostUpdated | PostVisibilityChanged | PostDeleted):
             kind, doc_id = "posts", p.post_id
-        elif isinstance(p, MessageStored):
+        elif isinstance(p, MessageStored | MessageRemoved):  # removed: reindexed without text
             kind, doc_id = "messages", p.message_id
         else:
             continue
@@ -178,6 +179,7 @@ class SearchIndexer:
             PostVisibilityChanged.type,
             PostDeleted.type,
             MessageStored.type,
+            MessageRemoved.type,
         }
     )
 

@@ -10,6 +10,8 @@
   active users who may see the post, not someone the event already notifies);
 - ``reaction.set`` with no previous reaction -> the post's author (``reaction``);
 - ``message.stored`` -> every other member with no open session anywhere (``message``);
+- ``report.resolved`` -> the reporter (``report_resolved``, subject the report, actor the
+  moderator who resolved it);
 - ``post.deleted`` deletes the post's notifications, ``comment.deleted`` takes the comment
   (and the replies deleted with it) out of its groups, ``user.blocked`` takes away what either
   user caused the other.
@@ -47,6 +49,7 @@ from agora.events.types import (
     PostCreated,
     PostDeleted,
     ReactionSet,
+    ReportResolved,
     UserBlocked,
 )
 from agora.protocol.cursor import decode_cursor, encode_cursor
@@ -201,6 +204,7 @@ class NotificationConsumer:
             PostDeleted.type,
             CommentDeleted.type,
             UserBlocked.type,
+            ReportResolved.type,
         }
     )
 
@@ -394,7 +398,15 @@ class NotificationConsumer:
                         comment_id=subject[1] if subject[0] == "comment" else None,
                     )
 
-        if isinstance(p, FriendRequestSent):
+        if isinstance(p, ReportResolved):
+            add(
+                p.reporter_id,
+                p.moderator_id,
+                "report_resolved",
+                ("report", p.report_id),
+                source_key=p.report_id,
+            )
+        elif isinstance(p, FriendRequestSent):
             add(p.to_id, p.from_id, "friend_request", ("user", p.from_id), source_key=p.request_id)
         elif isinstance(p, FriendRequestAccepted):
             add(p.from_id, p.to_id, "friend_accepted", ("user", p.to_id), source_key=p.request_id)

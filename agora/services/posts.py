@@ -15,10 +15,12 @@ from agora.media.urls import MediaUrls
 from agora.protocol.common import Page
 from agora.protocol.content import CommentOut, CreateCommentIn, CreatePostIn, PostOut, UpdatePostIn
 from agora.protocol.cursor import decode_cursor, encode_cursor
+from agora.services.audit import AuditLog
 from agora.services.feed import FeedService
 from agora.services.pages import make_page
 from agora.services.presenters import comment_out, post_out
 from agora.services.roles import has_role
+from agora.services.wordfilter import WordFilter
 from agora.storage.accounts import AccountStore
 from agora.storage.content import CommentStore, MediaNotAttachable, PostStore
 from agora.storage.db import MAX_ID
@@ -33,6 +35,8 @@ class PostService:
         feed: FeedService,
         urls: MediaUrls,
         on_created: Callable[[PostOut, list[int]], Awaitable[None]] | None = None,
+        word_filter: WordFilter | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.urls = urls
         self.posts = posts
@@ -40,6 +44,8 @@ class PostService:
         self.accounts = accounts
         self.feed = feed
         self.on_created = on_created  # pushes `post` frames to online friends
+        self.word_filter = word_filter or WordFilter()  # matches are held for review
+        self.audit = audit  # a moderator deleting someone else's post or comment is audited
 
     async def _is_moderator(self, user_id: int) -> bool:
         return await has_role(self.accounts, user_id)
@@ -48,12 +54,17 @@ class PostService:
 
     async def create(self, author: int, body: CreatePostIn) -> PostOut:
         media_ids = [int(m) for m in dict.fromkeys(body.media_ids)]
+        held = self.word_filter.matches(body.text)
         try:
-            post_id = await self.posts.create(author, body.text, body.visibility, media_ids)
+            post_id = await self.posts.create(
+                author, body.text, body.visibility, media_ids, held=held
+            )
         except MediaNotAttachable:
             raise invalid(
                 {"media_ids": "no such media: up to 4 of your own uploads, not in another post"}
             ) from None
+        if held:  # its author alone sees it until a moderator publishes it: no fan-out yet
+            return await self.get(author, post_id)
         audience = await self.feed.post_created(author, post_id, body.visibility)
         post = await self.get(author, post_id)
         if self.on_created is not None:  # the same audience: one friend list read, not two
@@ -87,12 +98,37 @@ class PostService:
         access = await self.posts.access(viewer, post_id)
         if access is None:
             raise not_found("post")
-        if access.author_id != viewer and not await self._is_moderator(viewer):
+        moderated = access.author_id != viewer
+        if moderated and not await self._is_moderator(viewer):
             if not access.visible:
                 raise not_found("post")
             raise forbidden("only the author or a moderator can delete a post")
+        copy = await self.audit.subject("post", post_id) if moderated and self.audit else None
         if await self.posts.delete(post_id, viewer):
             await self.feed.post_removed(access.author_id, post_id, access.visibility)
+            if copy is not None and self.audit is not None:
+                await self.audit.moderated(
+                    await self.accounts.get_user(viewer), "post.delete", copy
+                )
+
+    async def publish_held_post(self, post_id: int, actor: int) -> bool:
+        """A moderator lets a post the word filter held go out: fanned out as a new post."""
+        published = await self.posts.publish(post_id, actor)
+        if published is None:
+            return False
+        author, visibility = published
+        audience = await self.feed.post_created(author, post_id, visibility)
+        if self.on_created is not None:
+            post = await self.get(author, post_id)
+            await self.on_created(post, [u for u in audience if u != author])
+        return True
+
+    async def publish_held_comment(self, comment_id: int, actor: int) -> bool:
+        post_id = await self.comments.publish(comment_id, actor)
+        if post_id is None:
+            return False
+        await self.feed.post_changed(post_id)
+        return True
 
     async def by_user(
         self, viewer: int | None, user_id: int, cursor: str | None, limit: int
@@ -132,10 +168,12 @@ class PostService:
         parent_id = int(body.parent_id) if body.parent_id is not None else None
         if parent_id is not None and await self.comments.post_of(parent_id) != post_id:
             raise invalid({"parent_id": "no such comment on this post"})
-        comment_id = await self.comments.create(post_id, viewer, parent_id, body.text)
+        held = self.word_filter.matches(body.text)
+        comment_id = await self.comments.create(post_id, viewer, parent_id, body.text, held=held)
         if comment_id is None:
             raise not_found("post")
-        await self.feed.post_changed(post_id)
+        if not held:
+            await self.feed.post_changed(post_id)
         comment = await self.comments.get(comment_id)
         assert comment is not None
         return comment_out(comment)
@@ -162,6 +200,15 @@ class PostService:
             raise forbidden(
                 "only the comment's author, the post's author or a moderator can delete a comment"
             )
+        copy = (
+            await self.audit.subject("comment", comment_id)
+            if not allowed and self.audit is not None
+            else None
+        )
         post_id = await self.comments.delete(comment_id, viewer)
         if post_id is not None:
             await self.feed.post_changed(post_id)
+            if copy is not None and self.audit is not None:
+                await self.audit.moderated(
+                    await self.accounts.get_user(viewer), "comment.delete", copy
+                )

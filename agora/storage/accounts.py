@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from agora.events.types import UserRegistered, UserUpdated
+from agora.events.types import UserRegistered, UserSuspended, UserUnsuspended, UserUpdated
 from agora.protocol.accounts import Role
 from agora.storage.db import Database, Record
 from agora.storage.events import append
@@ -100,6 +100,31 @@ SELECT x.id FROM unnest($1::bigint[]) AS x(id)
 LEFT JOIN accounts.login_sessions s ON s.id = x.id
 LEFT JOIN accounts.users u ON u.id = s.user_id
 WHERE s.id IS NULL OR s.revoked_at IS NOT NULL OR s.expires_at <= now() OR u.status <> 'active'
+"""
+
+# Suspension (services/moderation.py): the account's status and every live login change in one
+# transaction, so no token issued before it is refreshed after it.
+SUSPEND = f"""
+UPDATE accounts.users SET status = 'suspended', suspended_at = now(), suspended_until = $2,
+       suspended_reason = $3, updated_at = now()
+WHERE id = $1
+RETURNING {USER_COLUMNS}
+"""
+# Lifted by a moderator ($2 true), or only once its end has passed ($2 false).
+UNSUSPEND = f"""
+UPDATE accounts.users SET status = 'active', suspended_at = NULL, suspended_until = NULL,
+       suspended_reason = NULL, updated_at = now()
+WHERE id = $1 AND status = 'suspended' AND ($2 OR suspended_until <= now())
+RETURNING {USER_COLUMNS}
+"""
+SUSPENSION_OF = """
+SELECT suspended_until, suspended_reason, suspended_until <= now() AS over
+FROM accounts.users WHERE id = $1 AND status = 'suspended'
+"""
+SUSPENDED_IDS = "SELECT id FROM accounts.users WHERE status = 'suspended'"
+SUSPENSIONS_OVER = """
+SELECT id FROM accounts.users
+WHERE status = 'suspended' AND suspended_until <= now() ORDER BY suspended_until LIMIT $1
 """
 
 # Housekeeping. One node purges at a time (the lock is taken by every batch's transaction);
@@ -204,6 +229,13 @@ class Refresh(Enum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    until: datetime | None
+    reason: str | None
+    over: bool  # its end has passed (not lifted yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +349,8 @@ class AccountStore:
             if row is None:
                 return RefreshResult(Refresh.UNKNOWN)
             session_id, user_id = row["session_id"], row["user_id"]
+            if row["status"] != "active":
+                return RefreshResult(Refresh.SUSPENDED, session_id, user_id)
             if row["revoked_at"] is not None:
                 return RefreshResult(Refresh.REVOKED, session_id, user_id)
             if row["used_at"] is not None:
@@ -326,8 +360,6 @@ class AccountStore:
                 return RefreshResult(Refresh.REUSED, session_id, user_id)
             if row["expired"]:
                 return RefreshResult(Refresh.EXPIRED, session_id, user_id)
-            if row["status"] != "active":
-                return RefreshResult(Refresh.SUSPENDED, session_id, user_id)
             await tx.execute("mark_refresh_used", MARK_REFRESH_USED, token_hash)
             await tx.execute("insert_refresh", INSERT_REFRESH, new_hash, session_id, expires_at)
             await tx.execute("touch_session", TOUCH_SESSION, session_id, expires_at)
@@ -351,6 +383,48 @@ class AccountStore:
     async def invalid_logins(self, session_ids: list[int]) -> list[int]:
         """Those of ``session_ids`` that are revoked, expired, suspended or gone (one query)."""
         rows = await self.db.fetch("invalid_logins", INVALID_LOGINS, session_ids)
+        return [r["id"] for r in rows]
+
+    # -- suspension --------------------------------------------------------------------------
+
+    async def suspend(
+        self, user_id: int, until: datetime | None, reason: str, actor_id: int | None
+    ) -> tuple[UserRecord, list[int]] | None:
+        """Suspend the account and revoke every live login of it in one transaction (with a
+        user.suspended event): the account and the logins revoked; None when no such user."""
+        async with self.db.transaction("suspend_user") as tx:
+            row = await tx.fetchrow("suspend_user", SUSPEND, user_id, until, reason)
+            if row is None:
+                return None
+            rows = await tx.fetch(
+                "revoke_user_sessions", REVOKE_USER_SESSIONS, user_id, "suspended"
+            )
+            await append(tx, UserSuspended(user_id=user_id, until=until, reason=reason), actor_id)
+        return UserRecord.of(row), [r["id"] for r in rows]
+
+    async def unsuspend(
+        self, user_id: int, actor_id: int | None, only_if_over: bool = False
+    ) -> UserRecord | None:
+        """Lift the suspension (only once its end has passed, with ``only_if_over``): the
+        account, or None when it was not suspended (or not over)."""
+        async with self.db.transaction("unsuspend_user") as tx:
+            row = await tx.fetchrow("unsuspend_user", UNSUSPEND, user_id, not only_if_over)
+            if row is None:
+                return None
+            await append(tx, UserUnsuspended(user_id=user_id), actor_id)
+        return UserRecord.of(row)
+
+    async def suspension(self, user_id: int) -> Suspension | None:
+        row = await self.db.fetchrow("suspension_of", SUSPENSION_OF, user_id)
+        if row is None:
+            return None
+        return Suspension(row["suspended_until"], row["suspended_reason"], bool(row["over"]))
+
+    async def suspended_ids(self) -> set[int]:
+        return {r["id"] for r in await self.db.fetch("suspended_ids", SUSPENDED_IDS)}
+
+    async def suspensions_over(self, limit: int = 100) -> list[int]:
+        rows = await self.db.fetch("suspensions_over", SUSPENSIONS_OVER, limit)
         return [r["id"] for r in rows]
 
     async def purge_batch(self, name: str, retention: float, limit: int) -> int | None:

@@ -15,11 +15,17 @@ from typing import Literal
 
 import asyncpg
 
-from agora.events.types import ConversationCreated, MemberAdded, MemberRemoved, MessageStored
+from agora.events.types import (
+    ConversationCreated,
+    MemberAdded,
+    MemberRemoved,
+    MessageRemoved,
+    MessageStored,
+)
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record
 from agora.storage.events import append
-from agora.storage.visibility import users_hidden
+from agora.storage.visibility import message_shown, users_hidden
 
 _CONVERSATION_COLUMNS = (
     "c.id, c.kind, c.title, c.created_by, c.last_seq, c.created_at, c.last_activity_at"
@@ -155,13 +161,26 @@ WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.id = m.conversation_id
   AND m.last_read_seq < least($3::bigint, c.last_seq)
 RETURNING m.last_read_seq
 """
+# History and sync: a message removed by a moderator, or whose sender is suspended, is a
+# tombstone (its id and seq, no text, `removed`), so seqs stay gapless for sync.
+_READ_COLUMNS = f"""
+m.id, m.conversation_id, m.seq, m.sender_id, m.client_id,
+CASE WHEN {message_shown("m")} THEN m.text ELSE '' END AS text, m.created_at,
+NOT {message_shown("m")} AS removed
+"""
 MESSAGES_AFTER = f"""
-SELECT {_MESSAGE_COLUMNS} FROM chat.messages
-WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+SELECT {_READ_COLUMNS} FROM chat.messages m
+WHERE m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3
 """
 MESSAGES_BEFORE = f"""
-SELECT {_MESSAGE_COLUMNS} FROM chat.messages
-WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
+SELECT {_READ_COLUMNS} FROM chat.messages m
+WHERE m.conversation_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3
+"""
+# A moderator's removal: the text goes (the audit entry keeps a copy), the row and seq stay.
+REMOVE_MESSAGE = """
+UPDATE chat.messages SET text = '', removed_at = now()
+WHERE id = $1 AND removed_at IS NULL
+RETURNING conversation_id, seq, sender_id
 """
 
 
@@ -183,6 +202,7 @@ class MessageRow:
     client_id: str
     text: str
     created_at: datetime
+    removed: bool = False  # a tombstone (see MESSAGES_AFTER)
 
     @classmethod
     def of(cls, row: Record, skip: int = 0) -> MessageRow:
@@ -431,3 +451,22 @@ class ChatStore:
             "messages_before", MESSAGES_BEFORE, conversation_id, before_seq, limit
         )
         return [MessageRow.of(r) for r in rows]
+
+    async def remove_message(self, message_id: int, actor_id: int) -> bool:
+        """Empty a message's text and mark it removed (message.removed); False when it was
+        gone or already removed."""
+        async with self.db.transaction("remove_message") as tx:
+            row = await tx.fetchrow("remove_message", REMOVE_MESSAGE, message_id)
+            if row is None:
+                return False
+            await append(
+                tx,
+                MessageRemoved(
+                    conversation_id=row["conversation_id"],
+                    message_id=message_id,
+                    seq=row["seq"],
+                    sender_id=row["sender_id"],
+                ),
+                actor_id,
+            )
+        return True

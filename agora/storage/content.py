@@ -27,7 +27,8 @@ from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record, Tx, id_floor
 from agora.storage.events import append
 from agora.storage.media import attach, delete_for_post
-from agora.storage.visibility import can_see, users_hidden
+from agora.storage.moderation import hold
+from agora.storage.visibility import comment_visible, post_visible, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
 _UPSERT_ATTEMPTS = 5  # see UPSERT_REACTION
@@ -59,7 +60,7 @@ LEFT JOIN content.reactions r ON r.post_id = p.id AND r.user_id = $1
 
 
 _POST_SELECT = post_select()
-VISIBLE = can_see("$1::bigint", "p.author_id", "p.visibility")
+VISIBLE = post_visible("$1::bigint", "p")
 GET_POST = _POST_SELECT + f"WHERE p.id = $2 AND {VISIBLE}"
 POSTS_BY_IDS = (
     _POST_SELECT
@@ -80,8 +81,14 @@ SELECT p.author_id, p.visibility, {VISIBLE} AS visible
 FROM content.posts p WHERE p.id = $2
 """
 INSERT_POST = """
-INSERT INTO content.posts (author_id, text, visibility, media_ids) VALUES ($1, $2, $3, $4)
+INSERT INTO content.posts (author_id, text, visibility, media_ids, held)
+VALUES ($1, $2, $3, $4, $5)
 RETURNING id
+"""
+# A held post published by a moderator: its post.created is written then (not while held).
+PUBLISH_POST = """
+UPDATE content.posts SET held = false WHERE id = $1 AND held
+RETURNING author_id, text, visibility, media_ids
 """
 # The post after the edit and (from the locked row it replaced) before it, for its events.
 UPDATE_POST = """
@@ -185,27 +192,32 @@ SELECT c.id, c.post_id, c.parent_id, c.text, c.created_at, {PUBLIC_USER_COLUMNS}
 FROM content.comments c JOIN accounts.users u ON u.id = c.author_id
 """
 INSERT_COMMENT = """
-INSERT INTO content.comments (post_id, author_id, parent_id, text) VALUES ($1, $2, $3, $4)
+INSERT INTO content.comments (post_id, author_id, parent_id, text, held)
+VALUES ($1, $2, $3, $4, $5)
 RETURNING id, (SELECT author_id FROM content.posts WHERE id = $1) AS post_author_id,
           (SELECT author_id FROM content.comments WHERE id = $3) AS parent_author_id
 """
 GET_COMMENT = _COMMENT_SELECT + "WHERE c.id = $1"
+PUBLISH_COMMENT = """
+UPDATE content.comments c SET held = false WHERE c.id = $1 AND c.held
+RETURNING c.post_id, c.author_id, c.parent_id, c.text,
+          (SELECT author_id FROM content.posts WHERE id = c.post_id) AS post_author_id,
+          (SELECT author_id FROM content.comments WHERE id = c.parent_id) AS parent_author_id
+"""
 COMMENT_POST = "SELECT post_id FROM content.comments WHERE id = $1"
 # Oldest first; comments by users hidden from the viewer are left out.
 LIST_COMMENTS = (
     _COMMENT_SELECT
     + f"""
 WHERE c.post_id = $2 AND c.id > $3 AND u.status = 'active'
-  AND ($1::bigint IS NULL OR $1::bigint = c.author_id
-       OR NOT {users_hidden("$1::bigint", "c.author_id")})
+  AND {comment_visible("$1::bigint", "c")}
 ORDER BY c.id LIMIT $4
 """
 )
 COMMENT_ACCESS = f"""
 SELECT c.author_id, p.author_id AS post_author_id,
        {VISIBLE} AS post_visible,
-       ($1::bigint = c.author_id OR NOT {users_hidden("$1::bigint", "c.author_id")})
-           AS comment_visible
+       {comment_visible("$1::bigint", "c")} AS comment_visible
 FROM content.comments c JOIN content.posts p ON p.id = c.post_id
 WHERE c.id = $2
 """
@@ -314,15 +326,22 @@ class PostStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, author_id: int, text: str, visibility: str, media_ids: list[int]) -> int:
+    async def create(
+        self, author_id: int, text: str, visibility: str, media_ids: list[int], held: bool = False
+    ) -> int:
         """The new post's id; with media, the author's own unattached uploads are attached in
-        the same transaction (:class:`MediaNotAttachable` and nothing written otherwise)."""
+        the same transaction (:class:`MediaNotAttachable` and nothing written otherwise).
+        ``held`` (the word filter matched): stored visible to its author only, with a report in
+        the moderators' queue in the same transaction, and no post.created until published."""
         async with self.db.transaction("create_post") as tx:
             post_id: int = await tx.fetchval(
-                "insert_post", INSERT_POST, author_id, text, visibility, media_ids
+                "insert_post", INSERT_POST, author_id, text, visibility, media_ids, held
             )
             if media_ids and len(await attach(tx, post_id, author_id, media_ids)) != len(media_ids):
                 raise MediaNotAttachable()
+            if held:
+                await hold(tx, "post", post_id, author_id, text)
+                return post_id
             await append(
                 tx,
                 PostCreated(
@@ -398,6 +417,26 @@ class PostStore:
                     actor_id,
                 )
         return PostEdit(row["old_visibility"], row["visibility"])
+
+    async def publish(self, post_id: int, actor_id: int) -> tuple[int, str] | None:
+        """Publish a held post (with its post.created, by ``actor_id``): its (author,
+        visibility), or None when it is gone or not held."""
+        async with self.db.transaction("publish_post") as tx:
+            row = await tx.fetchrow("publish_post", PUBLISH_POST, post_id)
+            if row is None:
+                return None
+            await append(
+                tx,
+                PostCreated(
+                    post_id=post_id,
+                    author_id=row["author_id"],
+                    text=row["text"],
+                    visibility=row["visibility"],
+                    media_ids=list(row["media_ids"]),
+                ),
+                actor_id,
+            )
+        return row["author_id"], row["visibility"]
 
     async def delete(self, post_id: int, actor_id: int) -> bool:
         """Delete the post (its comments and reactions go with it); False when it was gone."""
@@ -522,15 +561,20 @@ class CommentStore:
         return post_id
 
     async def create(
-        self, post_id: int, author_id: int, parent_id: int | None, text: str
+        self, post_id: int, author_id: int, parent_id: int | None, text: str, held: bool = False
     ) -> int | None:
+        """The new comment's id (None: the post or parent is gone). ``held``: as for posts
+        (:meth:`PostStore.create`), no comment.created until published."""
         try:
             async with self.db.transaction("create_comment") as tx:
                 row = await tx.fetchrow(
-                    "insert_comment", INSERT_COMMENT, post_id, author_id, parent_id, text
+                    "insert_comment", INSERT_COMMENT, post_id, author_id, parent_id, text, held
                 )
                 assert row is not None
                 comment_id: int = row["id"]
+                if held:
+                    await hold(tx, "comment", comment_id, author_id, text)
+                    return comment_id
                 await append(
                     tx,
                     CommentCreated(
@@ -567,6 +611,29 @@ class CommentStore:
         return CommentAccess(
             row["author_id"], row["post_author_id"], row["post_visible"], row["comment_visible"]
         )
+
+    async def publish(self, comment_id: int, actor_id: int) -> int | None:
+        """Publish a held comment (with its comment.created): its post's id, or None when it is
+        gone or not held."""
+        async with self.db.transaction("publish_comment") as tx:
+            row = await tx.fetchrow("publish_comment", PUBLISH_COMMENT, comment_id)
+            if row is None:
+                return None
+            await append(
+                tx,
+                CommentCreated(
+                    comment_id=comment_id,
+                    post_id=row["post_id"],
+                    post_author_id=row["post_author_id"],
+                    author_id=row["author_id"],
+                    parent_id=row["parent_id"],
+                    parent_author_id=row["parent_author_id"],
+                    text=row["text"],
+                ),
+                actor_id,
+            )
+        post_id: int = row["post_id"]
+        return post_id
 
     async def delete(self, comment_id: int, actor_id: int) -> int | None:
         """Delete the comment (its replies go with it); its post's id, or None when it was

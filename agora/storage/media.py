@@ -31,7 +31,7 @@ RETURNING {UPLOAD_COLUMNS}
 # Serving: the upload, and what decides who may see it (its post, or its owner's avatar).
 UPLOAD_ACCESS = f"""
 SELECT {UPLOAD_COLUMNS}, p.author_id, p.visibility,
-       (p.visibility = 'public' AND ow.status = 'active') AS public_post,
+       (p.visibility = 'public' AND NOT p.held AND ow.status = 'active') AS public_post,
        (ow.avatar_media_id = u.id AND ow.status = 'active') AS avatar
 FROM media.uploads u
 JOIN accounts.users ow ON ow.id = u.owner_id

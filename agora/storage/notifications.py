@@ -17,7 +17,7 @@ from datetime import datetime
 
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, USERS_BY_NAME, PublicUser
 from agora.storage.db import Database, Record, Tx
-from agora.storage.visibility import can_see, users_hidden
+from agora.storage.visibility import post_visible, users_hidden
 
 WINDOW_SECONDS = 12 * 3600.0  # reactions and comments on one post group within this window
 
@@ -45,9 +45,9 @@ WHERE coalesce(s.enabled, true)
   AND (SELECT u.status FROM accounts.users u WHERE u.id = c.recipient) = 'active'
   AND NOT {users_hidden("c.recipient", "c.actor")}
   AND (c.post_id IS NULL
-       OR (p.id IS NOT NULL AND {can_see("c.recipient", "p.author_id", "p.visibility")}))
+       OR (p.id IS NOT NULL AND {post_visible("c.recipient", "p")}))
   AND (c.comment_id IS NULL
-       OR EXISTS (SELECT 1 FROM content.comments cm WHERE cm.id = c.comment_id))
+       OR EXISTS (SELECT 1 FROM content.comments cm WHERE cm.id = c.comment_id AND NOT cm.held))
 """
 # Serialise the writers of one (recipient, base key) for the rest of the transaction, so two
 # batches cannot both open a group for it; the keys are taken in order (no deadlock). Taken in a
@@ -202,7 +202,7 @@ USERS = f"SELECT {PUBLIC_USER_COLUMNS} FROM accounts.users u WHERE u.id = ANY($1
 _SHOWN = f"""
     (g.post_id IS NULL OR EXISTS (
         SELECT 1 FROM content.posts p
-        WHERE p.id = g.post_id AND {can_see("$1::bigint", "p.author_id", "p.visibility")}))
+        WHERE p.id = g.post_id AND {post_visible("$1::bigint", "p")}))
     AND (g.subject_type <> 'comment'
          OR EXISTS (SELECT 1 FROM content.comments c WHERE c.id = g.subject_id))
     AND (g.subject_type <> 'conversation'

@@ -43,6 +43,11 @@ class Keys:
         """Stream of revoked login-session ids, read by every node."""
         return f"{self.prefix}revocations"
 
+    @property
+    def suspensions(self) -> str:
+        """Stream of suspension changes (user id, on/off), read by every node."""
+        return f"{self.prefix}suspensions"
+
     # -- the cluster ----------------------------------------------------------------------------
 
     # A node id here is a node *life*, ``name~incarnation`` (see agora.cluster.nodes): what one

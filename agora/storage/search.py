@@ -213,7 +213,7 @@ ORDER BY ok.ord
 """
 # A member sees a conversation's messages (history before they joined included, as the chat
 # history endpoints show it), except those of a sender hidden from them (a block either way, a
-# suspended sender).
+# suspended sender) and those a moderator removed.
 VISIBLE_MESSAGES = f"""
 SELECT c.ord, m.id, m.conversation_id, m.seq, m.sender_id, m.client_id, m.text, m.created_at,
        {PUBLIC_USER_COLUMNS}, {_SNIPPET.format(text="m.text")}
@@ -221,7 +221,8 @@ FROM {_CANDIDATES}
 JOIN chat.messages m ON m.id = c.id
 JOIN chat.members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $1::bigint
 JOIN accounts.users u ON u.id = m.sender_id
-WHERE m.sender_id = $1::bigint OR NOT {users_hidden("$1::bigint", "m.sender_id")}
+WHERE m.removed_at IS NULL
+  AND (m.sender_id = $1::bigint OR NOT {users_hidden("$1::bigint", "m.sender_id")})
 ORDER BY c.ord LIMIT $3
 """
 

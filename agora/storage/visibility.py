@@ -23,10 +23,11 @@ def users_hidden(a: str, b: str) -> str:
     )
 
 
-def can_see(viewer: str, author: str, visibility: str) -> str:
+def can_see(viewer: str, author: str, visibility: str, held: str) -> str:
     """True when ``viewer`` may see content by ``author`` posted with ``visibility``:
 
     - authors always see their own;
+    - ``held`` (by the word filter, until a moderator publishes it): nobody else;
     - ``private``: nobody else;
     - anonymous callers: ``public`` posts of active users;
     - nobody sees across a block (either way) or a suspended author;
@@ -34,6 +35,7 @@ def can_see(viewer: str, author: str, visibility: str) -> str:
     """
     return f"""(CASE
         WHEN {viewer} = {author} THEN true
+        WHEN {held} THEN false
         WHEN {visibility} = 'private' THEN false
         WHEN {viewer} IS NULL THEN {visibility} = 'public'
             AND EXISTS (SELECT 1 FROM accounts.users WHERE id = {author} AND status = 'active')
@@ -42,3 +44,30 @@ def can_see(viewer: str, author: str, visibility: str) -> str:
         ELSE EXISTS (SELECT 1 FROM social.friendships
                      WHERE user_id = {viewer} AND friend_id = {author})
     END)"""
+
+
+def post_visible(viewer: str, post: str = "p") -> str:
+    """:func:`can_see` for a row of ``content.posts`` aliased ``post``."""
+    return can_see(viewer, f"{post}.author_id", f"{post}.visibility", f"{post}.held")
+
+
+def comment_visible(viewer: str, comment: str = "c") -> str:
+    """True when ``viewer`` may see a comment (``content.comments`` aliased ``comment``) on a
+    post they may see: its author always; nobody else while it is held, across a block, or
+    when its author is suspended."""
+    author = f"{comment}.author_id"
+    return (
+        f"(coalesce({viewer} = {author}, false)"
+        f" OR (NOT {comment}.held AND NOT {users_hidden(viewer, author)}))"
+    )
+
+
+def message_shown(message: str = "m") -> str:
+    """True when a chat message (``chat.messages`` aliased ``message``) shows its text to the
+    conversation's members: not removed by a moderator, its sender not suspended. Otherwise
+    history and sync return it as a tombstone (same id and seq, empty text, ``removed``), so
+    the seqs stay gapless and clients' sync still works."""
+    return (
+        f"({message}.removed_at IS NULL AND NOT EXISTS (SELECT 1 FROM accounts.users"
+        f" WHERE id = {message}.sender_id AND status <> 'active'))"
+    )
