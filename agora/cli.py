@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import date
 
 from agora.config import Config, ConfigError, load_config
 from agora.errors import AppError
@@ -14,6 +15,13 @@ from agora.search.backend import SEARCH_TYPES
 from agora.server.logs import setup_logging
 
 log = logging.getLogger("agora")
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     r = admin.add_parser("set-role", help="change an account's role")
     r.add_argument("--username", required=True)
     r.add_argument("--role", required=True, choices=["user", "moderator", "admin"])
+    st = admin.add_parser("stats", help="activity per day (as GET /admin/stats answers)")
+    st.add_argument("--from", dest="first", type=_day, metavar="DAY", help="first day, YYYY-MM-DD")
+    st.add_argument("--to", dest="last", type=_day, metavar="DAY", help="default: today (UTC)")
+    st.add_argument("--json", action="store_true", help="the endpoint's JSON, not a table")
     return p
 
 
@@ -114,7 +126,8 @@ def _offline(config: Config, args: argparse.Namespace) -> int:
     from agora.storage.migrations import MigrationError, migrate
 
     try:
-        resolved, embedded = resolve(config, need_redis=False, lock=False)
+        stats = args.command == "admin" and args.admin_command == "stats"
+        resolved, embedded = resolve(config, need_redis=stats, lock=False)
     except EmbeddedError as exc:
         log.error("%s", exc)
         return 1
@@ -149,6 +162,10 @@ async def _admin(config: Config, args: argparse.Namespace) -> int:
     from agora.storage.db import Database
 
     assert config.database.url is not None
+    if args.admin_command == "stats":
+        from agora.server.stats_command import command
+
+        return await command(config, args.first, args.last, args.json)
     db = await Database.connect(config.database.url, min_size=1, max_size=2)
     passwords = Passwords(config.auth.password_time_cost, config.auth.password_memory_kib)
     try:

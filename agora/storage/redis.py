@@ -90,6 +90,17 @@ class Keys:
         """Bumped whenever the feed is invalidated, so a rebuild that raced it is discarded."""
         return f"{self.prefix}feedgen:{user_id}"
 
+    # -- analytics (services/stats.py) ----------------------------------------------------------
+
+    def active(self, day: str) -> str:
+        """HyperLogLog of the users active on one UTC day (``YYYY-MM-DD``), with an expiry."""
+        return f"{self.prefix}active:{day}"
+
+    @property
+    def node_sessions(self) -> str:
+        """Hash: node life -> WebSocket sessions open on it (each node writes its own field)."""
+        return f"{self.prefix}nodesessions"
+
 
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 

@@ -75,7 +75,7 @@ def exchange_name() -> str:
 
 
 # Consumers whose queues a test namespace may hold (Agora's own and the tests' recorder).
-CONSUMERS = ("notifications", "search", "recorder")
+CONSUMERS = ("notifications", "search", "stats", "recorder")
 
 
 async def delete_namespace(url: str, exchange: str) -> None:
