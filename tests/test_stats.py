@@ -36,11 +36,13 @@ from agora.events.types import (
 )
 from agora.server import keys
 from agora.server.app import create_app
+from agora.services.activity import ActivityTracker
 from agora.services.stats import StatsConsumer
 from agora.storage import stats as stats_storage
 from agora.storage.db import Database
 from agora.storage.events import OutboxStore
 from agora.storage.migrations import migrate
+from agora.storage.redis import Keys
 from agora.storage.stats import DayCounts, StatsStore
 from tests.conftest import AppFactory
 from tests.support.api import (
@@ -323,6 +325,49 @@ async def test_active_users_per_day_with_a_manual_clock(
     ttl = await redis.ttl(client.app[keys.REDIS_KEYS].active(day0.isoformat()))
     assert 0 < ttl <= 41 * 86400
     await ws.ws.close()
+
+
+class NoIO:
+    """A Redis stand-in that fails the test if anything touches it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"seen() used Redis ({name})")
+
+
+async def test_the_tracker_keeps_days_apart_and_survives_a_redis_outage(config: Config) -> None:
+    """``seen`` does no I/O; one flush writes each day's users to that day's key; a flush that
+    cannot reach Redis keeps what it had for the next one."""
+    assert config.redis.url
+    midnight = datetime(2030, 6, 1, tzinfo=UTC).timestamp()
+    clock = ManualClock(start=midnight - 1)
+    rkeys = Keys(config.redis.prefix)
+    tracker = ActivityTracker(NoIO(), rkeys, clock)  # type: ignore[arg-type]
+    for user in (1, 2, 2, 3):
+        tracker.seen(user)
+    clock.advance(2)  # past midnight, UTC
+    tracker.seen(3)
+    tracker.seen(4)
+    assert tracker.pending == 5  # {1, 2, 3} on May 31, {3, 4} on June 1
+
+    down = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    tracker.redis = down
+    await tracker.flush()  # logged, kept
+    assert tracker.pending == 5
+    await down.aclose()
+
+    redis = aioredis.Redis.from_url(config.redis.url)
+    tracker.redis = redis
+    tracker.seen(5)
+    await tracker.flush()
+    assert tracker.pending == 0
+    may31, june1 = rkeys.active("2030-05-31"), rkeys.active("2030-06-01")
+    assert await redis.pfcount(may31) == 3
+    assert await redis.pfcount(june1) == 3  # 3, 4 and 5
+    assert await redis.pfcount(may31, june1) == 5
+    expires = await redis.expiretime(june1)
+    assert expires == int(midnight) + 41 * 86400  # 40 days after the day ends
+    await redis.delete(may31, june1)
+    await redis.aclose()
 
 
 async def test_only_admins_read_the_stats(fresh: Config, make_client: AppFactory) -> None:
