@@ -11,7 +11,9 @@ from agora.server.routing import Call, Routes
 routes = Routes("moderation")
 
 
-@routes.post("/reports", body=ReportIn, response=ReportOut, status=201, errors=(404,))
+@routes.post(
+    "/reports", body=ReportIn, response=ReportOut, status=201, errors=(404,), limits=("reports",)
+)
 async def create_report(call: Call[ReportIn, Any]) -> ReportOut:
     """Report a post, comment, user or message to the moderators.
 

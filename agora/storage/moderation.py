@@ -88,7 +88,8 @@ RETURNING {_REPORT_COLUMNS}
 INSERT_HOLD = """
 INSERT INTO moderation.reports
     (reporter_id, subject_type, subject_id, subject_user_id, category, reason, snapshot)
-VALUES (NULL, $1, $2, $3, 'other', $4, jsonb_build_object('id', $2::text, 'text', $5::text))
+VALUES (NULL, $1, $2::bigint, $3, 'other', $4,
+        jsonb_build_object('id', $2::bigint::text, 'text', $5::text))
 """
 # The queue: oldest first, by status and optionally category, after an id.
 LIST_REPORTS = f"""
