@@ -308,7 +308,9 @@ async def test_held_content_is_its_authors_alone_until_a_moderator_decides(
     held = await create_post(client, author, "this has a FORBIDDENWORD in it", "public")
     clean = await create_post(client, author, "forbiddenwords is not the whole word", "public")
     pattern = await create_post(client, author, "b4dw0rd", "friends")
-    await get_json(client, f"{API}/posts/{held['id']}", author)  # the author sees it
+    assert held["held"] is True and clean["held"] is False
+    # The author sees it, flagged.
+    assert (await get_json(client, f"{API}/posts/{held['id']}", author))["held"] is True
     await get_json(client, f"{API}/posts/{held['id']}", friend, status=404)
     await get_json(client, f"{API}/posts/{pattern['id']}", friend, status=404)
     feed = [p["id"] for p in (await get_json(client, f"{API}/feed", friend))["items"]]
@@ -327,6 +329,17 @@ async def test_held_content_is_its_authors_alone_until_a_moderator_decides(
     assert held["id"] in feed
     await resolve(client, moderator, holds[pattern["id"]]["id"], "remove")
     await get_json(client, f"{API}/posts/{pattern['id']}", author, status=404)
+
+    # An edit that brings a word in holds the published post again; dismiss shows it again.
+    resp = await client.patch(
+        f"{API}/posts/{clean['id']}", headers=author.headers, json={"text": "now forbiddenword"}
+    )
+    assert resp.status == 200
+    await get_json(client, f"{API}/posts/{clean['id']}", friend, status=404)
+    [hold] = [r for r in await queue(client, moderator) if r["subject_id"] == clean["id"]]
+    assert hold["held"] and hold["subject"]["edited"] is True
+    await resolve(client, moderator, hold["id"], "dismiss")
+    await get_json(client, f"{API}/posts/{clean['id']}", friend)
 
     # Comments too.
     resp = await client.post(

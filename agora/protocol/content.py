@@ -47,6 +47,9 @@ class MediaOut(msgspec.Struct):
 
 
 class PostOut(msgspec.Struct):
+    """A post. `held` (only ever true for its author): the word filter held it for review;
+    nobody else sees it until a moderator publishes it."""
+
     id: str
     author: UserOut
     text: str
@@ -57,6 +60,7 @@ class PostOut(msgspec.Struct):
     comment_count: int
     reaction_counts: dict[str, int]
     my_reaction: ReactionType | None
+    held: bool = False
 
 
 class CreatePostIn(msgspec.Struct):

@@ -190,7 +190,8 @@ class ModerationService:
     async def _publish(self, moderator: UserRecord, report: ReportRow) -> None:
         """Dismissing the word filter's hold publishes the content, as if just posted."""
         if report.subject_type == "post":
-            await self.posts.publish_held_post(report.subject_id, moderator.id)
+            edited = bool(report.snapshot.get("edited"))
+            await self.posts.publish_held_post(report.subject_id, moderator.id, edited)
         elif report.subject_type == "comment":
             await self.posts.publish_held_comment(report.subject_id, moderator.id)
 

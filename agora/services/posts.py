@@ -85,7 +85,8 @@ class PostService:
             raise forbidden("only the author can edit a post")
         text = None if body.text is msgspec.UNSET else body.text
         visibility = None if body.visibility is msgspec.UNSET else body.visibility
-        edit = await self.posts.update(post_id, text, visibility, viewer)
+        hold_it = text is not None and self.word_filter.matches(text)  # held again for review
+        edit = await self.posts.update(post_id, text, visibility, viewer, hold_it)
         if edit is not None and edit.visibility != edit.old_visibility:
             await self.feed.visibility_changed(
                 viewer, post_id, edit.old_visibility, edit.visibility
@@ -111,12 +112,16 @@ class PostService:
                     await self.accounts.get_user(viewer), "post.delete", copy
                 )
 
-    async def publish_held_post(self, post_id: int, actor: int) -> bool:
-        """A moderator lets a post the word filter held go out: fanned out as a new post."""
-        published = await self.posts.publish(post_id, actor)
+    async def publish_held_post(self, post_id: int, actor: int, edited: bool = False) -> bool:
+        """A moderator lets a post the word filter held go out: fanned out as a new post (one
+        held by an edit is simply shown again: its feeds already hold it)."""
+        published = await self.posts.publish(post_id, actor, announce=not edited)
         if published is None:
             return False
         author, visibility = published
+        if edited:
+            await self.feed.post_changed(post_id)
+            return True
         audience = await self.feed.post_created(author, post_id, visibility)
         if self.on_created is not None:
             post = await self.get(author, post_id)

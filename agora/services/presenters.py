@@ -95,6 +95,7 @@ def post_out(post: PostRow, urls: MediaUrls) -> PostOut:
         comment_count=post.comment_count,
         reaction_counts=post.reaction_counts,
         my_reaction=post.my_reaction,
+        held=post.held,
     )
 
 

@@ -49,7 +49,7 @@ _MEDIA = """CASE WHEN cardinality(p.media_ids) = 0 THEN NULL ELSE (
 # and the media. $1 is always the viewer (NULL when anonymous).
 def post_select(extra_columns: str = "") -> str:
     return f"""
-SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at,
+SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at, p.held,
        s.comment_count, s.like_count, s.love_count, s.haha_count, s.wow_count, s.sad_count,
        s.angry_count, r.type AS my_reaction, {PUBLIC_USER_COLUMNS}, {_MEDIA}{extra_columns}
 FROM content.posts p
@@ -85,6 +85,7 @@ INSERT INTO content.posts (author_id, text, visibility, media_ids, held)
 VALUES ($1, $2, $3, $4, $5)
 RETURNING id
 """
+HOLD_POST = "UPDATE content.posts SET held = true WHERE id = $1 AND NOT held RETURNING author_id"
 # A held post published by a moderator: its post.created is written then (not while held).
 PUBLISH_POST = """
 UPDATE content.posts SET held = false WHERE id = $1 AND held
@@ -251,6 +252,7 @@ class PostRow(msgspec.Struct, frozen=True, gc=False):
     comment_count: int
     reaction_counts: dict[str, int]
     my_reaction: ReactionType | None
+    held: bool = False  # by the word filter: only its author gets to see it
 
     @classmethod
     def of(cls, row: Record) -> PostRow:
@@ -267,6 +269,7 @@ class PostRow(msgspec.Struct, frozen=True, gc=False):
             row["comment_count"],
             counts,
             row["my_reaction"],
+            row["held"],
         )
 
 
@@ -377,10 +380,17 @@ class PostStore:
         return PostAccess(row["author_id"], row["visibility"], row["visible"]) if row else None
 
     async def update(
-        self, post_id: int, text: str | None, visibility: str | None, actor_id: int
+        self,
+        post_id: int,
+        text: str | None,
+        visibility: str | None,
+        actor_id: int,
+        hold_it: bool = False,
     ) -> PostEdit | None:
         """Edit the text and/or visibility (None: unchanged); None when the post is gone.
-        A changed text writes post.updated, a changed visibility post.visibility_changed."""
+        A changed text writes post.updated, a changed visibility post.visibility_changed.
+        ``hold_it`` (the new text matches the word filter): the post is held again, with a
+        report in the queue, in the same transaction."""
         async with self.db.transaction("update_post") as tx:
             row = await tx.fetchrow(
                 "update_post",
@@ -394,6 +404,8 @@ class PostStore:
             if row is None:
                 return None
             author_id = row["author_id"]
+            if hold_it and await tx.fetchval("hold_post", HOLD_POST, post_id) is not None:
+                await hold(tx, "post", post_id, author_id, row["text"], edited=True)
             if row["text"] != row["old_text"]:
                 await append(
                     tx,
@@ -418,13 +430,18 @@ class PostStore:
                 )
         return PostEdit(row["old_visibility"], row["visibility"])
 
-    async def publish(self, post_id: int, actor_id: int) -> tuple[int, str] | None:
-        """Publish a held post (with its post.created, by ``actor_id``): its (author,
+    async def publish(
+        self, post_id: int, actor_id: int, announce: bool = True
+    ) -> tuple[int, str] | None:
+        """Publish a held post (with its post.created, by ``actor_id``, unless ``announce`` is
+        false: a post held by an edit was announced when first published): its (author,
         visibility), or None when it is gone or not held."""
         async with self.db.transaction("publish_post") as tx:
             row = await tx.fetchrow("publish_post", PUBLISH_POST, post_id)
             if row is None:
                 return None
+            if not announce:
+                return row["author_id"], row["visibility"]
             await append(
                 tx,
                 PostCreated(

@@ -89,7 +89,8 @@ INSERT_HOLD = """
 INSERT INTO moderation.reports
     (reporter_id, subject_type, subject_id, subject_user_id, category, reason, snapshot)
 VALUES (NULL, $1, $2::bigint, $3, 'other', $4,
-        jsonb_build_object('id', $2::bigint::text, 'text', $5::text))
+        jsonb_build_object('id', $2::bigint::text, 'text', $5::text, 'edited', $6::boolean))
+ON CONFLICT (subject_type, subject_id) WHERE status = 'open' AND reporter_id IS NULL DO NOTHING
 """
 # The queue: oldest first, by status and optionally category, after an id.
 LIST_REPORTS = f"""
@@ -202,10 +203,13 @@ class DuplicateReport(Exception):
     """The reporter already has an open report of this subject."""
 
 
-async def hold(tx: Tx, subject_type: str, subject_id: int, author_id: int, text: str) -> None:
-    """Queue a held post or comment for review (in the transaction that stores it)."""
+async def hold(
+    tx: Tx, subject_type: str, subject_id: int, author_id: int, text: str, edited: bool = False
+) -> None:
+    """Queue a held post or comment for review (in the transaction that stores it or, with
+    ``edited``, the edit that made a published post match)."""
     await tx.execute(
-        "insert_hold", INSERT_HOLD, subject_type, subject_id, author_id, HELD_REASON, text
+        "insert_hold", INSERT_HOLD, subject_type, subject_id, author_id, HELD_REASON, text, edited
     )
 
 
