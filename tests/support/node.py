@@ -22,8 +22,14 @@ def free_port() -> int:
 class NodeProcess:
     def __init__(self, env: dict[str, str], cwd: Path, port: int | None = None) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-        # Killed nodes leave leased event deliveries behind: let others take them soon.
-        self.env = {**clean, "AGORA_EVENTS_LEASE": "5", **env}
+        # Killed nodes leave leased event deliveries behind: let others take them soon. Rate
+        # limits stay on, loose enough that tests registering many users from 127.0.0.1 pass.
+        self.env = {
+            **clean,
+            "AGORA_EVENTS_LEASE": "5",
+            "AGORA_RATE_LIMIT_SCALE": "1000",
+            **env,
+        }
         self.cwd = cwd
         self.port = port or free_port()
         self.proc: subprocess.Popen[str] | None = None
