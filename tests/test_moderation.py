@@ -451,3 +451,60 @@ async def test_cli_role_changes_are_audited(client: TestClient, database_url: st
     ]
     assert entry["actor"] is None and entry["via"] == "cli"
     assert entry["note"] == "role user -> moderator" and entry["target"]["role"] == "user"
+
+
+async def test_every_moderator_and_admin_action_is_audited(
+    client: TestClient, database_url: str
+) -> None:
+    moderator = await with_role(client, "moderator")
+    a, b, conversation = await friends_in_a_direct_conversation(client)
+    post = await create_post(client, a, "deleted by a moderator", "public")
+    own = await create_post(client, a, "deleted by its author", "public")
+    resp = await client.post(
+        f"{API}/posts/{post['id']}/comments", headers=b.headers, json={"text": "a comment"}
+    )
+    comment = await resp.json()
+    message = await send(client, a, conversation, "a message")
+
+    # Directly (not through a report): a moderator deleting others' content.
+    resp = await client.delete(f"{API}/comments/{comment['id']}", headers=moderator.headers)
+    assert resp.status == 204
+    resp = await client.delete(f"{API}/posts/{post['id']}", headers=moderator.headers)
+    assert resp.status == 204
+    resp = await client.delete(f"{API}/posts/{own['id']}", headers=a.headers)
+    assert resp.status == 204  # the author's own: not a moderator action
+    made = await report(client, b, "message", message["id"])
+    await resolve(client, moderator, made["id"], "remove")
+    await suspend(client, moderator, b.id)
+    await unsuspend(client, moderator, b.id)
+    name = unique("cli")
+    with tempfile.TemporaryDirectory() as tmp:
+        for args in (
+            [
+                *("admin", "create-user", "--username", name),
+                *("--email", f"{name}@example.test", "--password", "long enough pw"),
+            ],
+            ["admin", "set-role", "--username", name, "--role", "moderator"],
+        ):
+            proc = await asyncio.to_thread(_agora, args, database_url, Path(tmp))
+            assert proc.returncode == 0, proc.stderr
+
+    entries = await audit(client, moderator)
+    by_action = {e["action"]: e for e in entries}
+    assert set(by_action) >= {
+        "comment.delete",
+        "post.delete",
+        "message.remove",
+        "report.resolve",
+        "user.suspend",
+        "user.unsuspend",
+        "user.create",
+        "user.set_role",
+    }
+    assert by_action["comment.delete"]["target"]["text"] == "a comment"
+    assert by_action["message.remove"]["target"]["text"] == "a message"
+    assert by_action["user.create"]["actor"] is None and by_action["user.create"]["via"] == "cli"
+    assert own["id"] not in [e["target_id"] for e in entries]
+    for entry in entries:
+        assert entry["human_identifier"] and entry["created_at"]
+        assert (entry["actor"] is None) == (entry["via"] != "api")
