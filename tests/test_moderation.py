@@ -7,6 +7,7 @@ import asyncio
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -160,6 +161,13 @@ async def test_queue_resolution_and_the_reporters_notification(client: TestClien
     told = await notification(client, r1, "report_resolved")
     assert told["subject_type"] == "report" and told["subject_id"] == first["id"]
     assert told["actor"]["id"] == moderator.id
+    # The reporter reads the outcome; nobody else reads their report.
+    outcome = await get_json(client, f"{API}/reports/{first['id']}", r1)
+    assert outcome["status"] == "resolved" and outcome["action"] == "dismiss"
+    assert outcome["resolved_at"]
+    await get_json(client, f"{API}/reports/{first['id']}", r2, status=404)
+    pending = await get_json(client, f"{API}/reports/{second['id']}", r2)
+    assert pending["status"] == "open" and pending["action"] is None
 
 
 async def test_remove_deletes_through_the_authors_path_and_closes_every_report(
@@ -490,7 +498,9 @@ async def test_every_moderator_and_admin_action_is_audited(
             assert proc.returncode == 0, proc.stderr
 
     entries = await audit(client, moderator)
-    by_action = {e["action"]: e for e in entries}
+    by_action: dict[str, dict[str, Any]] = {}
+    for e in entries:  # newest first: this test's entry of each action
+        by_action.setdefault(e["action"], e)
     assert set(by_action) >= {
         "comment.delete",
         "post.delete",

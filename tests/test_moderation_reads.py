@@ -95,6 +95,7 @@ CONTENT: dict[str, Reads] = {
 }
 NO_CONTENT = {
     "/users/me": "the caller's own account",
+    "/reports/{id}": "the caller's own report and its outcome, no copy of the subject",
     "/notifications/settings": "the caller's preferences",
     "/admin/reports": "the moderators' queue shows what was reported, by design (403 to users)",
     "/admin/audit": "the audit log keeps a copy of what was removed, by design (403 to users)",

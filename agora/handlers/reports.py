@@ -24,3 +24,12 @@ async def create_report(call: Call[ReportIn, Any]) -> ReportOut:
     what you wrote is a 422. The reporter gets a `report_resolved` notification with the
     outcome."""
     return await call.app[keys.MODERATION].report(call.viewer.user_id, call.body)
+
+
+@routes.get("/reports/{id}", response=ReportOut)
+async def get_report(call: Call[None, Any]) -> ReportOut:
+    """One of the caller's own reports, with its outcome once resolved (`action`); the
+    `report_resolved` notification names it. Anyone else's report answers 404."""
+    return await call.app[keys.MODERATION].my_report(
+        call.viewer.user_id, call.path_id("id", "report")
+    )

@@ -32,7 +32,9 @@ class ReportIn(msgspec.Struct):
 
 
 class ReportOut(msgspec.Struct):
-    """A report as its reporter sees it."""
+    """A report as its reporter sees it: once resolved, `action` says the outcome (`dismiss`:
+    no action was taken; `remove`: the content was removed; `suspend`: the account was
+    suspended)."""
 
     id: str
     subject_type: SubjectType
@@ -41,6 +43,8 @@ class ReportOut(msgspec.Struct):
     reason: str
     status: ReportStatus
     created_at: datetime
+    action: Action | None = None
+    resolved_at: datetime | None = None
 
 
 class AdminReportOut(msgspec.Struct):

@@ -79,6 +79,20 @@ def admin_report_out(r: ReportRow) -> AdminReportOut:
     )
 
 
+def report_out(r: ReportRow) -> ReportOut:
+    return ReportOut(
+        id=str(r.id),
+        subject_type=r.subject_type,
+        subject_id=str(r.subject_id),
+        category=r.category,  # type: ignore[arg-type]  # the table's CHECK holds it
+        reason=r.reason,
+        status=r.status,  # type: ignore[arg-type]
+        created_at=r.created_at,
+        action=r.action,  # type: ignore[arg-type]
+        resolved_at=r.resolved_at,
+    )
+
+
 def suspended_message(until: datetime | None) -> str:
     if until is None:
         return "this account is suspended"
@@ -123,15 +137,14 @@ class ModerationService:
         except DuplicateReport:
             raise conflict(f"you already have an open report of this {body.subject_type}") from None
         log.info("report %s of %s %s", row.id, row.subject_type, row.subject_id)
-        return ReportOut(
-            id=str(row.id),
-            subject_type=row.subject_type,
-            subject_id=str(row.subject_id),
-            category=row.category,  # type: ignore[arg-type]
-            reason=row.reason,
-            status=row.status,  # type: ignore[arg-type]
-            created_at=row.created_at,
-        )
+        return report_out(row)
+
+    async def my_report(self, reporter_id: int, report_id: int) -> ReportOut:
+        """One of the caller's own reports (anyone else's: 404), with its outcome."""
+        row = await self.reports.get(report_id)
+        if row is None or row.reporter_id != reporter_id:
+            raise not_found("report")
+        return report_out(row)
 
     async def queue(self, moderator_id: int, q: ReportQueueQuery) -> Page[AdminReportOut]:
         await require_role(self.accounts, moderator_id, MODERATING_ROLES)
