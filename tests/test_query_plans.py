@@ -18,6 +18,7 @@ from agora.storage import (
     content,
     events,
     media,
+    moderation,
     notifications,
     search,
     search_index,
@@ -26,7 +27,16 @@ from agora.storage import (
 from tests.support.search import NO_PG_TRGM, has_pg_trgm
 
 NOW = datetime.now(UTC)
-OUR_SCHEMAS = {"accounts", "social", "content", "chat", "notifications", "events", "media"}
+OUR_SCHEMAS = {
+    "accounts",
+    "social",
+    "content",
+    "chat",
+    "notifications",
+    "events",
+    "media",
+    "moderation",
+}
 # Tables read whole on purpose: the relay claims every one of the 16 partitions it can.
 WHOLE = {"events.relay_partitions"}
 
@@ -146,6 +156,28 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "search index: messages after": (search_index.MESSAGES_AFTER, (0, 1000)),
     "search index: viewer friends": (search_index.VIEWER_FRIENDS, (1, 5000)),
     "search index: viewer conversations": (search_index.VIEWER_CONVERSATIONS, (1, 10000)),
+    "moderation: report queue": (moderation.LIST_REPORTS, ("open", None, 0, 21)),
+    "moderation: report queue by category": (moderation.LIST_REPORTS, ("open", "spam", 0, 21)),
+    "moderation: lock report": (moderation.LOCK_REPORT, (1,)),
+    "moderation: resolve": (moderation.RESOLVE, (1, "remove", None, 2, True, "post", 3)),
+    "moderation: audit log": (moderation.LIST_AUDIT, (2**53, None, None, None, 21)),
+    "moderation: audit log by target": (
+        moderation.LIST_AUDIT,
+        (2**53, "post.delete", "post", 3, 21),
+    ),
+    **{
+        f"moderation: {kind} subject": (sql, (1, 2))
+        for kind, sql in moderation._SUBJECT_SQL.items()
+    },
+    "suspend": (accounts.SUSPEND, (1, None, "r")),
+    "unsuspend": (accounts.UNSUSPEND, (1, True)),
+    "suspension of": (accounts.SUSPENSION_OF, (1,)),
+    "suspended ids": (accounts.SUSPENDED_IDS, ()),
+    "suspensions over": (accounts.SUSPENSIONS_OVER, (100,)),
+    "remove message": (chat.REMOVE_MESSAGE, (1,)),
+    "hold post": (content.HOLD_POST, (1,)),
+    "publish post": (content.PUBLISH_POST, (1,)),
+    "publish comment": (content.PUBLISH_COMMENT, (1,)),
 }
 
 # Search's candidate queries run with custom plans (storage/search.py): planned for these values.
