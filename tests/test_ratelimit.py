@@ -20,7 +20,7 @@ from agora.server import keys
 from agora.server.app import create_app
 from agora.server.clientip import client_ip, group
 from agora.services.passwords import Passwords
-from agora.services.ratelimit import Hit, Limiter
+from agora.services.ratelimit import LEASE_SECONDS, Hit, Limiter
 from agora.storage.redis import Keys
 from tests.support.api import (
     PASSWORD,
@@ -118,19 +118,11 @@ async def test_concurrent_actions_are_batched_and_counted_exactly(
     redis: aioredis.Redis, config: Config
 ) -> None:
     lim = limiter(redis, config, ManualClock(start=1_000_000.0))
-    calls = 0
-    script = lim._script
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return await script(*args, **kwargs)
-
-    lim._script = counting  # type: ignore[assignment]
+    calls = counting_script(lim)
     verdicts = await asyncio.gather(*(lim.take([Hit(TEN_PER_MINUTE, "many")]) for _ in range(300)))
     assert sum(v.allowed for v in verdicts) == 10
     assert [v.allowed for v in verdicts][:10] == [True] * 10  # first come, first served
-    assert calls <= 3  # one round trip per batch, not per action
+    assert calls[0] <= 3  # one round trip per batch, not per action
 
 
 async def test_nodes_share_one_bucket(redis: aioredis.Redis, config: Config) -> None:
@@ -139,6 +131,52 @@ async def test_nodes_share_one_bucket(redis: aioredis.Redis, config: Config) -> 
     hits = [Hit(TEN_PER_MINUTE, "shared")]
     assert await allowed(a, hits, 6) == 6
     assert await allowed(b, hits, 6) == 4
+
+
+def counting_script(lim: Limiter) -> list[int]:
+    """Count the limiter's round trips to Redis."""
+    calls = [0]
+    script = lim._script
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await script(*args, **kwargs)
+
+    lim._script = counting  # type: ignore[assignment]
+    return calls
+
+
+THOUSAND = Rule("k", 1000, 1e6)  # refills too slowly to matter here
+
+
+async def test_a_node_spends_its_lease_locally_and_the_shared_count_holds(
+    redis: aioredis.Redis, config: Config
+) -> None:
+    clock = ManualClock(start=1_000_000.0)
+    a, b = limiter(redis, config, clock), limiter(redis, config, clock)
+    calls = counting_script(a)
+    hits = [Hit(THOUSAND, "lease")]
+    seen = [await a.take(hits) for _ in range(120)]
+    assert [v.remaining for v in seen] == list(range(999, 879, -1))  # exact, lease or not
+    assert calls[0] == 3  # leases of 50: one round trip per 50 actions
+    turns = 0
+    while True:  # both nodes in turn, until both are refused
+        ra, rb = await a.take(hits), await b.take(hits)
+        turns += ra.allowed + rb.allowed
+        if not (ra.allowed or rb.allowed):
+            break
+    assert 120 + turns == 1000  # every token spent, none twice
+
+
+async def test_a_lapsed_lease_gives_its_rest_back(redis: aioredis.Redis, config: Config) -> None:
+    clock = ManualClock(start=1_000_000.0)
+    a, b = limiter(redis, config, clock), limiter(redis, config, clock)
+    hits = [Hit(THOUSAND, "lapse")]
+    assert (await a.take(hits)).allowed  # a holds 49 more
+    assert await allowed(b, hits, 1000) == 950
+    clock.advance(LEASE_SECONDS + 0.1)
+    assert await allowed(a, hits, 100) == 49  # what a's lapsed lease gave back, and no more
+    assert await allowed(b, hits, 10) == 0
 
 
 async def test_without_redis_actions_are_let_through(config: Config) -> None:
@@ -485,6 +523,23 @@ async def test_a_socket_over_the_messages_limit_gets_retry_after_then_1008(
     history = await client.get(f"/api/v1/conversations/{cid}/messages", headers=b.headers)
     texts = [m["client_id"] for m in (await history.json())["items"]]
     assert sorted(texts) == ["later", "ok0", "ok1", "ok2"]  # nothing refused was stored
+
+
+async def test_sends_keep_their_order_across_leases_and_round_trips(
+    make_client: AppFactory, config: Config
+) -> None:
+    # 1000 a minute: leases of 50, so some sends are let through at once and others wait for
+    # Redis; the conversation must still get them in the order they were sent.
+    client = await make_client(
+        limits=config.limits.but(messages=(1000, 60)), ws=replace(config.ws, rate_limit=0)
+    )
+    a, b, cid = await friends_in_a_direct_conversation(client)
+    ws = await WsClient.connect(client, a.access)
+    for i in range(160):
+        await ws.send({"type": "send", "conversation_id": cid, "client_id": f"m{i}", "text": "x"})
+    await ws.expect("ack", timeout=20, where=lambda f: f["client_id"] == "m159")
+    acks = {f["client_id"]: f["seq"] for f in ws.of("ack")}
+    assert [acks[f"m{i}"] for i in range(160)] == sorted(acks.values())
 
 
 async def test_socket_upgrades_count_as_api_requests(

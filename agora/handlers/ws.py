@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -106,6 +107,10 @@ class Connection:
         self.limiter = app[keys.LIMITER]
         self._sends = [Hit(app[keys.CONFIG].limits["messages"], str(session.user_id))]
         self._refused = 0  # `send` frames refused in a row by the messages limit
+        # `send` frames waiting for their verdict, in the order they came (bounded by the
+        # frame rate times a round trip to Redis)
+        self._verdicts: deque[tuple[asyncio.Future[Verdict], int, SendOp]] = deque()
+        self._watched: asyncio.Future[Verdict] | None = None
         self._ws: web.WebSocketResponse | None = None
         self._closing: asyncio.Future[bool] | None = None
 
@@ -157,12 +162,13 @@ class Connection:
         match frame:
             case Send(conversation_id=cid, client_id=client_id, text=text):
                 self.metrics.ws_frames_in.labels("send").inc()
-                # The messages limit (shared with REST sends) first; verdicts come back in
-                # the order the frames came, so sends stay in order.
-                op = SendOp(user, client_id, text)
-                self.limiter.submit(self._sends).add_done_callback(
-                    lambda verdict: self._send(verdict.result(), int(cid), op)
+                # The messages limit (shared with REST sends) first. A verdict may come at
+                # once (the node's lease) or after a round trip to Redis: sends wait for those
+                # before them, so they reach the conversation in the order they came.
+                self._verdicts.append(
+                    (self.limiter.submit(self._sends), int(cid), SendOp(user, client_id, text))
                 )
+                self._next_sends()
             case Typing(conversation_id=cid):
                 self.metrics.ws_frames_in.labels("typing").inc()
                 self.router.submit(int(cid), TypingOp(user), self._on_done(cid))
@@ -184,6 +190,15 @@ class Connection:
             case Ping():
                 self.metrics.ws_frames_in.labels("ping").inc()
                 self.session.push(encode(Pong()))
+
+    def _next_sends(self, _: object = None) -> None:
+        waiting = self._verdicts
+        while waiting and waiting[0][0].done():
+            verdict, conversation_id, op = waiting.popleft()
+            self._send(verdict.result(), conversation_id, op)
+        if waiting and waiting[0][0] is not self._watched:  # one callback per head
+            self._watched = waiting[0][0]
+            self._watched.add_done_callback(self._next_sends)
 
     def _send(self, verdict: Verdict, conversation_id: int, op: SendOp) -> None:
         if verdict.allowed:
