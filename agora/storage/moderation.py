@@ -60,8 +60,8 @@ SELECT u.id AS owner_id, '@' || u.username AS human,
 FROM accounts.users u WHERE u.id = $1
 """,
     # A message report carries that message only, nothing else of the conversation.
-    "message": """
-SELECT m.sender_id AS owner_id, '@' || u.username || ': ' || left(m.text, 80) AS human,
+    "message": f"""
+SELECT m.sender_id AS owner_id, '@' || u.username || ': ' || left(m.text, {EXCERPT}) AS human,
        jsonb_build_object('id', m.id::text, 'conversation_id', m.conversation_id::text,
                           'seq', m.seq, 'sender_id', m.sender_id::text,
                           'sender_username', u.username, 'text', m.text,
