@@ -56,6 +56,7 @@ from agora.errors import AppError, ErrorCode
 from agora.events.types import (
     CommentCreated,
     Event,
+    MessageRemoved,
     MessageStored,
     PostCreated,
     PostDeleted,
@@ -529,15 +530,17 @@ def test_each_event_type_changes_its_document_newest_version_wins() -> None:
             conversation_id=3, message_id=20, seq=1, sender_id=1, text="yo", created_at=NOW
         )
     )
+    # A moderator's removal rewrites the message's document (its text is gone).
+    removed = event(MessageRemoved(conversation_id=3, message_id=21, seq=2, sender_id=1))
     comment = event(
         CommentCreated(comment_id=9, post_id=10, post_author_id=1, author_id=1, text="c")
     )
     # Out of order within a batch: the newest event id is the version.
-    batch = [renamed, user, edited, created, hidden, deleted, message, comment]
+    batch = [renamed, user, edited, created, hidden, deleted, message, removed, comment]
     assert changed(batch) == {
         "users": {1: renamed.id},
         "posts": {10: edited.id, 11: hidden.id, 12: deleted.id},
-        "messages": {20: message.id},
+        "messages": {20: message.id, 21: removed.id},
     }
     assert changed([comment]) == {}
     assert {e.type for e in batch[:-1]} == SearchIndexer.handles
