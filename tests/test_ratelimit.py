@@ -533,7 +533,7 @@ async def test_sends_keep_their_order_across_leases_and_round_trips(
     client = await make_client(
         limits=config.limits.but(messages=(1000, 60)), ws=replace(config.ws, rate_limit=0)
     )
-    a, b, cid = await friends_in_a_direct_conversation(client)
+    a, _, cid = await friends_in_a_direct_conversation(client)
     ws = await WsClient.connect(client, a.access)
     for i in range(160):
         await ws.send({"type": "send", "conversation_id": cid, "client_id": f"m{i}", "text": "x"})
