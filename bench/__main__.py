@@ -52,6 +52,8 @@ def _feed(a: argparse.Namespace) -> dict[str, Any]:
         users=a.users,
         population=a.population,
         baseline=not a.no_baseline,
+        limits=a.limits,
+        rounds=a.rounds,
     )
     if a.url:
         return run(feed(options, url=a.url))
@@ -88,6 +90,8 @@ def _chat(a: argparse.Namespace) -> dict[str, Any]:
                 duration=a.duration,
                 warmup=a.warmup,
                 senders=a.senders,
+                limits=a.limits or "on",
+                rounds=a.rounds,
             )
         )
 
@@ -190,6 +194,18 @@ def _chat_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
 
 
+def _limits_options(p: argparse.ArgumentParser) -> None:
+    from bench.limits import CHOICES
+
+    p.add_argument(
+        "--limits",
+        choices=CHOICES,
+        help="spawned nodes' rate limits (default on, scaled out of reach); both: on and off "
+        "interleaved, compared",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="with --limits both: rounds of each")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -219,6 +235,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--path", default="/api/v1/feed?limit=20", help="GET path to drive")
     s.add_argument("--no-baseline", action="store_true", help="skip the baseline-http run")
+    _limits_options(s)
     s.set_defaults(func=_feed)
 
     s = sub.add_parser("baseline-ws", help="bare aiohttp WebSocket rooms: the chat ceiling")
@@ -228,6 +245,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("chat", help="group chat over /ws on 1 or 2 nodes")
     s.add_argument("--nodes", type=int, choices=(1, 2), default=1)
     _chat_options(s)
+    _limits_options(s)
     s.set_defaults(func=_chat)
 
     s = sub.add_parser("connections", help="memory per idle authenticated WebSocket")

@@ -20,6 +20,22 @@ from agora.server.run import resolve
 # Used when AGORA_JWT_SECRET is not set, so the bench can mint tokens the nodes accept.
 BENCH_JWT_SECRET = "agora-bench-only-secret-0123456789abcdef"
 
+# Spawned nodes keep their rate limits on (the limiter's cost is part of what is measured) but
+# multiplied by this, so a bench that signs in hundreds of users from 127.0.0.1 and drives
+# thousands of requests per account never trips them. Not applied when the caller's environment
+# chooses limits itself (any AGORA_RATE_LIMIT_<NAME> or AGORA_RATE_LIMIT_SCALE).
+BENCH_RATE_LIMIT_SCALE = "1000000"
+RATE_LIMIT_PREFIX = "AGORA_RATE_LIMIT_"
+
+
+def bench_rate_limits(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The rate-limit settings a spawned node gets on top of ``environ`` (default: this
+    process's): ``AGORA_RATE_LIMIT_SCALE`` large, unless ``environ`` sets limits itself."""
+    environ = dict(os.environ) if environ is None else environ
+    if any(k.startswith(RATE_LIMIT_PREFIX) for k in environ):
+        return {}
+    return {"AGORA_RATE_LIMIT_SCALE": BENCH_RATE_LIMIT_SCALE}
+
 
 @dataclass(frozen=True)
 class Services:
@@ -41,8 +57,10 @@ class Services:
 
     def node_env(self, node_id: str, **extra: str) -> dict[str, str]:
         """Environment for a node on these services: the caller's ``AGORA_*`` settings with the
-        resolved URLs and secret, ``AGORA_LOG_LEVEL=WARNING``, and ``extra``."""
+        resolved URLs and secret, ``AGORA_LOG_LEVEL=WARNING``, rate limits scaled out of reach
+        (:func:`bench_rate_limits`), and ``extra``."""
         env = dict(os.environ)
+        env.update(bench_rate_limits(env))
         env.update(
             {
                 "AGORA_DATABASE_URL": self.database_url,

@@ -19,8 +19,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from agora.config import load_config
 from bench.httpclient import ProtocolError, ResponseParser, build_get
+from bench.limits import limits_env, schedule
 from bench.seed import remove_bench_data
+from bench.services import BENCH_RATE_LIMIT_SCALE, Services
 from bench.stats import Recorder
 from tests.conftest import JWT_SECRET
 from tests.support.services import ServiceSet
@@ -460,3 +463,135 @@ def test_events_measures_writes_relay_and_backlog(
                    WHERE user_agent = 'agora-bench-events') AS sessions""",
     )
     assert row["unsent"] == 0 and row["sessions"] == 0
+
+
+# -- rate limits: spawned nodes never trip them; --limits on|off|both ---------------------------
+
+
+def test_spawned_nodes_get_limits_out_of_reach_unless_the_caller_sets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AGORA_"):
+            monkeypatch.delenv(name)
+    services = Services(
+        load_config(
+            {"AGORA_DATABASE_URL": "postgresql://u@127.0.0.1/db", "AGORA_JWT_SECRET": JWT_SECRET}
+        )
+    )
+    env = services.node_env("n")
+    assert env["AGORA_RATE_LIMIT_SCALE"] == BENCH_RATE_LIMIT_SCALE
+    limits = load_config(env).limits
+    assert limits.enabled and limits["register"].limit >= 5_000_000, limits["register"]
+    assert limits["login"].limit >= 25_000_000 and limits["api"].limit >= 300_000_000
+    # The variants of --limits: on (still scaled), off.
+    assert load_config(services.node_env("n", **limits_env("on"))).limits.enabled
+    assert not load_config(services.node_env("n", **limits_env("off"))).limits.enabled
+    # The caller's own limits are left alone.
+    monkeypatch.setenv("AGORA_RATE_LIMIT_LOGIN", "3/60")
+    env = services.node_env("n")
+    assert "AGORA_RATE_LIMIT_SCALE" not in env
+    assert load_config(env).limits["login"].limit == 3
+    monkeypatch.delenv("AGORA_RATE_LIMIT_LOGIN")
+    monkeypatch.setenv("AGORA_RATE_LIMIT_SCALE", "2")
+    assert services.node_env("n")["AGORA_RATE_LIMIT_SCALE"] == "2"
+    # Balanced interleaving: on off off on ...
+    assert schedule(3) == ["on", "off", "off", "on", "on", "off"]
+
+
+def test_limits_both_needs_a_spawned_node_and_two_rounds() -> None:
+    proc = bench("feed", "--limits", "both", "--url", "http://127.0.0.1:9", ok=False)
+    assert proc.returncode == 1 and proc.stdout == "" and "--url" in proc.stderr
+    proc = bench("chat", "--limits", "bogus", ok=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+
+
+def assert_limits_report(out: dict[str, Any], figures: tuple[str, ...]) -> None:
+    """The shape of a ``--limits both`` report (no timing assertions)."""
+    assert out["limits"] == "both" and out["parameters"]["rounds"] == 2
+    assert out["rate_limit_scale"] == BENCH_RATE_LIMIT_SCALE
+    assert out["order"] == ["on", "off", "off", "on"]
+    assert set(out["variants"]) == {"on", "off"}
+    for variant, summary in out["variants"].items():
+        assert len(summary["rounds"]) == 2 and summary["errors"] == 0, summary
+        for name in figures:
+            group, _, key = name.partition(".")
+            value = summary[group][key] if key else summary[group]
+            assert value is not None and value >= 0, (variant, name, summary)
+        for one in summary["rounds"]:
+            # The node of each round really ran that variant: limits on answer X-RateLimit-*.
+            if variant == "on":
+                assert one["x_ratelimit_limit"] >= 300 * int(BENCH_RATE_LIMIT_SCALE), one
+            else:
+                assert one["x_ratelimit_limit"] is None, one
+            assert one["cpu_pct"]["machine"] is not None
+    assert out["goal"] == {"throughput_drop_pct_max": 5.0, "p99_added_ms_max": 1.0}
+    assert all(v is None or isinstance(v, float | int) for v in out["delta"].values())
+    assert isinstance(out["met"], bool)
+
+
+@pytest.mark.slow
+def test_feed_limits_both_compares_the_variants(
+    seeded: dict[str, Any], bench_env: dict[str, str]
+) -> None:
+    out = report(
+        bench(
+            "feed",
+            "--limits",
+            "both",
+            "--rounds",
+            "2",
+            "--users",
+            "3",
+            "--concurrency",
+            "3",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            env=bench_env,
+            timeout=180,
+        )
+    )
+    assert out["target"] == "agora-feed-limits" and out["users"] == 3
+    assert_limits_report(
+        out, ("requests_per_s", "latency_ms.p50", "latency_ms.p99", "node_cpu_us_per_request")
+    )
+    assert set(out["delta"]) >= {"requests_per_s_pct", "p50_ms", "p99_ms"}
+    assert out["delta"]["requests_per_s_pct"] is not None and out["delta"]["p99_ms"] is not None
+
+
+@pytest.mark.slow
+def test_chat_limits_both_compares_the_variants(
+    bench_env: dict[str, str], database_url: str
+) -> None:
+    out = report(
+        bench(
+            "chat",
+            "--limits",
+            "both",
+            "--rounds",
+            "2",
+            "--conversations",
+            "2",
+            "--members",
+            "3",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            env=bench_env,
+            timeout=180,
+        )
+    )
+    assert out["target"] == "agora-chat-limits" and out["nodes"] == 1
+    assert_limits_report(
+        out, ("deliveries_per_s", "ack_ms.p50", "ack_ms.p99", "delivery_ms.p99", "node_cpu_pct")
+    )
+    assert set(out["delta"]) >= {"deliveries_per_s_pct", "ack_p99_ms", "delivery_p99_ms"}
+    for variant in out["variants"].values():
+        for one in variant["rounds"]:
+            assert one["sends_per_s"] > 0 and one["errors"] == 0, one
+    assert query(database_url, r"SELECT 1 FROM accounts.users WHERE username LIKE 'bchat\_%'") == []
