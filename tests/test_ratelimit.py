@@ -20,7 +20,7 @@ from agora.server import keys
 from agora.server.app import create_app
 from agora.server.clientip import client_ip, group
 from agora.services.passwords import Passwords
-from agora.services.ratelimit import LEASE_SECONDS, Hit, Limiter
+from agora.services.ratelimit import Hit, Limiter, allowance
 from agora.storage.redis import Keys
 from tests.support.api import (
     PASSWORD,
@@ -149,34 +149,46 @@ def counting_script(lim: Limiter) -> list[int]:
 THOUSAND = Rule("k", 1000, 1e6)  # refills too slowly to matter here
 
 
-async def test_a_node_spends_its_lease_locally_and_the_shared_count_holds(
+async def test_far_from_empty_a_node_admits_without_waiting_and_counts_later(
     redis: aioredis.Redis, config: Config
 ) -> None:
     clock = ManualClock(start=1_000_000.0)
-    a, b = limiter(redis, config, clock), limiter(redis, config, clock)
+    a = limiter(redis, config, clock)
     calls = counting_script(a)
-    hits = [Hit(THOUSAND, "lease")]
-    seen = [await a.take(hits) for _ in range(120)]
-    assert [v.remaining for v in seen] == list(range(999, 879, -1))  # exact, lease or not
-    assert calls[0] == 3  # leases of 50: one round trip per 50 actions
+    hits = [Hit(THOUSAND, "far")]
+    assert a.now(hits) is None  # nothing known yet: this one waits for Redis
+    seen = [await a.take(hits)]
+    admitted_at_once = 0
+    for _ in range(199):
+        verdict = a.now(hits)
+        admitted_at_once += verdict is not None
+        seen.append(verdict or await a.take(hits))
+    assert [v.remaining for v in seen] == list(range(999, 799, -1))  # exact, waited for or not
+    assert admitted_at_once >= 150 and calls[0] <= 6
+    await a.close()  # what it admitted is counted in Redis
+    fresh = limiter(redis, config, clock)
+    assert (await fresh.take(hits)).remaining == 799
+
+
+async def test_near_empty_every_check_waits_and_the_count_holds(
+    redis: aioredis.Redis, config: Config
+) -> None:
+    clock = ManualClock(start=1_000_000.0)
+    one = limiter(redis, config, clock)
+    assert await allowed(one, [Hit(THOUSAND, "alone")], 1100) == 1000  # one node: exactly
+
+    a, b = limiter(redis, config, clock), limiter(redis, config, clock)
+    hits = [Hit(THOUSAND, "two")]
     turns = 0
-    while True:  # both nodes in turn, until both are refused
+    while True:  # two nodes in turn, until both are refused
         ra, rb = await a.take(hits), await b.take(hits)
         turns += ra.allowed + rb.allowed
         if not (ra.allowed or rb.allowed):
             break
-    assert 120 + turns == 1000  # every token spent, none twice
-
-
-async def test_a_lapsed_lease_gives_its_rest_back(redis: aioredis.Redis, config: Config) -> None:
-    clock = ManualClock(start=1_000_000.0)
-    a, b = limiter(redis, config, clock), limiter(redis, config, clock)
-    hits = [Hit(THOUSAND, "lapse")]
-    assert (await a.take(hits)).allowed  # a holds 49 more
-    assert await allowed(b, hits, 1000) == 950
-    clock.advance(LEASE_SECONDS + 0.1)
-    assert await allowed(a, hits, 100) == 49  # what a's lapsed lease gave back, and no more
-    assert await allowed(b, hits, 10) == 0
+    assert 1000 <= turns <= 1000 + allowance(THOUSAND)  # at most a twentieth more, once
+    await a.close()
+    await b.close()
+    assert await allowed(limiter(redis, config, clock), hits, 5) == 0
 
 
 async def test_without_redis_actions_are_let_through(config: Config) -> None:

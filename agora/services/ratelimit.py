@@ -6,26 +6,28 @@ arrival time" (one Redis string per subject, expiring when the bucket is full ag
 bucket allows ``limit`` actions at once, then one every ``period / limit`` seconds. Unlike a fixed
 window there is no edge at which twice the limit gets through within a moment.
 
-Every check goes through :meth:`Limiter.take`: the hits of one action (say the account's API
-bucket and its posting bucket) pass or fail together, and nothing is counted when one of them is
-refused. Concurrent checks of the whole node are batched into one ``EVALSHA`` while the previous
-one is in flight (the way the chat committer shares commits), so the limiter costs the hot paths
-one Redis round trip per batch rather than one per request.
+Every check goes through :meth:`Limiter.take` (or :meth:`Limiter.now`, which answers only when it
+can without waiting): the hits of one action (say the account's API bucket and its posting
+bucket) pass or fail together, and nothing is counted when one of them is refused. Checks that
+wait for Redis are batched, the whole node's into one ``EVALSHA`` while the previous one is in
+flight (the way the chat committer shares commits).
 
-A node also keeps small **leases**: when a bucket with room for many (``limit`` of 40 or more)
-is asked, the script hands the node up to ``limit // 20`` tokens at once (at most 50), and the
-node spends them locally, without any I/O, for ``LEASE_SECONDS``; what is left of a lease then is
-given back to the bucket with the next request for it. The shared count is therefore never
-exceeded; a subject moving between nodes may at worst wait for up to a twentieth of its limit
-per other node, until that node's lease lapses. This keeps the check on the hot paths (every
-API request, every chat message) a dictionary lookup most of the time.
+Most checks do not wait at all. For a bucket with room for many (a ``limit`` of 40 or more) the
+node remembers what Redis last said was left; while that is well above empty (more than a
+twentieth of the limit beyond what this node has admitted since) and fewer than a twentieth of
+the limit are admitted here and not yet counted in Redis, the node admits the action at once
+and counts it in Redis with the next batch (every ``FLUSH_EVERY`` seconds, all counts of a bucket
+in one entry). Near the end of a bucket, and for small limits, every check waits for Redis, so a
+node never admits past a limit by itself; several nodes spending one bucket at the same moment
+may together pass it by at most a twentieth of the limit per other node, once. This keeps the
+check on the hot paths (every API request, every chat message) a dictionary lookup.
 
 Time comes from the node's :class:`~agora.clock.Clock` (wall time, so all nodes agree within
 their clocks' skew), which lets tests move it instead of sleeping.
 
-When Redis cannot be reached, checks fail open (the action is allowed, a warning is logged, and
-``agora_ratelimit_failures_total`` counts it): limits protect the service, and a Redis outage
-should not take every request down with it. Password hashing stays bounded by its own pool.
+When Redis cannot be reached, checks fail open (the action is allowed, and a warning is logged
+every 10 seconds): limits protect the service, and a Redis outage should not take every request
+down with it. Password hashing stays bounded by its own pool.
 """
 
 from __future__ import annotations
@@ -47,75 +49,59 @@ log = logging.getLogger(__name__)
 
 BATCH = 512  # actions per EVALSHA
 TIMEOUT = 0.5  # seconds a batch may take before its actions are let through
-
-LEASE_SECONDS = 1.0  # a lease's tokens are spent locally this long, then given back
-LEASE_SHARE = 20  # a lease holds at most a twentieth of the limit...
-LEASE_MAX = 50  # ...and at most this many tokens
-SWEEP_EVERY = 10_000  # leases made between sweeps of the lapsed ones (bounded memory)
+FLUSH_EVERY = 0.05  # seconds between batches of counts of actions admitted without waiting
+SHARE = 20  # a node admits without waiting while more than limit/SHARE are left...
+MIN_ALLOWANCE = 2  # ...and only for limits of at least SHARE * MIN_ALLOWANCE
+VIEW_TTL = 10.0  # seconds what Redis said about a bucket is trusted for that
+SWEEP_EVERY = 2000  # batches between sweeps of views of buckets gone quiet
 
 # KEYS: every bucket of the batch. ARGV[1]: now (ms); then per action: its number of buckets,
-# and per bucket: limit, period (ms), the fewest and the most tokens to take (a lease takes
-# up to its size but settles for one), tokens given back (a lapsed lease's rest), and write
-# (1, or 0 to look without counting).
+# and per bucket: limit, period (ms), cost, force (1: count it whatever is left, for actions a
+# node has admitted already) and write (1, or 0 to look without counting).
 # Per action the reply holds: allowed (1/0), then for its tightest bucket (the one that refused
 # it longest, else the one with the fewest left): its place in the action's hits (from 1), how
 # many are left, ms until it is full, ms until the action would be allowed (0 when allowed);
-# then for each bucket: the tokens taken, how many are left, ms until it is full.
+# then for each bucket: how many are left and ms until it is full.
 _TAKE = """
 local now = tonumber(ARGV[1])
 local out = {}
 local k, a = 1, 2
-local function store(key, tat)
-  if tat > now then
-    redis.call('SET', key, tat, 'PX', math.max(1, math.ceil(tat - now)))
-  else
-    redis.call('DEL', key)
-  end
-end
 while a <= #ARGV do
   local n = tonumber(ARGV[a]); a = a + 1
   local first, ok = k, 1
-  local backed, took, taken, lefts, fulls = {}, {}, {}, {}, {}
+  local new, lefts, fulls = {}, {}, {}
   local t_index, t_left, t_full, t_wait = 1, -1, 0, 0
   for i = 1, n do
-    local limit, period = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-    local least, most = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local back, write = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
-    a = a + 6
+    local limit, period, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local force, write = ARGV[a + 3] == '1', ARGV[a + 4] == '1'
+    a = a + 5
     local step = period / limit
     local tat = tonumber(redis.call('GET', KEYS[k]) or '0')
-    backed[i] = false
-    if back > 0 and tat > now then
-      tat = math.max(now, tat - back * step)
-      backed[i] = tat
-    end
     if tat < now then tat = now end
     local room = math.floor((period - (tat - now)) / step + 1e-9)
-    local take = math.max(least, math.min(most, room))
-    local new = tat + take * step
-    local wait = new - period - now
-    local left, full
-    took[i], taken[i] = false, 0
-    if wait > 0 or not write then
-      left, full = room, tat - now
+    local after = tat + cost * step
+    local wait = after - period - now
+    new[i] = false
+    if force then
+      after = math.min(after, now + 2 * period)
+      new[i], wait = after, 0
+      lefts[i], fulls[i] = math.max(0, room - cost), after - now
+    elseif wait > 0 or not write then
+      lefts[i], fulls[i] = room, tat - now
     else
-      left, full = room - take, new - now
-      if take > 0 then took[i], taken[i] = new, take end
+      lefts[i], fulls[i] = room - cost, after - now
+      if cost > 0 then new[i] = after end
     end
-    lefts[i], fulls[i] = left, full
     if wait > 0 then ok = 0 else wait = 0 end
-    if wait > t_wait or (wait == t_wait and (t_left < 0 or left < t_left)) then
-      t_index, t_left, t_full, t_wait = i, left, full, wait
+    if wait > t_wait or (wait == t_wait and (t_left < 0 or lefts[i] < t_left)) then
+      t_index, t_left, t_full, t_wait = i, lefts[i], fulls[i], wait
     end
     k = k + 1
   end
   for i = 1, n do
-    if ok == 1 and took[i] then
-      store(KEYS[first + i - 1], took[i])
-    elseif backed[i] then
-      store(KEYS[first + i - 1], backed[i])
+    if ok == 1 and new[i] then
+      redis.call('SET', KEYS[first + i - 1], new[i], 'PX', math.max(1, math.ceil(new[i] - now)))
     end
-    if ok == 0 then taken[i] = 0 end
   end
   out[#out + 1] = ok
   out[#out + 1] = t_index
@@ -123,7 +109,6 @@ while a <= #ARGV do
   out[#out + 1] = math.ceil(t_full)
   out[#out + 1] = math.ceil(t_wait)
   for i = 1, n do
-    out[#out + 1] = taken[i]
     out[#out + 1] = math.max(0, lefts[i])
     out[#out + 1] = math.ceil(fulls[i])
   end
@@ -132,7 +117,7 @@ return out
 """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made on every request, and frozen __init__ costs
 class Hit:
     """One bucket an action counts against: ``rule`` for ``subject`` (a user id, an address,
     or both). ``look`` checks that one more would be allowed without counting it."""
@@ -143,7 +128,7 @@ class Hit:
     look: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
     """The answer for one action: allowed or not, and the tightest of its buckets."""
 
@@ -182,20 +167,27 @@ class Verdict:
 ALLOWED = Verdict(True)  # no bucket applies, or Redis could not be asked
 
 
+def allowance(rule: Rule) -> int:
+    """How far from empty a bucket must be for this node to admit without waiting, and how many
+    it may admit so before Redis has counted them (0: every check waits for Redis)."""
+    share = rule.limit // SHARE
+    return share if share >= MIN_ALLOWANCE else 0
+
+
 @dataclass(slots=True)
-class _Lease:
-    """Tokens of one bucket this node took ahead and spends without asking Redis."""
+class _View:
+    """What this node knows of one bucket."""
 
-    tokens: int
-    until: float  # monotonic time the lease lapses (its rest is then given back)
-    left: int  # the bucket's count when the lease was taken, the lease's tokens not included
-    reset: float  # epoch seconds the bucket is full again, were the lease spent
+    key: str
+    rule: Rule
+    left: int  # what Redis said was left, at its last answer
+    reset: float  # epoch seconds the bucket is full again, as of that answer
+    seen: float  # monotonic time of that answer
+    unsent: int = 0  # admitted here, not yet sent to Redis
+    sent: int = 0  # sent, Redis's answer not back yet
 
 
-def lease_size(rule: Rule) -> int:
-    """Tokens a node takes ahead for ``rule`` (1: none, every action asks Redis)."""
-    size = min(LEASE_MAX, rule.limit // LEASE_SHARE)
-    return size if size >= 2 else 1
+_Action = tuple[Sequence[Hit], "asyncio.Future[Verdict] | None"]
 
 
 class Limiter:
@@ -203,42 +195,76 @@ class Limiter:
         self, redis: aioredis.Redis, keys: Keys, clock: Clock, enabled: bool = True
     ) -> None:
         self._redis = redis
-        self._keys = keys
         self._clock = clock
         self.enabled = enabled
         self._script = redis.register_script(_TAKE)
         self._prefix = keys.rate("")
-        self._pending: list[tuple[list[Hit], asyncio.Future[Verdict]]] = []
+        self._pending: list[tuple[Sequence[Hit], asyncio.Future[Verdict]]] = []
+        self._views: dict[str, _View] = {}
+        self._unsent: set[str] = set()  # views with counts Redis has not had yet
         self._flusher: asyncio.Task[None] | None = None
-        self._leases: dict[str, _Lease] = {}
-        self._leased = 0  # leases made since the last sweep
-        self.failures = 0  # batches let through because Redis failed (a metric)
+        self._timer: asyncio.TimerHandle | None = None
+        self._batches = 0
+        self.failures = 0  # batches let through because Redis failed
         self._warned = -math.inf
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def now(self, hits: Sequence[Hit]) -> Verdict | None:
+        """The verdict when it can be given without waiting (limits off, no bucket applies, or
+        every bucket is well above empty as this node knows it); None: :meth:`take` it."""
+        if not self.enabled:
+            return ALLOWED
+        views: list[_View] = []
+        at = self._clock.monotonic()
+        for hit in hits:
+            rule = hit.rule
+            if not rule.on:
+                continue
+            room = rule.limit // SHARE
+            if room < MIN_ALLOWANCE or hit.look or hit.cost != 1:
+                return None
+            view = self._views.get(f"{self._prefix}{rule.name}:{hit.subject}")
+            if view is None or at - view.seen > VIEW_TTL:
+                return None
+            pending = view.unsent + view.sent
+            if pending >= room or view.left - pending <= room:
+                return None
+            views.append(view)
+        if not views:
+            return ALLOWED
+        tightest, least = views[0], math.inf
+        for view in views:
+            view.unsent += 1
+            self._unsent.add(view.key)
+            left = view.left - view.unsent - view.sent
+            if left < least:
+                tightest, least = view, left
+        if self._flusher is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._start)
+        return Verdict(
+            True,
+            limit=tightest.rule.limit,
+            remaining=tightest.left - tightest.unsent - tightest.sent,
+            reset=tightest.reset,
+            rule=tightest.rule.name,
+        )
 
     async def take(self, hits: Sequence[Hit]) -> Verdict:
         """Count one action against ``hits`` (all or none); the verdict of its tightest bucket."""
-        if self.enabled and self._leases:
-            local = self._local(hits)
-            if local is not None:
-                return local
-        return await self.submit(hits)
+        verdict = self.now(hits)
+        if verdict is not None:
+            return verdict
+        return await self._wait(hits)
 
     def submit(self, hits: Sequence[Hit]) -> asyncio.Future[Verdict]:
-        """:meth:`take` as a future (done at once when the node's leases cover the action)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Verdict] = loop.create_future()
-        live = [h for h in hits if h.rule.on] if self.enabled else []
-        if not live:
-            future.set_result(ALLOWED)
+        """:meth:`take` as a future (done at once when no wait is needed)."""
+        verdict = self.now(hits)
+        if verdict is not None:
+            future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+            future.set_result(verdict)
             return future
-        local = self._local(live)
-        if local is not None:
-            future.set_result(local)
-            return future
-        self._pending.append((live, future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return future
+        return self._wait(hits)
 
     async def check(self, hits: Sequence[Hit]) -> Verdict:
         """:meth:`take`, raising 429 when refused."""
@@ -251,151 +277,137 @@ class Limiter:
         """Empty one bucket (a successful login clears its failures)."""
         if not (self.enabled and rule.on):
             return
-        key = self._key(rule, subject)
-        self._leases.pop(key, None)
+        key = f"{self._prefix}{rule.name}:{subject}"
+        self._views.pop(key, None)
+        self._unsent.discard(key)
         try:
             await self._redis.delete(key)
         except (OSError, aioredis.RedisError):
             self._failed()
 
     async def close(self) -> None:
+        """Send the counts not sent yet (best effort) and stop."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._unsent and self._flusher is None:
+            self._start()
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
-    def _key(self, rule: Rule, subject: str) -> str:
-        return f"{self._prefix}{rule.name}:{subject}"
+    # -- batches ---------------------------------------------------------------------------------
 
-    def _local(self, hits: Sequence[Hit]) -> Verdict | None:
-        """The verdict when every bucket of the action has a live lease with a token left."""
-        leases = []
-        now = self._clock.monotonic()
-        for hit in hits:
-            lease = self._leases.get(self._key(hit.rule, hit.subject))
-            if (
-                lease is None
-                or lease.tokens < 1
-                or lease.until < now
-                or hit.look
-                or hit.cost != 1
-                or not hit.rule.on
-            ):
-                return None
-            leases.append(lease)
-        tightest, rule = None, hits[0].rule
-        for hit, lease in zip(hits, leases, strict=True):
-            lease.tokens -= 1
-            if tightest is None or lease.left + lease.tokens < tightest.left + tightest.tokens:
-                tightest, rule = lease, hit.rule
-        assert tightest is not None
-        return Verdict(
-            True,
-            limit=rule.limit,
-            remaining=tightest.left + tightest.tokens,
-            reset=tightest.reset,
-            rule=rule.name,
-        )
+    def _wait(self, hits: Sequence[Hit]) -> asyncio.Future[Verdict]:
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._pending.append(([h for h in hits if h.rule.on], future))
+        if self._flusher is None:
+            self._start()
+        return future
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
+            while self._pending or self._unsent:
                 batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
-                # A lease the previous batch brought may cover some of these already.
-                remote = []
-                for hits, future in batch:
-                    local = self._local(hits) if self._leases else None
-                    if local is None:
-                        remote.append((hits, future))
-                    elif not future.done():
-                        future.set_result(local)
-                if not remote:
-                    continue
-                verdicts = await self._ask(remote)
-                for (_, future), verdict in zip(remote, verdicts, strict=True):
-                    if not future.done():
-                        future.set_result(verdict)
+                await self._ask(batch)
+                if not self._pending:
+                    break  # counts that came meanwhile wait for the timer, to share a batch
         finally:
             self._flusher = None
-            if self._pending:  # cancelled with actions waiting: let them through
-                for _, future in self._pending:
-                    if not future.done():
-                        future.set_result(ALLOWED)
-                self._pending = []
+            for _, future in self._pending:  # only when cancelled: let them through
+                if not future.done():
+                    future.set_result(ALLOWED)
+            self._pending = []
+            if self._unsent and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._start)
 
-    async def _ask(self, batch: list[tuple[list[Hit], asyncio.Future[Verdict]]]) -> list[Verdict]:
+    async def _ask(self, batch: list[tuple[Sequence[Hit], asyncio.Future[Verdict]]]) -> None:
         now = self._clock.time()
         keys: list[str] = []
         args: list[int | str] = [math.floor(now * 1000)]
-        leasing: set[str] = set()  # one lease per bucket and batch, taken by its first action
+        counted: list[tuple[str, _View, int]] = []
+        for key in self._unsent:  # first, what this node admitted already
+            view = self._views.get(key)
+            if view is None or not view.unsent:
+                continue
+            count, view.unsent = view.unsent, 0
+            view.sent += count
+            counted.append((key, view, count))
+            keys.append(key)
+            args += [1, view.rule.limit, _ms(view.rule.period), count, "1", "1"]
+        self._unsent.clear()
         for hits, _ in batch:
             args.append(len(hits))
             for hit in hits:
-                key = self._key(hit.rule, hit.subject)
-                keys.append(key)
-                most, back = hit.cost, 0
-                if not hit.look and key not in leasing:
-                    leasing.add(key)
-                    lease = self._leases.pop(key, None)  # its rest goes back with this request
-                    back = lease.tokens if lease is not None else 0
-                    if hit.cost == 1:
-                        most = lease_size(hit.rule)
+                keys.append(f"{self._prefix}{hit.rule.name}:{hit.subject}")
                 args += [
                     hit.rule.limit,
-                    max(1, round(hit.rule.period * 1000)),
+                    _ms(hit.rule.period),
                     hit.cost,
-                    most,
-                    back,
+                    "0",
                     "0" if hit.look else "1",
                 ]
         try:
             async with asyncio.timeout(TIMEOUT):
-                reply = await self._script(keys=keys, args=args)
+                reply = await self._script(keys=keys, args=args) if keys else []
         except (OSError, aioredis.RedisError, TimeoutError):
             self._failed()
-            return [ALLOWED] * len(batch)
-        verdicts = []
-        at, mono = 0, self._clock.monotonic()
-        for hits, _ in batch:
+            for _, view, count in counted:
+                view.sent -= count  # lost: they were admitted anyway
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(ALLOWED)
+            return
+        at, seen = 0, self._clock.monotonic()
+        for _, view, count in counted:
+            view.sent -= count
+            view.left, view.reset, view.seen = (
+                int(reply[at + 5]),
+                now + int(reply[at + 6]) / 1000,
+                seen,
+            )
+            at += 7
+        for hits, future in batch:
             ok, index, left, full_ms, wait_ms = (int(x) for x in reply[at : at + 5])
             at += 5
-            rule = hits[index - 1].rule
-            verdict = Verdict(
-                allowed=False,
-                limit=rule.limit,
-                remaining=left,
-                reset=now + full_ms / 1000,
-                retry_after=wait_ms / 1000,
-                rule=rule.name,
-            )
-            tightest = -1
+            tightest = hits[index - 1].rule
             for hit in hits:
-                taken, left, full_ms = (int(x) for x in reply[at : at + 3])
-                at += 3
-                if not ok:
-                    continue
-                spare = 0 if hit.look else taken - hit.cost  # taken ahead: this node's lease
-                if spare > 0:
-                    self._lease(hit, spare, left, now + full_ms / 1000, mono)
-                if tightest < 0 or left + spare < tightest:
-                    tightest = left + spare
-                    verdict = Verdict(
-                        True,
-                        limit=hit.rule.limit,
-                        remaining=tightest,
+                hit_left, hit_full = int(reply[at]), int(reply[at + 1])
+                at += 2
+                if ok and not hit.look and allowance(hit.rule):  # refused: nothing counted
+                    self._learn(hit, hit_left, now + hit_full / 1000, seen)
+            if not future.done():
+                future.set_result(
+                    Verdict(
+                        allowed=bool(ok),
+                        limit=tightest.limit,
+                        remaining=left,
                         reset=now + full_ms / 1000,
-                        rule=hit.rule.name,
+                        retry_after=wait_ms / 1000,
+                        rule=tightest.name,
                     )
-            verdicts.append(verdict)
-        return verdicts
+                )
+        self._batches += 1
+        if self._batches % SWEEP_EVERY == 0:  # buckets gone quiet: forget them
+            self._views = {
+                k: v
+                for k, v in self._views.items()
+                if v.unsent or v.sent or seen - v.seen < VIEW_TTL
+            }
 
-    def _lease(self, hit: Hit, tokens: int, left: int, reset: float, now: float) -> None:
-        self._leases[self._key(hit.rule, hit.subject)] = _Lease(
-            tokens, now + LEASE_SECONDS, left, reset
-        )
-        self._leased += 1
-        if self._leased >= SWEEP_EVERY:  # lapsed leases of subjects gone quiet: let them go
-            self._leased = 0
-            old = now - 10 * LEASE_SECONDS
-            self._leases = {k: v for k, v in self._leases.items() if v.until > old}
+    def _learn(self, hit: Hit, left: int, reset: float, seen: float) -> None:
+        key = f"{self._prefix}{hit.rule.name}:{hit.subject}"
+        view = self._views.get(key)
+        if view is None:
+            self._views[key] = _View(key, hit.rule, left, reset, seen)
+        else:
+            view.left, view.reset, view.seen = left, reset, seen
 
     def _failed(self) -> None:
         self.failures += 1
@@ -403,3 +415,7 @@ class Limiter:
         if now - self._warned > 10:
             self._warned = now
             log.warning("rate limits cannot reach Redis; letting requests through")
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
