@@ -357,10 +357,25 @@ async def _looks_dead_then_comes_back(cluster: Cluster, a: Node, b: Node) -> Non
     await _ends_with_one_offline(ww, friend, fw, a, b, seen=["online", "offline", "online"])
 
 
+def _carries_an_online(pipe: Any) -> bool:
+    """Whether a queued inbox pipeline writes a presence "online" frame (the friend's: the only
+    one node b sends before the cut)."""
+    for args, _options in pipe.command_stack:
+        blob = b"".join(a for a in args if isinstance(a, bytes))
+        if b'"type":"presence"' in blob and b'"status":"online"' in blob:
+            return True
+    return False
+
+
 class _ReplyTakenByTheCut:
-    """A node's inbox client whose next pipeline (the XADD of the friend's "online") Redis runs,
-    but whose reply the cut takes: what a loaded machine does when the cut comes between
-    Redis's replies to the reader's XREAD and to the writer's XADD."""
+    """A node's inbox client whose pipeline writing the friend's "online" Redis runs, but whose
+    reply the cut takes: what a loaded machine does when the cut comes between Redis's replies
+    to the reader's XREAD and to the writer's XADD.
+
+    It waits for that pipeline by what it carries, not for "the next one": the node's other
+    writes to the same inbox (its start-up ``Membership`` flushed late, a notification its
+    event consumer pushes to the watcher before the friend connects) come first whenever the
+    machine is slow, and a cut there would land before the friend's session is placed."""
 
     def __init__(self, real: aioredis.Redis, proxy: TCPProxy) -> None:
         self.real, self.proxy, self.taken = real, proxy, False
@@ -370,8 +385,9 @@ class _ReplyTakenByTheCut:
         execute = pipe.execute
 
         async def execute_then_cut(*a: Any, **kw: Any) -> Any:
+            target = not self.taken and _carries_an_online(pipe)
             replies = await execute(*a, **kw)
-            if not self.taken:
+            if target:
                 self.taken = True
                 self.proxy.cut()
                 raise aioredis.ConnectionError("the cut took the reply")
