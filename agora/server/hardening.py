@@ -64,8 +64,9 @@ async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
-    for name, value in request.get(RATE_HEADERS, {}).items():  # the API's rate limits
-        headers.setdefault(name, value)
+    rate = request.get(RATE_HEADERS)  # the API's rate limits (set already on most answers)
+    if rate and "X-RateLimit-Limit" not in headers:
+        headers.update(rate)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("X-Frame-Options", "DENY")

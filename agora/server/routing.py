@@ -256,7 +256,7 @@ def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]
             return json_response(result.body, result.status, result.headers)
         if result is None:
             return web.Response(status=204)
-        return json_response(result, ep.status)
+        return json_response(result, ep.status, request.get(RATE_HEADERS))
 
     handle.__name__ = ep.handler.__name__
     return handle
