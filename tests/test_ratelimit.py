@@ -237,6 +237,19 @@ def test_ipv6_clients_are_grouped_by_64() -> None:
     assert group(None) == "unknown"
 
 
+async def test_metrics_behind_a_trusted_proxy_are_for_the_proxys_own_host_only(
+    make_client: AppFactory, config: Config
+) -> None:
+    # nginx on the node's host: its connections come from 127.0.0.1, but the client it names
+    # is the world. /metrics stays closed to it (and open to a loopback client behind it).
+    proxies = load_config({"AGORA_TRUSTED_PROXIES": "127.0.0.1"}).limits.trusted_proxies
+    client = await make_client(limits=replace(config.limits, trusted_proxies=proxies))
+    resp = await client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.5"})
+    await expect_error(resp, 403, "forbidden")
+    assert (await client.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"})).status == 200
+    assert (await client.get("/metrics")).status == 200
+
+
 # -- configuration --------------------------------------------------------------------------------
 
 
