@@ -107,16 +107,21 @@ def _events(config: Config, args: argparse.Namespace) -> int:
     """``agora worker`` and ``agora events ...``: they need the configured services."""
     from agora.server import worker
     from agora.server.run import run
+    from agora.storage.migrations import MigrationError
 
     problem = worker.needs_services(config)
     if problem:
         print(f"agora: {problem}", file=sys.stderr)
         return 2
-    if args.command == "worker":
-        return run(worker.work(config))
-    if args.events_command == "dead-letters":
-        return run(worker.dead_letters(config, args.consumer))
-    return run(worker.replay(config, args.consumer, args.event_ids))
+    try:
+        if args.command == "worker":
+            return run(worker.work(config))
+        if args.events_command == "dead-letters":
+            return run(worker.dead_letters(config, args.consumer))
+        return run(worker.replay(config, args.consumer, args.event_ids))
+    except MigrationError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
 
 
 def _offline(config: Config, args: argparse.Namespace) -> int:

@@ -1,12 +1,14 @@
 """The one migration runner.
 
-Numbered forward-only ``.sql`` files in ``migrations/`` (``0001_accounts.sql``, ...). Under a
-PostgreSQL advisory lock, each pending file runs in its own transaction and is recorded in
-``agora_meta.migrations`` with its SHA-256. An applied file whose text changed aborts start-up:
+Numbered forward-only ``.sql`` files in ``agora/migrations/`` (``0001_accounts.sql``, ...),
+package data that the wheel carries next to the code reading them. Under a PostgreSQL advisory
+lock, each pending file runs in its own transaction and is recorded in ``agora_meta.migrations``
+with its SHA-256. An applied file whose text changed aborts start-up:
 the database no longer matches the code and a person has to decide.
 
 Several nodes may start at once on an empty database: the lock makes the second wait for the
-first and then find nothing to do.
+first and then find nothing to do. A runner that finds no migration files at all fails: an
+installation without its migrations must not report an up-to-date database.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Inside the package (agora/migrations/), so a checkout, an editable install and an installed
+# wheel all find them; a file's recorded name is its stem, not its path, so moving the directory
+# changed nothing for a database already migrated.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 # Any fixed 64-bit number; the same for every node of every version.
 LOCK_KEY = 0x61676F72615F6D67  # "agora_mg"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -52,7 +57,13 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def discover(directory: Path | None = None) -> list[Migration]:
+    directory = MIGRATIONS_DIR if directory is None else directory
+    if not directory.is_dir():
+        raise MigrationError(
+            f"the migrations directory {directory} does not exist "
+            "(an installation without its package data? reinstall Agora from its wheel)"
+        )
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
         match = _NAME.match(path.name)
@@ -62,6 +73,11 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a number")
+    if not found:
+        raise MigrationError(
+            f"no migration files (NNNN_name.sql) in {directory} "
+            "(an installation without its package data? reinstall Agora from its wheel)"
+        )
     return found
 
 
@@ -70,6 +86,8 @@ async def migrate(
 ) -> list[str]:
     """Apply what is pending; return the names applied (empty when up to date)."""
     migrations = discover() if migrations is None else migrations
+    if not migrations:
+        raise MigrationError("no migrations to apply: refusing to report the database up to date")
     own = isinstance(dsn_or_conn, str)
     conn = await asyncpg.connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     try:
