@@ -493,6 +493,8 @@ def test_k8s_selectors_and_targets_exist() -> None:
     for hpa in by_kind("HorizontalPodAutoscaler").values():
         ref = hpa["spec"]["scaleTargetRef"]
         assert ref["kind"] == "Deployment" and ref["name"] in deployments
+        # The HPA owns the count: `replicas` in the manifest would be reset by every apply.
+        assert "replicas" not in deployments[ref["name"]]["spec"]
         assert hpa["spec"]["minReplicas"] >= 2  # a rolling node always has a peer
         (metric,) = hpa["spec"]["metrics"]
         assert metric["resource"]["name"] == "cpu"
