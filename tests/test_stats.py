@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -364,8 +365,9 @@ async def test_the_tracker_keeps_days_apart_and_survives_a_redis_outage(config: 
     assert await redis.pfcount(may31) == 3
     assert await redis.pfcount(june1) == 3  # 3, 4 and 5
     assert await redis.pfcount(may31, june1) == 5
-    expires = await redis.expiretime(june1)
-    assert expires == int(midnight) + 41 * 86400  # 40 days after the day ends
+    # 40 days after the day ends (TTL, not EXPIRETIME: the embedded Redis is older than 7.0)
+    expires = time.time() + await redis.ttl(june1)
+    assert abs(expires - (int(midnight) + 41 * 86400)) <= 5
     await redis.delete(may31, june1)
     await redis.aclose()
 
