@@ -190,9 +190,6 @@ class _View:
     sent: int = 0  # sent, Redis's answer not back yet
 
 
-_Action = tuple[Sequence[Hit], "asyncio.Future[Verdict] | None"]
-
-
 class Limiter:
     def __init__(
         self, redis: aioredis.Redis, keys: Keys, clock: Clock, enabled: bool = True
