@@ -77,6 +77,16 @@ class AuthOut(msgspec.Struct):
     token_type: str = "Bearer"
 
 
+class WebAuthOut(msgspec.Struct):
+    """A browser's sign-in: the access token only. Its refresh token is in an HttpOnly cookie,
+    out of reach of any script on the page."""
+
+    user: MeOut
+    access_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+
+
 class UpdateMeIn(msgspec.Struct):
     """Only the fields present change; `avatar_media_id: null` removes the avatar."""
 

@@ -45,6 +45,7 @@ from agora.handlers import (
     users,
     ws,
 )
+from agora.handlers import web as web_client
 from agora.media.storage import storage_for
 from agora.media.urls import MediaUrls
 from agora.protocol.frames import CloseCode
@@ -528,8 +529,9 @@ def create_app(
     media.add_routes(app)
     aiohttp_jinja2.setup(
         app,
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        loader=jinja2.FileSystemLoader([HERE / "templates", web_client.TEMPLATES]),
         autoescape=jinja2.select_autoescape(["html"]),
     )
     docs.add_routes(app, str(HERE / "static"))
+    web_client.add_routes(app)
     return app

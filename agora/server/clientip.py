@@ -87,3 +87,16 @@ def is_loopback(request: web.Request) -> bool:
     proxies = request.app[keys.CONFIG].limits.trusted_proxies
     address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), proxies)
     return address is not None and address.is_loopback
+
+
+def is_https(request: web.Request) -> bool:
+    """Whether the client reached us over TLS: directly, or through a trusted proxy that says
+    so in ``X-Forwarded-Proto`` (anyone else's header is ignored, as for the address)."""
+    if request.secure:
+        return True
+    proxies = request.app[keys.CONFIG].limits.trusted_proxies
+    peer = _parse(request.remote)
+    if peer is None or not proxies or not _trusted(peer, proxies):
+        return False
+    proto = request.headers.get("X-Forwarded-Proto", "")
+    return proto.split(",")[0].strip().lower() == "https"
