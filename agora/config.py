@@ -514,6 +514,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         **_set_fields(
             env,
             {
+                "access_ttl": ("AGORA_ACCESS_TOKEN_TTL", POSITIVE_INT),
+                "refresh_ttl": ("AGORA_REFRESH_TOKEN_TTL", POSITIVE_INT),
                 "session_recheck": ("AGORA_SESSION_RECHECK", SECONDS),
                 "purge_interval": ("AGORA_PURGE_INTERVAL", SECONDS),
                 "login_retention": ("AGORA_LOGIN_RETENTION", SECONDS),

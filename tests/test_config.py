@@ -24,6 +24,8 @@ BAD_VALUES = {
     "AGORA_WS_OUTBOUND_QUEUE": "-5",
     "AGORA_WS_MAX_SESSIONS_PER_USER": "0",
     "AGORA_DB_POOL_MAX": "0",
+    "AGORA_ACCESS_TOKEN_TTL": "0",
+    "AGORA_REFRESH_TOKEN_TTL": "soon",
 }
 
 
@@ -42,6 +44,12 @@ def test_defaults_with_nothing_set() -> None:
     assert config.ws.max_sessions_per_user == 100
     assert config.amqp_url is None and config.elasticsearch_url is None
     assert config.data_dir.name == "var"
+
+
+def test_token_lifetimes_are_configurable() -> None:
+    config = load_config({"AGORA_ACCESS_TOKEN_TTL": "90", "AGORA_REFRESH_TOKEN_TTL": "3600"})
+    assert (config.auth.access_ttl, config.auth.refresh_ttl) == (90, 3600)
+    assert load_config({}).auth.access_ttl == 900
 
 
 def test_rate_limit_zero_means_no_limit() -> None:
