@@ -48,6 +48,11 @@ async function route() {
   main.replaceChildren();
   main.dataset.screen = params.name;
   cleanup = await module.default(main, params);
+  // "agora:rendered:feed" etc.: when the screen first showed its content (screens resolve
+  // render() once their first page is drawn); the browser tests report it.
+  if (!performance.getEntriesByName(`agora:rendered:${params.name}`).length) {
+    performance.mark(`agora:rendered:${params.name}`);
+  }
 }
 
 function link(name, label, badge = null) {

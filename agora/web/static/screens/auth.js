@@ -60,14 +60,15 @@ function signUpForm() {
 }
 
 export default function render(main) {
-  const signin = signInForm();
-  const signup = signUpForm();
-  signup.hidden = true;
+  // One form in the page at a time (the other is detached, not hidden), so every label names
+  // exactly one control.
+  const forms = { in: signInForm(), up: signUpForm() };
+  const slot = h("div");
   const tabs = h("div", { class: "tabs", role: "group", "aria-label": "Account" });
   const show = (which) => {
-    signin.hidden = which !== "in";
-    signup.hidden = which !== "up";
+    slot.replaceChildren(forms[which]);
     for (const b of tabs.children) b.setAttribute("aria-pressed", String(b.dataset.which === which));
+    forms[which].querySelector("input").focus();
   };
   tabs.append(
     h("button", { type: "button", dataset: { which: "in" }, "aria-pressed": "true", onclick: () => show("in") }, "I have an account"),
@@ -75,6 +76,6 @@ export default function render(main) {
   main.append(h("section", { class: "welcome" },
     h("h1", null, "Agora"),
     h("p", { class: "muted" }, "Friends, posts and chat, on a server you run yourself."),
-    tabs, signin, signup));
-  signin.querySelector("input").focus();
+    tabs, slot));
+  show("in");
 }
