@@ -376,8 +376,11 @@ function fitBelow(root) {
   return () => observer.disconnect();
 }
 
+let active = null; // the cleanup of the chat drawn last
+
 /** Draws at once; resolves (to the cleanup) when the first list and messages are in. */
 export default async function render(main, params) {
+  if (active) active(); // a chat drawn over without its cleanup (the user moved on as it loaded)
   const cid = params.id;
   const list = conversationList(main, cid);
   const pane = cid ? thread(main, cid) : placeholder();
@@ -385,15 +388,21 @@ export default async function render(main, params) {
   main.append(root);
   const unfit = fitBelow(root);
   const off = store.subscribe((what, id) => {
+    if (!root.isConnected) return cleanup(); // replaced by another screen without a cleanup
     list.update(what);
     pane.update(what, id);
   });
+  let done = false;
   const cleanup = () => {
+    if (done) return;
+    done = true;
+    if (active === cleanup) active = null;
     off();
     unfit();
     list.cleanup();
     pane.cleanup();
   };
+  active = cleanup;
   const wait = new Promise((resolve) => setTimeout(resolve, 3000));
   await Promise.race([Promise.all([list.loaded, pane.mounted()]), wait]);
   if (root.isConnected) return cleanup;
