@@ -145,6 +145,35 @@ async def test_online_while_any_session_on_any_node_is_open(make_client) -> None
     assert [f["status"] for f in ww.of("presence")] == ["online", "offline"]
 
 
+async def test_a_new_session_is_told_which_friends_are_online_on_any_node(make_client) -> None:  # type: ignore[no-untyped-def]
+    n1, n2 = await _two_nodes(make_client)
+    me, here, there, away, stranger = [await register(n1) for _ in range(5)]
+    for friend in (here, there, away):
+        await befriend(n1, me, friend)
+    others = [
+        await WsClient.connect(n1, here.access),
+        await WsClient.connect(n2, there.access),
+        await WsClient.connect(n2, stranger.access),  # online, but no friend of mine
+    ]
+    for node in (n1, n2):  # their own "online" announcements are over (else I may hear both)
+        await node.server.app[keys.PRESENCE].idle()
+    mine = await WsClient.connect(n1, me.access)
+    assert mine.frames[0]["type"] == "ready"
+    snapshot = [await mine.expect("presence", timeout=2) for _ in range(2)]
+    assert {(f["user_id"], f["status"]) for f in snapshot} == {
+        (here.id, "online"),
+        (there.id, "online"),
+    }
+    await mine.quiet("presence", 0.5)  # nothing for the offline friend or the stranger
+    # After the snapshot, changes come as before: a friend arriving is told once.
+    late = await WsClient.connect(n2, away.access)
+    arrived = await mine.expect("presence", where=lambda f: f["user_id"] == away.id)
+    assert arrived["status"] == "online"
+    await mine.quiet("presence", 0.5)
+    for ws in [*others, late, mine]:
+        await ws.close()
+
+
 async def test_a_node_leaving_hands_its_offline_checks_to_the_others(make_client) -> None:  # type: ignore[no-untyped-def]
     n1, n2 = await _two_nodes(make_client)
     watcher, gone, moved = [await register(n1) for _ in range(3)]

@@ -348,6 +348,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await presence.connected(viewer.user_id)
         except Exception:
             log.warning("presence update failed for user %d", viewer.user_id, exc_info=True)
+        online_friends: list[bytes] = []
+        try:  # read before `ready`, so that a friend who arrives after it is told once
+            online_friends = await app[keys.REALTIME].friends_online(viewer.user_id)
+        except Exception:
+            log.warning("presence snapshot failed for user %d", viewer.user_id, exc_info=True)
         session.push(
             encode(
                 Ready(
@@ -358,6 +363,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 )
             )
         )
+        for frame in online_friends:  # who was online when we were registered; changes follow
+            session.push(frame)
         await Connection(app, session).run(ws)
     finally:
         sessions.remove(session)

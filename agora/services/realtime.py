@@ -36,6 +36,16 @@ class Realtime:
         friends = await self.social.friend_ids(user_id)
         await self._deliver(friends, encode(PresenceFrame(user_id=str(user_id), status=status)))
 
+    async def friends_online(self, user_id: int) -> list[bytes]:
+        """A ``presence`` "online" frame for each friend of ``user_id`` who has a session now:
+        what a new session is told after ``ready``, since it heard none of their changes (Matrix
+        and XMPP servers send the same snapshot on connect). Offline is the default state."""
+        if self.router is None:
+            return []
+        friends = await self.social.friend_ids(user_id)
+        online = await self.router.presence.nodes_of(friends)
+        return [encode(PresenceFrame(user_id=str(f), status="online")) for f in sorted(online)]
+
     async def post_created(self, post: PostOut, readers: list[int]) -> None:
         """A new post goes to the online ones among ``readers``: the author's friends, or nobody
         for a private post (the feed fan-out computed them; a friendship excludes a block)."""
