@@ -219,7 +219,9 @@ def test_the_client_fetches_nothing_from_another_host_and_uses_no_token_storage(
     for path in files:
         if path.suffix not in (".js", ".css", ".html", ".svg"):
             continue
-        text = path.read_text()
+        # Comments may cite a page (blurhash.js cites its specification); code may not load one.
+        text = re.sub(r"/\*.*?\*/|<!--.*?-->", "", path.read_text(), flags=re.S)
+        text = re.sub(r"(?m)(^|\s)//.*$", "", text)
         for url in re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}[^\s\"')]*", text):
             assert url.startswith("http://www.w3.org/2000/svg"), f"{path.name}: {url}"
         assert "localStorage" not in text and "sessionStorage" not in text, path.name

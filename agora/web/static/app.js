@@ -47,7 +47,13 @@ async function route() {
   if (drawn !== key) return; // the user moved on while it loaded
   main.replaceChildren();
   main.dataset.screen = params.name;
-  cleanup = await module.default(main, params);
+  const done = await module.default(main, params);
+  if (drawn !== key) {
+    // drawn over while it rendered: the newer screen owns the page now
+    if (typeof done === "function") done();
+    return;
+  }
+  cleanup = done;
   // "agora:rendered:feed" etc.: when the screen first showed its content (screens resolve
   // render() once their first page is drawn); the browser tests report it.
   if (!performance.getEntriesByName(`agora:rendered:${params.name}`).length) {
@@ -64,8 +70,8 @@ function link(name, label, badge = null) {
 function drawNav() {
   const me = currentUser();
   fill(top,
+    h("a", { href: "#/feed", class: "brand", "aria-label": "Agora home" }, "Agora"),
     h("nav", { "aria-label": "Main" },
-      h("a", { href: "#/feed", class: "brand", "aria-label": "Agora home" }, "Agora"),
       link("feed", "Feed"),
       link("people", "People"),
       link("notifications", "Notifications", "notifications"),
@@ -120,7 +126,9 @@ onChange((me) => {
   signedInAs = id;
   if (me) {
     drawNav();
-    realtime.start();
+    // The chat's store listens before the socket opens, so the presence and messages that
+    // arrive while another screen is shown are kept for the chat.
+    import("./screens/chat-store.js").finally(() => realtime.start());
     refreshBadge();
   } else {
     realtime.stop();

@@ -31,6 +31,10 @@ export function refreshBadge(name = null) {
   for (const key of name ? [name] : Object.keys(loaders)) {
     if (pending[key]) continue;
     pending[key] = setTimeout(async () => {
+      if (!navigator.onLine) {
+        pending[key] = null; // offline: "online" reconnects, and "ready" asks again
+        return;
+      }
       try {
         set(key, await loaders[key]());
       } catch {

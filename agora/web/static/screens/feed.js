@@ -101,6 +101,8 @@ async function single(main, id) {
   }
 }
 
+let lastVisibility = "friends"; // the composer's last choice, for this tab's life
+
 /** "What's on your mind?", "Visibility", "Add images" (each previewed, with "Alt text for
  *  image N"), "Post" (or Ctrl+Enter). */
 function composer(posted) {
@@ -108,7 +110,7 @@ function composer(posted) {
   const text = h("textarea", { rows: 3, maxLength: 10000, required: true, placeholder: "What's on your mind?" });
   const visibility = h("select", null, h("option", { value: "friends" }, "Friends"), h("option", { value: "public" }, "Public"),
     h("option", { value: "private" }, "Only me"));
-  visibility.value = localStorage.getItem("agora:visibility") || "friends";
+  visibility.value = lastVisibility; // the client keeps nothing in the browser's storage
   const files = h("input", { type: "file", class: "sr-only", multiple: true, accept: "image/jpeg,image/png,image/gif,image/webp" });
   const previews = h("ul", { class: "previews", "aria-label": "Images" });
   const submit = h("button", { type: "submit", class: "primary" }, "Post");
@@ -141,7 +143,7 @@ function composer(posted) {
     drawPreviews();
     previews.children[before]?.querySelector("input").focus(); // its alt text next
   });
-  visibility.addEventListener("change", () => localStorage.setItem("agora:visibility", visibility.value));
+  visibility.addEventListener("change", () => (lastVisibility = visibility.value));
   text.addEventListener("keydown", (e) => {
     if (e.key !== "Enter" || !(e.ctrlKey || e.metaKey)) return;
     e.preventDefault();
