@@ -5,6 +5,8 @@
   ends it, and a signed-out visitor's page makes no failing request.
 - The access token is renewed before it expires (a node whose tokens live 70 s), in two tabs
   of one browser, and both stay signed in.
+- A real outage: the page's node stops and comes back; the page reconnects by itself and syncs
+  what it missed, and sends what was typed meanwhile once.
 - The issue's benchmark: time to first render of the feed, and the JavaScript shipped, reported
   (the byte budget, 100 KB uncompressed, is asserted; the time is reported, never asserted).
 """
@@ -29,6 +31,7 @@ from tests.support.browser import (
     PHONE,
     UserFactory,
     WebCluster,
+    allow_console_errors,
     browser_fixture,  # noqa: F401 (the fixture "browser")
     web_cluster_fixture,  # noqa: F401 (the fixture "web_cluster")
     web_user_fixture,  # noqa: F401 (the fixture "web_user")
@@ -203,3 +206,72 @@ def test_time_to_first_render_of_the_feed_and_script_shipped(
         print("\nweb client:", json.dumps(report))
     expect(page.get_by_text("post 19")).to_be_visible()
     assert report["script_shipped_bytes"] < SCRIPT_BUDGET, report
+
+
+def test_the_client_reconnects_after_its_node_restarts_and_misses_nothing(
+    web_cluster: WebCluster, web_user: UserFactory
+) -> None:
+    """A real outage, not an emulated one: the node under the page stops (SIGTERM: its sockets
+    close with 1001) and comes back on the same address a few seconds later. The page retries
+    by itself with backoff, then syncs: the messages sent meanwhile through the other node show
+    in order, and the one typed during the outage is sent once, with its client_id."""
+    home, other = web_cluster.nodes[1], web_cluster.a
+    page = web_user(home.url)
+    # While the node is down the page's retries and requests fail, as they must.
+    allow_console_errors(page, "WebSocket connection to", "Failed to load resource", "ERR_")
+    me = unique("back")
+    sign_up(page, home.url, me)
+    mine = rest(other, "POST", "/auth/login", {"login": me, "password": PASSWORD})
+    friend = rest(
+        other,
+        "POST",
+        "/auth/register",
+        {"username": unique("fr"), "email": f"{unique('fr')}@example.test", "password": PASSWORD},
+    )
+    request = rest(
+        other, "POST", "/friends/requests", {"user_id": friend["user"]["id"]}, mine["access_token"]
+    )
+    rest(other, "POST", f"/friends/requests/{request['id']}/accept", {}, friend["access_token"])
+    cid = rest(
+        other,
+        "POST",
+        "/conversations",
+        {"member_ids": [mine["user"]["id"]]},
+        friend["access_token"],
+    )["id"]
+
+    def say(text: str) -> None:
+        rest(
+            other,
+            "POST",
+            f"/conversations/{cid}/messages",
+            {"text": text, "client_id": secrets.token_hex(8)},
+            friend["access_token"],
+        )
+
+    page.goto(f"{home.url}/#/chat/{cid}")
+    thread = page.get_by_role("region", name="Chat history")
+    say("before the outage")
+    expect(thread.get_by_text("before the outage", exact=True)).to_be_visible()
+
+    assert home.stop() == 0
+    expect(page.get_by_role("status").filter(has_text="Connecting")).not_to_have_count(0)
+    for n in range(3):
+        say(f"missed {n}")
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("typed during the outage")
+    box.press("Enter")
+    home.start()
+
+    for text in ("missed 0", "missed 1", "missed 2"):
+        expect(thread.get_by_text(text, exact=True)).to_be_visible(timeout=30_000)
+    bubbles = [t.strip() for t in thread.locator(".bubble").all_inner_texts()]
+    assert bubbles.index("missed 0") < bubbles.index("missed 1") < bubbles.index("missed 2")
+    mine_sent = thread.get_by_role("listitem").filter(
+        has=page.get_by_text("typed during the outage", exact=True)
+    )
+    expect(mine_sent).to_contain_text("Sent", timeout=30_000)
+    stored = rest(
+        other, "GET", f"/conversations/{cid}/messages?limit=100", None, friend["access_token"]
+    )["items"]
+    assert [m["text"] for m in stored].count("typed during the outage") == 1
