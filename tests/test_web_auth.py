@@ -5,7 +5,9 @@ and other hosts."""
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
+import os
 import re
 from dataclasses import replace
 from http.cookies import SimpleCookie
@@ -15,7 +17,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from agora.config import Config
-from agora.handlers.web import STATIC, TEMPLATES
+from agora.handlers.web import STATIC, TEMPLATES, StaticFiles
 from tests.conftest import AppFactory
 from tests.support.api import PASSWORD, expect_error, unique
 
@@ -200,16 +202,47 @@ async def test_the_shell_page_has_a_strict_policy(client: TestClient) -> None:
 async def test_static_modules_are_served_and_revalidated(client: TestClient) -> None:
     resp = await client.get("/static/app.js")
     assert resp.status == 200
-    assert resp.content_type in ("application/javascript", "text/javascript")
+    assert resp.content_type == "text/javascript"
     assert resp.headers["Cache-Control"] == "no-cache"
-    again = await client.get(
+    assert await resp.read() == (STATIC / "app.js").read_bytes()
+    by_tag = await client.get("/static/app.js", headers={"If-None-Match": resp.headers["ETag"]})
+    assert by_tag.status == 304 and by_tag.headers["ETag"] == resp.headers["ETag"]
+    by_date = await client.get(
         "/static/app.js", headers={"If-Modified-Since": resp.headers["Last-Modified"]}
     )
-    assert again.status == 304
-    missing = await client.get("/static/nope.js")
-    assert missing.status == 404
-    escape = await client.get("/static/../handlers/web.py")
-    assert escape.status in (403, 404)
+    assert by_date.status == 304
+    css = await client.get("/static/style.css")
+    assert css.status == 200 and css.content_type == "text/css"
+    for missing in ("/static/nope.js", "/static/../handlers/web.py", "/static/%2e%2e/app.js"):
+        await expect_error(await client.get(missing), 404, "not_found")
+
+
+async def test_static_files_are_compressed_for_who_asks(client: TestClient) -> None:
+    plain = await client.get("/static/app.js", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    packed = await client.get(
+        "/static/app.js", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(await packed.read()) == await plain.read()
+
+
+async def test_an_edited_static_file_is_served_fresh(tmp_path: Path) -> None:
+    """No build step, no restart: a file changed on disk is read again."""
+    root = tmp_path / "static"
+    root.mkdir()
+    files = StaticFiles(root)
+    (root / "a.js").write_text("export const a = 1;")
+    first = files._load("a.js")
+    assert first is not None and first.body == b"export const a = 1;"
+    assert files._load("a.js") is first  # unchanged: from memory
+    (root / "a.js").write_text("export const a = 22;")
+    os.utime(root / "a.js", ns=(first.stamp[0] + 10**9, first.stamp[0] + 10**9))
+    second = files._load("a.js")
+    assert second is not None and second.body == b"export const a = 22;"
+    assert second.etag != first.etag
+    (tmp_path / "outside.js").write_text("secret")  # beside the root: never served
+    assert files._load("../outside.js") is None and files._load("nope.js") is None
 
 
 def test_the_client_fetches_nothing_from_another_host_and_uses_no_token_storage() -> None:

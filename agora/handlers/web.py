@@ -13,12 +13,18 @@ nothing else: no inline script, no other host.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import mimetypes
+from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from agora import __version__
+from agora.errors import not_found
 from agora.server import keys
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -61,14 +67,76 @@ async def shell(request: web.Request) -> web.Response:
     return response
 
 
-async def _revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
-    """Module URLs carry no version (no build step), so browsers revalidate them each load
-    (a 304 from Last-Modified when unchanged) and a new release is never half-cached."""
-    if request.path.startswith(STATIC_PREFIX + "/"):
-        response.headers.setdefault("Cache-Control", "no-cache")
+@dataclass(frozen=True, slots=True)
+class _File:
+    stamp: tuple[int, int]  # (mtime_ns, size) when read: a changed file is read again
+    body: bytes
+    gzipped: bytes | None
+    content_type: str
+    etag: str
+    last_modified: str
+
+
+class StaticFiles:
+    """The client's files, served from memory. There are few and they are small (about
+    110 KB): a page's dozen modules then cost a dictionary lookup and a ``stat`` each instead
+    of an open and a read in the default executor (which made a cold page wait about 200 ms on
+    them). Module URLs carry no version (no build step), so browsers revalidate each one every
+    load (``no-cache`` with an ETag: a 304 when unchanged) and a release is never half-cached.
+    A file edited on disk is read again on its next request, so development needs no restart.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.files: dict[str, _File] = {}
+
+    def _load(self, name: str) -> _File | None:
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root) or not path.is_file():
+            return None
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        known = self.files.get(name)
+        if known is not None and known.stamp == stamp:
+            return known
+        body = path.read_bytes()
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if path.suffix == ".js":
+            content_type = "text/javascript"
+        loaded = _File(
+            stamp=stamp,
+            body=body,
+            gzipped=gzip.compress(body, 9, mtime=0) if len(body) > 1024 else None,
+            content_type=content_type,
+            etag=f'"{hashlib.blake2b(body, digest_size=8).hexdigest()}"',
+            last_modified=formatdate(stat.st_mtime, usegmt=True),
+        )
+        self.files[name] = loaded
+        return loaded
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = self._load(name) if ".." not in name.split("/") else None
+        if found is None:
+            raise not_found("file")
+        headers = {
+            "Cache-Control": "no-cache",
+            "ETag": found.etag,
+            "Last-Modified": found.last_modified,
+            "Vary": "Accept-Encoding",
+        }
+        tags = [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]
+        if found.etag in tags or (
+            "If-None-Match" not in request.headers
+            and request.headers.get("If-Modified-Since") == found.last_modified
+        ):
+            return web.Response(status=304, headers=headers)
+        body = found.body
+        if found.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
+            body, headers["Content-Encoding"] = found.gzipped, "gzip"
+        return web.Response(body=body, content_type=found.content_type, headers=headers)
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", shell)
-    app.router.add_static(STATIC_PREFIX, STATIC, name="web_static")
-    app.on_response_prepare.append(_revalidate_static)
+    app.router.add_get(STATIC_PREFIX + "/{name:.+}", StaticFiles(STATIC).handle)
