@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,7 @@ from playwright.sync_api import (
 )
 
 from tests.conftest import JWT_SECRET
+from tests.support.debian import ensure_program
 from tests.support.node import NodeProcess
 from tests.support.services import ServiceSet
 
@@ -76,41 +76,9 @@ def _find() -> str | None:
     )
 
 
-def _as_root() -> list[str] | None:
-    """The prefix that runs a command as root: none when root already, ``sudo -n`` when sudo
-    needs no password; None when neither (nothing is ever prompted for)."""
-    if os.geteuid() == 0:
-        return []
-    if shutil.which("sudo"):
-        probe = subprocess.run(["sudo", "-n", "true"], capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return ["sudo", "-n", "env", "DEBIAN_FRONTEND=noninteractive"]
-    return None
-
-
 def ensure_chromium() -> str:
-    """Chromium's path; installs Debian's package when it is missing and apt-get can (as root,
-    or through a sudo that asks no password). Missing and not installable: a failure when
-    AGORA_TEST_BROWSER_REQUIRED=1 (CI), else a skip."""
-    found = _find()
-    if found:
-        return found
-    problem = "chromium is not installed"
-    sudo = _as_root()
-    if shutil.which("apt-get") and sudo is not None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = [*sudo, "apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-        for attempt in (install, [*sudo, "apt-get", "update"], install):
-            done = subprocess.run(attempt, env=env, capture_output=True, text=True, timeout=900)
-            if attempt is install and done.returncode == 0:
-                break
-        found = _find()
-        if found:
-            return found
-        problem = f"`apt-get install chromium` failed: {done.stderr[-1000:]}"
-    if os.environ.get(REQUIRED_ENV) == "1":
-        pytest.fail(f"{problem} ({REQUIRED_ENV}=1)")
-    pytest.skip(f"{problem}; install Debian's chromium (apt-get install chromium) to run these")
+    """Chromium's path, installed from Debian's package when missing (tests/support/debian.py)."""
+    return ensure_program("chromium", _find, REQUIRED_ENV)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from tests.support.debian import ensure_program
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "deploy" / "nginx.conf"
@@ -33,26 +33,8 @@ def _find() -> str | None:
 
 
 def ensure_nginx() -> str:
-    """nginx's path; installs Debian's package when it is missing and apt-get can. Missing and
-    not installable: a failure when AGORA_TEST_NGINX_REQUIRED=1 (CI), else a skip."""
-    found = _find()
-    if found:
-        return found
-    problem = "nginx is not installed"
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "nginx"]
-        for attempt in (install, ["apt-get", "update"], install):
-            done = subprocess.run(attempt, env=env, capture_output=True, text=True, timeout=300)
-            if attempt is install and done.returncode == 0:
-                break
-        found = _find()
-        if found:
-            return found
-        problem = f"`apt-get install nginx` failed: {done.stderr[-1000:]}"
-    if os.environ.get(REQUIRED_ENV) == "1":
-        pytest.fail(f"{problem} ({REQUIRED_ENV}=1)")
-    pytest.skip(f"{problem}; install Debian's nginx (apt-get install nginx) to run these")
+    """nginx's path, installed from Debian's package when missing (tests/support/debian.py)."""
+    return ensure_program("nginx", _find, REQUIRED_ENV)
 
 
 def _rewrite(text: str, pattern: str, replacement: str) -> str:
