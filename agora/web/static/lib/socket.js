@@ -21,7 +21,9 @@ class Realtime extends EventTarget {
     this.pingTimer = null;
     this.pongTimer = null;
     window.addEventListener("offline", () => this.#offline());
-    window.addEventListener("online", () => this.#reconnectSoon(0));
+    window.addEventListener("online", () => {
+      if (!this.ws) this.#reconnectSoon(0);
+    });
   }
 
   /** Frames of one type (or "status", "ready"): returns a function that unsubscribes. */
