@@ -57,6 +57,9 @@ class Reads:
 
 CONTENT: dict[str, Reads] = {
     "/users/{id}": Reads(lambda w: [f"/users/{w.suspended.id}", f"/users/{w.author.id}"]),
+    "/users/relationships": Reads(
+        lambda w: [f"/users/relationships?ids={w.suspended.id},{w.author.id}"]
+    ),
     "/users/{id}/friends": Reads(
         lambda w: [f"/users/{w.viewer.id}/friends", f"/users/{w.author.id}/friends"]
     ),

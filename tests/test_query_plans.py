@@ -51,6 +51,7 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "purge revoked logins": (accounts.PURGE_REVOKED_LOGINS, (3600.0, 1000)),
     "purge expired logins": (accounts.PURGE_EXPIRED_LOGINS, (3600.0, 1000)),
     "relationship": (social.RELATIONSHIP, (1, 2)),
+    "relationships": (social.RELATIONSHIPS, (1, [2, 3])),
     "incoming requests": (social.LIST_INCOMING, (1, 2**53, 20)),
     "outgoing requests": (social.LIST_OUTGOING, (1, 2**53, 20)),
     "friends": (social.LIST_FRIENDS, (1, NOW, 2**53, None, 20)),

@@ -12,10 +12,10 @@ import msgspec
 from agora.clock import Clock
 from agora.config import RateLimitConfig
 from agora.errors import AppError, ErrorCode, invalid, not_found, unauthorized
-from agora.protocol.accounts import AuthOut, MeOut, RegisterIn, UpdateMeIn, UserOut
+from agora.protocol.accounts import AuthOut, MeOut, RegisterIn, UpdateMeIn
 from agora.services.invalidation import Invalidator
 from agora.services.passwords import Passwords
-from agora.services.presenters import me_out, user_out
+from agora.services.presenters import me_out
 from agora.services.ratelimit import Hit, Limiter
 from agora.services.revocations import Revocations
 from agora.services.tokens import InvalidToken, TokenIssuer, hash_refresh_token, new_refresh_token
@@ -182,13 +182,6 @@ class AccountService:
         if user is None:
             raise unauthorized("this account no longer exists")
         return me_out(user)
-
-    async def get_user(self, viewer_id: int | None, user_id: int) -> UserOut:
-        """A profile, unless the user is suspended or one of the two blocked the other."""
-        user = await self.store.get_visible_user(viewer_id, user_id)
-        if user is None:
-            raise not_found("user")
-        return user_out(user)
 
     async def update_me(self, viewer: Viewer, body: UpdateMeIn) -> MeOut:
         changes = {

@@ -10,11 +10,18 @@ import msgspec
 from agora.media.urls import MediaUrls
 from agora.protocol.accounts import MeOut, UserOut
 from agora.protocol.content import CommentOut, FocusOut, MediaOut, PostOut
-from agora.protocol.social import BlockOut, FriendOut, FriendRequestOut
+from agora.protocol.social import (
+    BlockOut,
+    FriendOut,
+    FriendRequestOut,
+    RelationshipOut,
+    UserProfileOut,
+    UserRelationshipOut,
+)
 from agora.storage.accounts import UserRecord
 from agora.storage.content import CommentRow, PostMedia, PostRow
 from agora.storage.media import Upload
-from agora.storage.social import Block, Friend, FriendRequest
+from agora.storage.social import Block, Friend, FriendRequest, UserRelationship
 
 
 class UserLike(Protocol):
@@ -65,6 +72,31 @@ def friend_out(friend: Friend) -> FriendOut:
 
 def block_out(block: Block) -> BlockOut:
     return BlockOut(user=user_out(block.user), created_at=block.created_at)
+
+
+def _str_id(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def relationship_out(rel: UserRelationship) -> RelationshipOut:
+    return RelationshipOut(
+        friends=rel.friends,
+        incoming_request_id=_str_id(rel.incoming_request_id),
+        outgoing_request_id=_str_id(rel.outgoing_request_id),
+        blocking=rel.blocking,
+    )
+
+
+def profile_out(user: UserLike, rel: UserRelationship | None) -> UserProfileOut:
+    """``GET /users/{id}``: the user object and, when asked by someone else, ``relationship``."""
+    return UserProfileOut(
+        **msgspec.structs.asdict(user_out(user)),
+        relationship=relationship_out(rel) if rel is not None else None,
+    )
+
+
+def user_relationship_out(rel: UserRelationship) -> UserRelationshipOut:
+    return UserRelationshipOut(id=str(rel.user_id), **msgspec.structs.asdict(relationship_out(rel)))
 
 
 def media_out(m: Upload | PostMedia, urls: MediaUrls, public: bool) -> MediaOut:

@@ -9,15 +9,30 @@ After a friendship starts or ends, both users' cached feeds are dropped and rebu
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 
 from agora.errors import AppError, ErrorCode, conflict, forbidden, invalid, not_found
 from agora.protocol.common import Page
 from agora.protocol.cursor import decode_cursor, encode_cursor, from_micros, to_micros
-from agora.protocol.social import BlockOut, FriendOut, FriendRequestOut
+from agora.protocol.social import (
+    MAX_RELATIONSHIP_IDS,
+    BlockOut,
+    FriendOut,
+    FriendRequestOut,
+    RelationshipsOut,
+    UserProfileOut,
+)
 from agora.services.invalidation import Invalidator
 from agora.services.pages import make_page
-from agora.services.presenters import block_out, friend_out, friend_request_out, user_out
+from agora.services.presenters import (
+    block_out,
+    friend_out,
+    friend_request_out,
+    profile_out,
+    user_out,
+    user_relationship_out,
+)
 from agora.storage.accounts import AccountStore
 from agora.storage.db import MAX_ID, Database, Tx
 from agora.storage.feed_cache import FeedCache
@@ -27,6 +42,20 @@ log = logging.getLogger(__name__)
 
 MAX_FRIENDS = 5000
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_USER_ID = re.compile(r"[0-9]{1,16}")  # as protocol.common.Id: below 2**53, never past bigint
+
+
+def parse_user_ids(raw: str) -> list[int]:
+    """``1,2,3`` -> ``[1, 2, 3]``, repeats dropped, order kept ("" -> ``[]``); anything else,
+    or more than 100 ids, is 422 naming ``ids``."""
+    if not raw:
+        return []
+    parts = raw.split(",")
+    if len(parts) > MAX_RELATIONSHIP_IDS:
+        raise invalid({"ids": f"at most {MAX_RELATIONSHIP_IDS} ids"})
+    if not all(_USER_ID.fullmatch(p) for p in parts):
+        raise invalid({"ids": "comma-separated user ids (strings of 1-16 digits), no spaces"})
+    return list(dict.fromkeys(int(p) for p in parts))
 
 
 def _friend_limit_error() -> AppError:
@@ -155,6 +184,26 @@ class SocialService:
             if not await self.store.remove_friendship(tx, me, other, "unfriend"):
                 raise not_found("friend")
         await self._friendship_changed(me, other)
+
+    async def profile(self, viewer: int | None, user_id: int) -> UserProfileOut:
+        """A profile, unless the user is suspended or one of the two blocks the other (404 both
+        ways, the caller's own blocks included: GET /blocks lists those); with the caller's
+        relationship to them when the caller is signed in and someone else."""
+        user = await self.accounts.get_visible_user(viewer, user_id)
+        if user is None:
+            raise not_found("user")
+        if viewer is None or viewer == user_id:
+            return profile_out(user, None)
+        rels = await self.store.relationships(viewer, [user_id])
+        if not rels:  # hidden since the line above
+            raise not_found("user")
+        return profile_out(user, rels[0])
+
+    async def relationships(self, me: int, ids: str) -> RelationshipsOut:
+        """What each of ``ids`` (``1,2,3``, at most 100) is to ``me``, in the order asked;
+        ``me`` and users hidden from ``me`` are left out, except those ``me`` blocks."""
+        rels = await self.store.relationships(me, parse_user_ids(ids))
+        return RelationshipsOut(items=[user_relationship_out(r) for r in rels])
 
     async def list_friends(
         self, viewer: int | None, user_id: int, cursor: str | None, limit: int

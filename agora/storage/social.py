@@ -48,6 +48,28 @@ LEFT JOIN social.friend_requests r
    AND least(r.from_user_id, r.to_user_id) = least($1::bigint, $2::bigint)
    AND greatest(r.from_user_id, r.to_user_id) = greatest($1::bigint, $2::bigint)
 """
+# What each of the users $2 is to $1, in the order of $2 (one statement for a page of people).
+# Left out: $1 itself, unknown ids and users hidden from $1 (suspended, or blocking $1), except
+# those $1 blocks, listed as GET /blocks lists them (a block ended their friendship and requests).
+# The pending request of a pair, whichever way it points, is one lookup in its unique index.
+RELATIONSHIPS = f"""
+SELECT x.id,
+       f.user_id IS NOT NULL AS friends,
+       CASE WHEN r.from_user_id = x.id THEN r.id END AS incoming_request_id,
+       CASE WHEN r.from_user_id = $1 THEN r.id END AS outgoing_request_id,
+       b.blocker_id IS NOT NULL AS blocking
+FROM unnest($2::bigint[]) WITH ORDINALITY AS x(id, n)
+JOIN accounts.users u ON u.id = x.id
+LEFT JOIN social.friendships f ON f.user_id = $1 AND f.friend_id = x.id
+LEFT JOIN social.friend_requests r
+    ON r.status = 'pending'
+   AND least(r.from_user_id, r.to_user_id) = least($1::bigint, x.id)
+   AND greatest(r.from_user_id, r.to_user_id) = greatest($1::bigint, x.id)
+LEFT JOIN social.blocks b ON b.blocker_id = $1 AND b.blocked_id = x.id
+WHERE x.id <> $1
+  AND (b.blocker_id IS NOT NULL OR NOT {users_hidden("$1::bigint", "x.id")})
+ORDER BY x.n
+"""
 _REQUEST_SELECT = f"""
 SELECT r.id, r.from_user_id, r.to_user_id, r.status, r.created_at,
        {public_user_columns("f", "f_")}, {public_user_columns("t", "t_")}
@@ -147,6 +169,17 @@ class Relationship:
     blocked_me: bool
     pending_request_id: int | None
     pending_from: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRelationship:
+    """What ``user_id`` is to the one asking (see RELATIONSHIPS)."""
+
+    user_id: int
+    friends: bool
+    incoming_request_id: int | None
+    outgoing_request_id: int | None
+    blocking: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +326,19 @@ class SocialStore:
         sql = LIST_INCOMING if incoming else LIST_OUTGOING
         rows = await self.db.fetch("list_friend_requests", sql, user_id, before_id, limit)
         return [FriendRequest.of(r) for r in rows]
+
+    async def relationships(self, viewer_id: int, user_ids: list[int]) -> list[UserRelationship]:
+        rows = await self.db.fetch("relationships", RELATIONSHIPS, viewer_id, user_ids)
+        return [
+            UserRelationship(
+                r["id"],
+                r["friends"],
+                r["incoming_request_id"],
+                r["outgoing_request_id"],
+                r["blocking"],
+            )
+            for r in rows
+        ]
 
     async def friend_ids(self, user_id: int) -> list[int]:
         rows = await self.db.fetch("friend_ids", FRIEND_IDS, user_id)

@@ -10,6 +10,7 @@ import { realtime } from "../lib/socket.js";
 import { postCard, pager, confirming, nameOf, btn } from "../lib/posts.js";
 
 const day = (iso) => new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" });
+const muted = (text) => h("span", { class: "muted" }, text);
 
 export default async function render(main, params) {
   const view = { stops: [], refresh: null };
@@ -33,15 +34,18 @@ async function all(path, query) {
   return items;
 }
 
-/** What each user is to me (no API field says): friend, incoming, outgoing, blocked, none. */
-async function relations() {
-  const [incoming, outgoing, blocks, friends] = await Promise.all([all("/friends/requests", { direction: "incoming" }),
-    all("/friends/requests", { direction: "outgoing" }), all("/blocks"), all("/friends")]);
-  const map = new Map(friends.map((f) => [f.user.id, { kind: "friend", since: f.since }]));
-  incoming.forEach((request) => map.set(request.from_user.id, { kind: "incoming", request }));
-  outgoing.forEach((request) => map.set(request.to_user.id, { kind: "outgoing", request }));
-  blocks.forEach((b) => map.set(b.user.id, { kind: "blocked", user: b.user }));
-  return { incoming, outgoing, blocks, of: (id) => (id === currentUser().id ? { kind: "self" } : map.get(id) || { kind: "none" }) };
+/** [user, relationship]; one I block is 404 (hidden both ways) but on my /blocks. */
+const lookup = (id) => get(`/users/${id}`).then((user) => [user, user.relationship || {}], async (error) => {
+  const block = error.status === 404 && (await all("/blocks")).find((b) => b.user.id === id);
+  if (!block) throw error;
+  return [block.user, { blocking: true }];
+});
+
+/** Search results, each with rel (none for me). */
+async function related(page) {
+  const { items } = await get("/users/relationships", { ids: page.items.map((r) => r.user.id).join() });
+  page.items.forEach((r) => (r.rel = items.find((x) => x.id === r.user.id)));
+  return page;
 }
 
 /** A button running an API call, then done(); errors become a toast. */
@@ -59,27 +63,26 @@ function act(label, call, done, cls = "") {
   } }, label);
 }
 
+/** The actions a relationship allows (none: "You" on mine). */
 function friendActions(user, rel, done) {
-  const id = rel.request && rel.request.id;
-  return {
-    none: () => act("Add friend", () => post("/friends/requests", { user_id: user.id }), done, "primary"),
-    incoming: () => [act("Accept", () => post(`/friends/requests/${id}/accept`), done, "primary"),
-      act("Decline", () => post(`/friends/requests/${id}/decline`), done)],
-    outgoing: () => [h("span", { class: "muted" }, "Request sent"), act("Cancel", () => del(`/friends/requests/${id}`), done)],
-    friend: () => h("span", { class: "muted" }, "Friends"),
-    blocked: () => act("Unblock", () => del(`/blocks/${user.id}`), done),
-    self: () => h("span", { class: "muted" }, "You"),
-  }[rel.kind]();
+  if (!rel) return user.id === currentUser().id && muted("You");
+  const { incoming_request_id: id, outgoing_request_id: mine } = rel;
+  return rel.blocking ? act("Unblock", () => del(`/blocks/${user.id}`), done)
+    : rel.friends ? muted("Friends")
+    : id ? [act("Accept", () => post(`/friends/requests/${id}/accept`), done, "primary"), act("Decline", () => post(`/friends/requests/${id}/decline`), done)]
+    : mine ? [muted("Request sent"), act("Cancel", () => del(`/friends/requests/${mine}`), done)]
+    : act("Add friend", () => post("/friends/requests", { user_id: user.id }), done, "primary");
 }
 
-function personRow(user, extra = null, actions = null) {
+function personRow(user, extra, actions) {
   return h("li", { class: "person" }, avatar(user),
-    h("div", { class: "person-name" }, userLink(user), h("span", { class: "muted" }, `@${user.username}`), extra),
+    h("div", { class: "person-name" }, userLink(user), muted(`@${user.username}`), extra),
     h("div", { class: "row actions" }, actions));
 }
 
 async function index(main, _, view) {
-  let rels = await relations();
+  const lists = () => Promise.all(["incoming", "outgoing", ""].map((d) => all(d ? "/friends/requests" : "/blocks", { direction: d })));
+  let [incoming, outgoing, blocks] = await lists();
   let searching = null;
   let friends = null;
   let timer = null;
@@ -92,31 +95,31 @@ async function index(main, _, view) {
   const requests = section("requests-title");
   const mine = section("friends-title");
   const blocked = section("blocked-title");
-  const row = (user, extra) => personRow(user, extra, friendActions(user, rels.of(user.id), refresh));
+  const row = (user, extra, rel) => personRow(user, extra, friendActions(user, rel, refresh));
   main.append(h("h1", null, "People"), search, requests, mine, blocked);
 
   function find() {
     const text = q.value.trim();
     searching?.stop();
     results.replaceChildren();
-    searching = text ? pager(results, (cursor) => get("/search", { q: text, type: "users", cursor }), (r) => row(r.user), "No one by that name.") : null;
+    searching = text ? pager(results, (cursor) => get("/search", { q: text, type: "users", cursor }).then(related), (r) => row(r.user, null, r.rel), "No one by that name.") : null;
   }
   function draw() {
     fill(requests, h("h2", { id: "requests-title" }, "Friend requests"),
-      rels.incoming.length ? h("ul", { class: "list" }, rels.incoming.map((r) => row(r.from_user, when(r.created_at))))
+      incoming.length ? h("ul", { class: "list" }, incoming.map((r) => row(r.from_user, when(r.created_at), { incoming_request_id: r.id })))
         : h("p", { class: "muted" }, "No requests for now."),
-      rels.outgoing.length > 0 && [h("h3", null, "Sent"), h("ul", { class: "list" }, rels.outgoing.map((r) => row(r.to_user, when(r.created_at))))]);
+      outgoing.length > 0 && [h("h3", null, "Sent"), h("ul", { class: "list" }, outgoing.map((r) => row(r.to_user, when(r.created_at), { outgoing_request_id: r.id })))]);
     const list = h("ul", { class: "list" });
     fill(mine, h("h2", { id: "friends-title" }, "Friends"), list);
     friends?.stop();
-    friends = pager(list, (cursor) => get("/friends", { cursor }), (f) => personRow(f.user, h("span", { class: "muted" }, ` · since ${day(f.since)}`)),
+    friends = pager(list, (cursor) => get("/friends", { cursor }), (f) => personRow(f.user, muted(` · since ${day(f.since)}`)),
       "No friends yet: find people you know above.");
-    blocked.hidden = !rels.blocks.length;
-    fill(blocked, h("h2", { id: "blocked-title" }, "Blocked"), h("ul", { class: "list" }, rels.blocks.map((b) => row(b.user))));
+    blocked.hidden = !blocks.length;
+    fill(blocked, h("h2", { id: "blocked-title" }, "Blocked"), h("ul", { class: "list" }, blocks.map((b) => row(b.user, null, { blocking: true }))));
     return friends.first;
   }
   async function refresh() {
-    rels = await relations();
+    [incoming, outgoing, blocks] = await lists();
     find();
     await draw();
     if (!document.activeElement || document.activeElement === document.body) q.focus();
@@ -134,10 +137,9 @@ async function index(main, _, view) {
   await draw();
 }
 
-async function profile(main, id, view) {
-  let rel = (await relations()).of(id);
-  const mine = rel.kind === "self";
-  const user = rel.kind === "blocked" ? rel.user : await get(mine ? "/users/me" : `/users/${id}`);
+async function profile(main, id, view, known) {
+  let [user, rel] = known || await lookup(id);
+  const mine = id === currentUser().id;
   const head = h("section", { class: "card profile", "aria-labelledby": "profile-name" });
   const actions = h("div", { class: "row actions" });
   const body = h("div");
@@ -146,14 +148,14 @@ async function profile(main, id, view) {
       h("p", { class: "muted" }, `@${u.username} · joined ${day(u.created_at)}`), u.bio && h("p", { class: "bio" }, u.bio))),
   actions);
 
-  async function done() {
-    const was = rel.kind;
-    rel = (await relations()).of(id);
-    if ((was === "blocked") !== (rel.kind === "blocked")) {
+  async function done(block) {
+    const was = rel.blocking;
+    [user, rel] = block ? [block.user, { blocking: true }] : await lookup(id);
+    if (was !== rel.blocking) {
       // blocked or unblocked: all of it changes
       view.stops.forEach((stop) => stop());
       main.replaceChildren();
-      await profile(main, id, view);
+      await profile(main, id, view, [user, rel]);
       return main.querySelector("h1").focus();
     }
     drawActions();
@@ -163,15 +165,15 @@ async function profile(main, id, view) {
     const name = nameOf(user);
     const ask = (label, question, yes, call) => btn({ class: label === "Block" ? "danger" : "",
       onclick: (e) => confirming(e.currentTarget, question, yes, () => call().then(done)) }, label);
-    const status = { friend: `You are friends since ${day(rel.since)}.`, incoming: `${name} asked to be your friend.`,
-      blocked: `You blocked ${name}: neither of you sees the other.` }[rel.kind];
+    const status = rel.blocking ? `You blocked ${name}: neither of you sees the other.` : rel.friends ? "You are friends."
+      : rel.incoming_request_id && `${name} asked to be your friend.`;
     fill(actions, status && h("p", { class: "rel-status muted" }, status),
-      rel.kind === "friend" ? [btn({ class: "primary", onclick: () => message(id) }, "Message"),
+      rel.friends ? [btn({ class: "primary", onclick: () => message(id) }, "Message"),
         ask("Unfriend", `Unfriend ${name}?`, "Yes, unfriend", () => del(`/friends/${id}`))]
         : !mine && friendActions(user, rel, done),
-      !mine && rel.kind !== "blocked" && ask("Block", `Block ${name}?`, "Yes, block", () => post("/blocks", { user_id: id })));
+      !mine && !rel.blocking && ask("Block", `Block ${name}?`, "Yes, block", () => post("/blocks", { user_id: id })));
   }
-  view.refresh = () => !mine && relations().then((r) => { rel = r.of(id); drawActions(); });
+  view.refresh = () => !mine && !rel.blocking && lookup(id).then(([, r]) => { rel = r; drawActions(); });
   drawHead(user);
   drawActions();
   main.append(head);
@@ -187,7 +189,7 @@ async function profile(main, id, view) {
     actions.append(edit);
     main.append(form);
   }
-  if (rel.kind === "blocked") return;
+  if (rel.blocking) return;
 
   const tabs = h("div", { class: "tabs", role: "group", "aria-label": "Show" },
     btn({ value: "posts", onclick: (e) => show(e.currentTarget.value) }, "Posts"),
