@@ -67,6 +67,7 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "comment access": (content.COMMENT_ACCESS, (1, 2)),
     "conversation for member": (chat.CONVERSATION_FOR_MEMBER, (1, 2)),
     "conversations": (chat.LIST_CONVERSATIONS, (1, NOW, 2**53, 20)),
+    "conversation with its last message": (chat.CONVERSATION_WITH_LAST, (1, 2)),
     "conversation members": (chat.MEMBERS_OF, ([1, 2],)),
     "conversation state": (chat.STATE, (1,)),
     "direct hidden": (chat.DIRECT_HIDDEN, (1,)),
@@ -227,12 +228,8 @@ def _seq_scans(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name", sorted(QUERIES) + sorted(CUSTOM_PLANNED))
-async def test_no_sequential_scans(database_url: str, name: str) -> None:
-    sql, args = QUERIES[name] if name in QUERIES else CUSTOM_PLANNED[name]
-    mode = "force_generic_plan" if name in QUERIES else "force_custom_plan"
-    if "(pg_trgm)" in name and not await has_pg_trgm(database_url):
-        pytest.skip(NO_PG_TRGM)
+async def _plan(database_url: str, sql: str, args: tuple[Any, ...], mode: str) -> dict[str, Any]:
+    """The plan of ``sql`` with sequential scans disabled."""
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():
@@ -243,7 +240,36 @@ async def test_no_sequential_scans(database_url: str, name: str) -> None:
             explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON, VERBOSE) {sql}", *args)
     finally:
         await conn.close()
-    plan = (explained if isinstance(explained, list) else __import__("json").loads(explained))[0][
-        "Plan"
-    ]
+    plan: dict[str, Any] = (
+        explained if isinstance(explained, list) else __import__("json").loads(explained)
+    )[0]["Plan"]
+    return plan
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES) + sorted(CUSTOM_PLANNED))
+async def test_no_sequential_scans(database_url: str, name: str) -> None:
+    sql, args = QUERIES[name] if name in QUERIES else CUSTOM_PLANNED[name]
+    mode = "force_generic_plan" if name in QUERIES else "force_custom_plan"
+    if "(pg_trgm)" in name and not await has_pg_trgm(database_url):
+        pytest.skip(NO_PG_TRGM)
+    plan = await _plan(database_url, sql, args, mode)
     assert _seq_scans(plan) == [], name
+
+
+@pytest.mark.parametrize("name", ["conversations", "conversation with its last message"])
+async def test_last_message_is_one_index_probe_per_conversation(
+    database_url: str, name: str
+) -> None:
+    """GET /conversations: the page is cut to its LIMIT first, then each of its rows looks its
+    newest message up in the unique index (conversation_id, seq = last_seq); no sort after."""
+    sql, args = QUERIES[name]
+    plan = await _plan(database_url, sql, args, "force_generic_plan")
+    assert (plan["Node Type"], plan["Join Type"]) == ("Nested Loop", "Left"), plan
+    sides = {p["Parent Relationship"]: p for p in plan["Plans"]}
+    assert sides["Inner"]["Node Type"] == "Limit", sides["Inner"]
+    (message,) = sides["Inner"]["Plans"]
+    assert message["Node Type"] == "Index Scan" and message["Index Name"] == "messages_seq"
+    assert "conversation_id = c.id" in message["Index Cond"], message  # both keys: one row
+    assert "seq = c.last_seq" in message["Index Cond"], message
+    if name == "conversations":
+        assert sides["Outer"]["Node Type"] == "Limit", sides["Outer"]

@@ -3,12 +3,12 @@ the two nodes of a cluster: user A's browser on node a, B's on node b, so every 
 crosses nodes. Driven by role and accessible name, as assistive technology would.
 
 Covered: starting a direct conversation and a group ("New message", "New group", "Add
-members"), typing indicators, live messages, pending then sent, read receipts ("Seen"), the
-unread badge in the navigation, history loaded on scrolling up (the view kept still), a client
-going offline (its sends kept pending and resent with the same client_id, what it missed synced
-in order, nothing twice), presence, and the phone layout (list and thread as two screens, no
-horizontal scroll). Screenshots: docs/screenshots/chat-desktop.png, chat-phone.png,
-chat-list-phone.png.
+members"), typing indicators, live messages, pending then sent, read receipts ("Seen", after a
+reload too), the last message previewed in the list, the unread badge in the navigation, history
+loaded on scrolling up (the view kept still), a client going offline (its sends kept pending and
+resent with the same client_id, what it missed synced in order, nothing twice), presence, and
+the phone layout (list and thread as two screens, no horizontal scroll). Screenshots:
+docs/screenshots/chat-desktop.png, chat-phone.png, chat-list-phone.png.
 """
 
 from __future__ import annotations
@@ -187,6 +187,14 @@ def test_direct_conversation_live_across_nodes(
     expect(message(b, "Hello Bob!")).to_be_visible()
     expect(message(a, "Hello Bob!")).to_contain_text("Seen")
     expect(chat_link(b)).to_have_accessible_name("Chat")
+    expect(conversation).to_contain_text("Hello Bob!")  # the preview; no name in a direct one
+
+    # A reloads: "Seen" survives (B has sent nothing, so only B's receipt in the conversation's
+    # read_seqs can say so), and A's list previews the last message as A's own.
+    a.reload()
+    expect(message(a, "Hello Bob!")).to_contain_text("Seen")
+    expect(a.get_by_role("link", name=re.compile("^Bob"))).to_contain_text("You: Hello Bob!")
+    expect(a.get_by_text("Online", exact=True)).to_be_visible()  # connected again: B's presence
 
     # Typing, then the message live; the indicator ends with it.
     a.get_by_role("textbox", name="Message").press_sequentially("How are", delay=30)
@@ -273,7 +281,7 @@ def test_group_conversation(web_cluster: WebCluster, web_user: UserFactory) -> N
     group = b.get_by_role("list", name="Conversations").get_by_role(
         "link", name=re.compile("^Weekend trip")
     )
-    expect(group).to_contain_text("2 members")
+    expect(group).to_contain_text("Ann: Who is in?")  # the preview names a group's sender
     group.click()
     expect(message(b, "Who is in?")).to_contain_text("Ann")
     expect(message(a, "Who is in?")).to_contain_text("Seen by Bob")

@@ -41,7 +41,14 @@ class MessageOut(msgspec.Struct):
     removed: bool = False
 
 
+READERS_SHOWN = 50  # read_seqs of a bigger group: its furthest readers only
+
+
 class ConversationOut(msgspec.Struct):
+    """A conversation as one member sees it: ``last_read_seq`` and ``unread_count`` are the
+    caller's; ``read_seqs`` are every member's receipts (for "Seen", after a reload too), and
+    ``last_message`` the newest message (a preview), null while there is none."""
+
     id: str
     kind: Literal["direct", "group"]
     title: str | None
@@ -51,6 +58,14 @@ class ConversationOut(msgspec.Struct):
     last_activity_at: datetime
     unread_count: int = 0
     last_read_seq: int = 0
+    read_seqs: Annotated[
+        dict[str, int],
+        msgspec.Meta(
+            description="user id -> the seq up to which that member has read, for every member; "
+            f"in a group of more than {READERS_SHOWN}, the {READERS_SHOWN} who have read furthest"
+        ),
+    ] = msgspec.field(default_factory=dict)
+    last_message: MessageOut | None = None
 
 
 class CreateConversationIn(msgspec.Struct):

@@ -6,6 +6,7 @@ same path as WebSocket ``send``; reads go straight to PostgreSQL.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from agora.actors.conversation import MembersChangedOp, SendOp, Sent, message_ou
 from agora.cluster.router import Router
 from agora.errors import AppError, ErrorCode, conflict, forbidden, invalid, not_found
 from agora.protocol.chat import (
+    READERS_SHOWN,
     ConversationOut,
     CreateConversationIn,
     HistoryQuery,
@@ -23,8 +25,7 @@ from agora.protocol.chat import (
 from agora.protocol.common import Page
 from agora.protocol.cursor import decode_cursor, encode_cursor, from_micros, to_micros
 from agora.services.presenters import user_out
-from agora.storage.accounts import PublicUser
-from agora.storage.chat import ChatStore, ConversationRow, TooManyMembers
+from agora.storage.chat import ChatStore, ConversationRow, Roster, TooManyMembers
 from agora.storage.db import MAX_ID
 from agora.storage.social import SocialStore
 
@@ -60,16 +61,18 @@ class ChatService:
         return row
 
     async def get(self, me: int, conversation_id: int) -> ConversationOut:
-        row = await self._member_row(me, conversation_id)
-        members = await self.store.members_of([row.id])
-        return _conversation_out(row, members[row.id])
+        row = await self.store.for_member(me, conversation_id, last_message=True)
+        if row is None:
+            raise not_found("conversation")
+        rosters = await self.store.rosters([row.id])
+        return _conversation_out(row, rosters[row.id])
 
     async def list_mine(self, me: int, cursor: str | None, limit: int) -> Page[ConversationOut]:
         c = decode_cursor(cursor, "conversations", at=int, id=int)
         key = (from_micros(c["at"]), c["id"]) if c else (FAR_FUTURE, MAX_ID + 1)
         rows = await self.store.list_for(me, key, limit + 1)
         shown = rows[:limit]
-        members = await self.store.members_of([r.id for r in shown])
+        rosters = await self.store.rosters([r.id for r in shown])
         nxt = (
             encode_cursor(
                 "conversations", at=to_micros(shown[-1].last_activity_at), id=shown[-1].id
@@ -77,7 +80,7 @@ class ChatService:
             if len(rows) > limit
             else None
         )
-        return Page(items=[_conversation_out(r, members[r.id]) for r in shown], next_cursor=nxt)
+        return Page(items=[_conversation_out(r, rosters[r.id]) for r in shown], next_cursor=nxt)
 
     async def history(self, me: int, conversation_id: int, q: HistoryQuery) -> Page[MessageOut]:
         """``after_seq``: oldest first from there; ``before_seq`` (or neither): newest first."""
@@ -174,15 +177,20 @@ class ChatService:
         return max(position, row.last_seq)
 
 
-def _conversation_out(row: ConversationRow, members: list[PublicUser]) -> ConversationOut:
+def _conversation_out(row: ConversationRow, roster: Roster) -> ConversationOut:
+    reads = roster.read_seqs
+    if len(reads) > READERS_SHOWN:  # a big group: the furthest readers (then the oldest ids)
+        reads = dict(heapq.nlargest(READERS_SHOWN, reads.items(), key=lambda r: (r[1], -r[0])))
     return ConversationOut(
         id=str(row.id),
         kind=row.kind,
         title=row.title,
-        members=[user_out(m) for m in members],
+        members=[user_out(m) for m in roster.members],
         last_seq=row.last_seq,
         created_at=row.created_at,
         last_activity_at=row.last_activity_at,
         unread_count=max(0, row.last_seq - row.last_read_seq),
         last_read_seq=row.last_read_seq,
+        read_seqs={str(user): seq for user, seq in reads.items()},
+        last_message=message_out(row.last_message) if row.last_message else None,
     )

@@ -59,20 +59,55 @@ FROM chat.members m WHERE m.conversation_id = $1
 BUMP_MEMBERS_VERSION = """
 UPDATE chat.conversations SET members_version = members_version + 1 WHERE id = $1
 """
+
+
+def _read_columns(m: str, prefix: str = "") -> str:
+    """A message as members read it (``chat.messages`` aliased ``m``; the columns of
+    :class:`MessageRow`, named with ``prefix``). One removed by a moderator, or whose sender is
+    suspended, is a tombstone (its id and seq, no text, ``removed``), so seqs stay gapless for
+    sync."""
+    return f"""
+{m}.id AS {prefix}id, {m}.conversation_id AS {prefix}conversation_id, {m}.seq AS {prefix}seq,
+{m}.sender_id AS {prefix}sender_id, {m}.client_id AS {prefix}client_id,
+CASE WHEN {message_shown(m)} THEN {m}.text ELSE '' END AS {prefix}text,
+{m}.created_at AS {prefix}created_at, NOT {message_shown(m)} AS {prefix}removed
+"""
+
+
+def _with_last_message(conversations: str, order: str = "") -> str:
+    """The rows of ``conversations`` (a query of conversation columns), each followed by its
+    newest message's columns (``lm_*``; all NULL while it has none): one probe of the unique
+    index on (conversation_id, seq) per row, made after the page is cut to its LIMIT. The
+    subquery's LIMIT 1 keeps it a lookup per row: without it PostgreSQL may flatten it into a
+    join that reads every message of the conversation (it did on small tables)."""
+    return f"""
+SELECT p.*, {_read_columns("l", "lm_")}
+FROM ({conversations}) p
+LEFT JOIN LATERAL (SELECT * FROM chat.messages l
+                   WHERE l.conversation_id = p.id AND l.seq = p.last_seq LIMIT 1) l ON true
+{order}"""
+
+
 CONVERSATION_FOR_MEMBER = f"""
 SELECT {_CONVERSATION_COLUMNS}, m.last_read_seq
 FROM chat.conversations c JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $1
 WHERE c.id = $2
 """
-LIST_CONVERSATIONS = f"""
+# What GET /conversations and /conversations/{id} show: with the newest message.
+CONVERSATION_WITH_LAST = _with_last_message(CONVERSATION_FOR_MEMBER)
+LIST_CONVERSATIONS = _with_last_message(
+    f"""
 SELECT {_CONVERSATION_COLUMNS}, m.last_read_seq
 FROM chat.members m JOIN chat.conversations c ON c.id = m.conversation_id
 WHERE m.user_id = $1 AND (c.last_activity_at, c.id) < ($2::timestamptz, $3::bigint)
 ORDER BY c.last_activity_at DESC, c.id DESC
 LIMIT $4
-"""
+""",
+    "ORDER BY p.last_activity_at DESC, p.id DESC",
+)
+# Every member with their receipt (last_read_seq).
 MEMBERS_OF = f"""
-SELECT m.conversation_id, {PUBLIC_USER_COLUMNS}
+SELECT m.conversation_id, m.last_read_seq, {PUBLIC_USER_COLUMNS}
 FROM chat.members m JOIN accounts.users u ON u.id = m.user_id
 WHERE m.conversation_id = ANY($1::bigint[])
 ORDER BY m.conversation_id, m.joined_at, m.user_id
@@ -161,13 +196,7 @@ WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.id = m.conversation_id
   AND m.last_read_seq < least($3::bigint, c.last_seq)
 RETURNING m.last_read_seq
 """
-# History and sync: a message removed by a moderator, or whose sender is suspended, is a
-# tombstone (its id and seq, no text, `removed`), so seqs stay gapless for sync.
-_READ_COLUMNS = f"""
-m.id, m.conversation_id, m.seq, m.sender_id, m.client_id,
-CASE WHEN {message_shown("m")} THEN m.text ELSE '' END AS text, m.created_at,
-NOT {message_shown("m")} AS removed
-"""
+_READ_COLUMNS = _read_columns("m")
 MESSAGES_AFTER = f"""
 SELECT {_READ_COLUMNS} FROM chat.messages m
 WHERE m.conversation_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3
@@ -225,10 +254,32 @@ class ConversationRow:
     created_at: datetime
     last_activity_at: datetime
     last_read_seq: int
+    # The newest message, from the statements that read it (_with_last_message): None there
+    # while the conversation has no message.
+    last_message: MessageRow | None = None
 
     @classmethod
     def of(cls, row: Record) -> ConversationRow:
-        return cls(*row.values())
+        last = MessageRow.of(row, 8) if len(row) > 8 and row["lm_id"] is not None else None
+        return cls(
+            row["id"],
+            row["kind"],
+            row["title"],
+            row["created_by"],
+            row["last_seq"],
+            row["created_at"],
+            row["last_activity_at"],
+            row["last_read_seq"],
+            last,
+        )
+
+
+@dataclass(slots=True)
+class Roster:
+    """A conversation's members (in the order they joined) and their receipts by user id."""
+
+    members: list[PublicUser]
+    read_seqs: dict[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,10 +336,16 @@ class ChatStore:
             )
         return conv_id, True
 
-    async def for_member(self, user_id: int, conversation_id: int) -> ConversationRow | None:
-        row = await self.db.fetchrow(
-            "conversation_for_member", CONVERSATION_FOR_MEMBER, user_id, conversation_id
-        )
+    async def for_member(
+        self, user_id: int, conversation_id: int, last_message: bool = False
+    ) -> ConversationRow | None:
+        """The conversation if ``user_id`` is a member; ``last_message``: with its newest
+        message too (what GET /conversations/{id} shows)."""
+        if last_message:
+            name, sql = "conversation_with_last", CONVERSATION_WITH_LAST
+        else:
+            name, sql = "conversation_for_member", CONVERSATION_FOR_MEMBER
+        row = await self.db.fetchrow(name, sql, user_id, conversation_id)
         return ConversationRow.of(row) if row else None
 
     async def list_for(
@@ -299,11 +356,17 @@ class ChatStore:
         )
         return [ConversationRow.of(r) for r in rows]
 
-    async def members_of(self, conversation_ids: list[int]) -> dict[int, list[PublicUser]]:
-        out: dict[int, list[PublicUser]] = {cid: [] for cid in conversation_ids}
+    async def rosters(self, conversation_ids: list[int]) -> dict[int, Roster]:
+        """Members and receipts of several conversations, in one statement."""
+        out = {cid: Roster([], {}) for cid in conversation_ids}
         for row in await self.db.fetch("conversation_members", MEMBERS_OF, conversation_ids):
-            out[row["conversation_id"]].append(PublicUser.of(row))
+            roster = out[row["conversation_id"]]
+            roster.members.append(PublicUser.of(row))
+            roster.read_seqs[row["u_id"]] = row["last_read_seq"]
         return out
+
+    async def members_of(self, conversation_ids: list[int]) -> dict[int, list[PublicUser]]:
+        return {cid: r.members for cid, r in (await self.rosters(conversation_ids)).items()}
 
     async def add_members(
         self, conversation_id: int, user_ids: list[int], limit: int, actor_id: int | None = None

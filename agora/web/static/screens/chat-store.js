@@ -50,6 +50,9 @@ function keep(conv) {
   if (old) conv.last_read_seq = Math.max(conv.last_read_seq || 0, old.last_read_seq || 0);
   conv.unread_count = conv.id === open ? 0 : Math.max(0, conv.last_seq - (conv.last_read_seq || 0));
   convs.set(conv.id, conv);
+  let moved = false; // after a reload, or receipts missed while offline
+  for (const [uid, seq] of Object.entries(conv.read_seqs || {})) moved = seen(conv.id, uid, seq) || moved;
+  if (moved) emit("read", conv.id);
   return conv;
 }
 
@@ -112,15 +115,20 @@ export function messagesOf(cid) {
   return [...list, ...pending.map((p) => ({ ...p, sender_id: mine, pending: !p.seq }))];
 }
 
-/** The seq up to which a member has read: their receipts, and what they sent themselves. */
-export function readBy(cid, uid) {
-  const sent = heldList(cid).filter((m) => m.sender_id === uid).map((m) => m.seq);
-  return Math.max(reads.get(cid)?.get(uid) || 0, ...sent);
+/** The seq up to which a member has read (read_seqs, receipts, sends). */
+export const readBy = (cid, uid) => reads.get(cid)?.get(uid) || 0;
+
+/** Move a member's receipt forward; true when it moved. */
+function seen(cid, uid, seq) {
+  const r = reads.get(cid) || reads.set(cid, new Map()).get(cid);
+  if (seq <= (r.get(uid) || 0)) return false;
+  r.set(uid, seq);
+  return true;
 }
 
 export const typingIn = (cid) => [...(typing.get(cid)?.keys() || [])];
 
-// -- sending -----------------------------------------------------------------------------------
+// -- sending
 
 function transmit(p) {
   p.error = null;
@@ -144,7 +152,7 @@ export function retry(clientId, again = true) {
   emit("thread", p.conversation_id);
 }
 
-// -- reading -----------------------------------------------------------------------------------
+// -- reading
 
 /** The conversation on screen (null: none); it is marked read while the page is visible. */
 export function setOpen(cid) {
@@ -156,7 +164,7 @@ export const closed = (cid) => open === cid && (open = null);
 export function markRead(cid) {
   const conv = convs.get(cid);
   if (cid !== open || !conv || document.visibilityState !== "visible") return;
-  const seq = Math.max(lastSeq(cid), ...messagesOf(cid).map((m) => m.seq || 0));
+  const seq = Math.max(0, ...messagesOf(cid).map((m) => m.seq || 0));
   if (seq > (conv.last_read_seq || 0) && realtime.send({ type: "read", conversation_id: cid, seq })) {
     conv.last_read_seq = seq;
     refreshBadge("chat");
@@ -168,7 +176,7 @@ export function markRead(cid) {
   }
 }
 
-// -- syncing -----------------------------------------------------------------------------------
+// -- syncing
 
 function queueSync(cid, first = false) {
   const h = held.get(cid); // not before its first page: a sync from 0 would bring all of it
@@ -189,7 +197,7 @@ function syncAll(ids) {
   for (const cid of ids) queueSync(cid);
 }
 
-// -- frames ------------------------------------------------------------------------------------
+// -- frames
 
 function stopTyping(cid, uid) {
   const users = typing.get(cid);
@@ -204,8 +212,10 @@ function onMessage({ message: m }) {
   const mine = m.sender_id === me();
   if (mine) outbox.delete(m.client_id);
   stopTyping(cid, m.sender_id);
+  seen(cid, m.sender_id, m.seq); // sending reads all before (the server's rule)
   const conv = convs.get(cid);
   if (conv) {
+    if (m.seq >= conv.last_seq) conv.last_message = m;
     conv.last_seq = Math.max(conv.last_seq, m.seq);
     if (Date.parse(m.created_at) > Date.parse(conv.last_activity_at)) conv.last_activity_at = m.created_at;
     if (mine) conv.last_read_seq = Math.max(conv.last_read_seq || 0, m.seq);
@@ -254,9 +264,7 @@ function onTyping({ conversation_id: cid, user_id: uid, expires_in: seconds }) {
 }
 
 function onRead({ conversation_id: cid, user_id: uid, seq }) {
-  if (!reads.has(cid)) reads.set(cid, new Map());
-  reads.get(cid).set(uid, Math.max(reads.get(cid).get(uid) || 0, seq));
-  emit("read", cid);
+  if (seen(cid, uid, seq)) emit("read", cid);
 }
 
 function onSynced({ conversation_id: cid, last_seq: seq }) {

@@ -50,7 +50,7 @@ function linkify(text) {
   return parts;
 }
 
-// -- dialogs -----------------------------------------------------------------------------------
+// -- dialogs
 
 function modal(main, title, body, opener) {
   const d = h("dialog", { class: "chat-dialog", "aria-labelledby": "dialog-title" }, h("h2", { id: "dialog-title" }, title), body);
@@ -128,7 +128,7 @@ async function pickMembers(main, opener, conv = null) {
   if (conv) (boxes.querySelector("input") || submit).focus();
 }
 
-// -- the conversation list ---------------------------------------------------------------------
+// -- the conversation list
 
 function conversationList(main, current) {
   const ul = h("ul", { class: "conv-list", "aria-label": "Conversations" });
@@ -142,8 +142,11 @@ function conversationList(main, current) {
   const links = new Map();
 
   function content(conv) {
-    const sub = typingText(conv.id) || (conv.kind === "group" ? `${conv.members.length} members` : "");
-    const status = peer(conv) && store.presence.get(peer(conv).id);
+    const other = peer(conv);
+    const m = conv.last_message;
+    const who = m && (m.sender_id === currentUser().id ? "You: " : other ? "" : `${store.nameOf(store.member(conv.id, m.sender_id))}: `);
+    const sub = typingText(conv.id) || (m ? who + (m.removed ? "Message removed" : m.text) : other ? "" : `${conv.members.length} members`);
+    const status = other && store.presence.get(other.id);
     const unread = conv.unread_count;
     return [face(conv),
       h("span", { class: "conv-main" }, h("span", { class: "conv-name" }, store.titleOf(conv)),
@@ -183,7 +186,7 @@ function conversationList(main, current) {
   };
 }
 
-// -- a thread ----------------------------------------------------------------------------------
+// -- a thread
 
 function thread(main, cid) {
   const me = currentUser().id;
@@ -233,7 +236,7 @@ function thread(main, cid) {
   function seen(conv, m) {
     const readers = conv ? store.others(conv).filter((u) => store.readBy(cid, u.id) >= m.seq) : [];
     if (!readers.length) return "Sent";
-    return conv.kind === "direct" ? "Seen" : `Seen by ${readers.map(store.nameOf).join(", ")}`;
+    return peer(conv) ? "Seen" : `Seen by ${readers.map(store.nameOf).join(", ")}`;
   }
 
   function fillMessage(li, m, status, showName, showTime) {
