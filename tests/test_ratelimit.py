@@ -498,7 +498,10 @@ async def test_each_action_has_its_own_limit(
         assert rate(resp)[0] == 2  # the tightest bucket is the action's own
     resp = await ACTIONS[rule](client, a, b)
     err = await expect_error(resp, 429, "rate_limited")
-    assert rule.replace("_", " ") in err["message"] and resp.headers["Retry-After"] == "1800"
+    assert rule.replace("_", " ") in err["message"]
+    # 1800 s until a token is back, less the time since the bucket was spent (a loaded machine
+    # may take over a second for the two actions: then 1799).
+    assert 1790 <= int(resp.headers["Retry-After"]) <= 1800
     resp = await ACTIONS[rule](client, b, a)  # someone else's bucket is full
     assert resp.status in (200, 201, 204)
 

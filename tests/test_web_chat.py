@@ -14,12 +14,8 @@ docs/screenshots/chat-desktop.png, chat-phone.png, chat-list-phone.png.
 from __future__ import annotations
 
 import re
-import secrets
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
-import requests
 from playwright.sync_api import Locator, Page, expect
 
 from tests.support.browser import (
@@ -31,60 +27,9 @@ from tests.support.browser import (
     web_cluster_fixture,  # noqa: F401 (the fixture "web_cluster")
     web_user_fixture,  # noqa: F401 (the fixture "web_user")
 )
+from tests.support.webapi import PASSWORD, User, befriend, log_in, person, register, rest
 
 pytestmark = pytest.mark.slow
-
-PASSWORD = "correct horse battery"
-
-
-@dataclass
-class User:
-    username: str
-    display_name: str
-    id: str = ""
-    token: str = ""
-
-
-def person(name: str) -> User:
-    return User(f"{name.lower()}_{secrets.token_hex(3)}", name)
-
-
-# -- REST, for what these tests take as given -----------------------------------------------
-
-
-def rest(base: str, method: str, path: str, user: User | None = None, **body: Any) -> Any:
-    headers = {"Authorization": f"Bearer {user.token}"} if user else {}
-    response = requests.request(
-        method, f"{base}/api/v1{path}", json=body or None, headers=headers, timeout=10
-    )
-    assert response.ok, response.text
-    return response.json() if response.content else {}
-
-
-def log_in(base: str, user: User) -> User:
-    """The user's id and a Bearer token, as a script gets them."""
-    out = rest(base, "POST", "/auth/login", login=user.username, password=PASSWORD)
-    user.id, user.token = out["user"]["id"], out["access_token"]
-    return user
-
-
-def register(base: str, user: User) -> User:
-    out = rest(
-        base,
-        "POST",
-        "/auth/register",
-        username=user.username,
-        email=f"{user.username}@example.org",
-        password=PASSWORD,
-        display_name=user.display_name,
-    )
-    user.id, user.token = out["user"]["id"], out["access_token"]
-    return user
-
-
-def befriend(base: str, one: User, other: User) -> None:
-    request = rest(base, "POST", "/friends/requests", one, user_id=other.id)
-    rest(base, "POST", f"/friends/requests/{request['id']}/accept", other)
 
 
 def direct(base: str, one: User, other: User) -> str:
