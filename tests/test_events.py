@@ -354,3 +354,20 @@ async def test_a_consumers_effect_is_on_disk_before_a_rabbitmq_ack(
     await write(client.app[keys.DB], aggregate(), "x")
     await settled(client)
     assert rec.commit_mode == ("on" if bus_config.amqp_url else "off")
+
+
+async def test_a_relay_stopped_in_the_turn_it_is_woken_still_stops(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    # `agora worker` hung on a SIGTERM right after starting: its relay was woken (by the LISTEN
+    # connection coming up) in the same loop turn as the stop's cancel, and asyncio.wait_for on
+    # Python 3.11 then returned instead of raising, so the relay never ended.
+    client = await node(make_client, bus_config, recorder())
+    await settled(client)
+    relay = client.app[keys.EVENTS].relay
+    assert relay is not None
+    for _ in range(5):
+        await asyncio.sleep(0.3)  # idle: waiting to be woken
+        relay.wake()
+        await asyncio.wait_for(relay.stop(), 10)
+        relay.start()

@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 
 from agora.clock import Clock
 from agora.storage.redis import Keys
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ class NodeRegistry:
         """Leave at once: score 0 marks this life dead, so the janitor clears up after it now
         rather than after the timeout."""
         self._stopped = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         try:
             await self.redis.zadd(self.keys.nodes, {self.node_id: 0}, xx=True)
         except (OSError, aioredis.RedisError):

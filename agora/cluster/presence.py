@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from agora.clock import Clock, Timer
 from agora.cluster.nodes import NodeRegistry
 from agora.storage.redis import Keys
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,7 @@ class Presence:
     async def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        tasks = [t for t in [self._refresher, self._placer, *self._tasks] if t]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([self._refresher, self._placer, *self._tasks])
 
     async def connected(self, user_id: int) -> None:
         count = self.local.get(user_id, 0) + 1

@@ -32,6 +32,7 @@ from agora.clock import Clock
 from agora.events.metrics import EventMetrics
 from agora.storage.db import Database, Tx
 from agora.storage.events import OutboxRow, OutboxStore
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,7 @@ class Listener:
         self._task = asyncio.create_task(self._run(), name=f"listen-{self.channel}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
         delay = 0.2
@@ -172,9 +171,7 @@ class Relay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         await self._listener.stop()
 
     def wake(self) -> None:
@@ -184,7 +181,8 @@ class Relay:
         failures = 0
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+                async with asyncio.timeout(self.poll):  # not wait_for: see agora.tasks
+                    await self._wake.wait()
                 # Let the commits of the next few milliseconds join this drain: one drain per
                 # commit cost every lane a claim and a read for a row or two.
                 await asyncio.sleep(GATHER)

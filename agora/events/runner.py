@@ -29,6 +29,7 @@ from agora.events.metrics import EventMetrics
 from agora.events.types import Event, UnknownEvent, decode_event
 from agora.storage.db import Database
 from agora.storage.events import OutboxStore
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,7 @@ class Runner:
 
     async def stop(self) -> None:
         """Stop taking deliveries; what is unacked is redelivered to whoever runs next."""
-        tasks = {t for t in (self._source_task, self._loop_task) if t} | self._tasks
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([self._source_task, self._loop_task, *self._tasks])
 
     @property
     def busy(self) -> bool:

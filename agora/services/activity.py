@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from agora.clock import Clock
 from agora.storage.redis import Keys
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class ActivityTracker:
 
     async def stop(self) -> None:
         """Stop the timer, flush what is pending and take this node's session count out."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         await self.flush(leaving=True)
 
     async def _run(self) -> None:

@@ -25,6 +25,7 @@ from agora.config import AuthConfig
 from agora.protocol.frames import CloseCode
 from agora.services.revocations import Revocations
 from agora.storage.accounts import PURGES, AccountStore
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,7 @@ class Periodic:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
         while True:

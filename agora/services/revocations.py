@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from agora.clock import Clock
 from agora.storage.accounts import AccountStore
 from agora.storage.redis import Keys, read_stream, stream_tail
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,7 @@ class Revocations:
 
     async def stop(self) -> None:
         self._stopped = True
-        tasks = [t for t in (self._task, self._retrier) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([self._task, self._retrier])
         if self._unsent:
             log.warning("stopping with %d revocation(s) never broadcast", len(self._unsent))
 

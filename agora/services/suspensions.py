@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from agora.clock import Clock
 from agora.storage.accounts import AccountStore
 from agora.storage.redis import Keys, read_stream, stream_tail
+from agora.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ class Suspensions:
         self._task = asyncio.create_task(self._follow(last_id), name="suspensions")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
 
     async def _follow(self, last_id: bytes) -> None:
         next_reload = self._clock.monotonic() + self._reload_every

@@ -1,0 +1,38 @@
+"""Stopping background tasks: the one way every component ends the tasks it started.
+
+A cancellation can be lost on Python 3.11: ``asyncio.wait_for`` (ours or a library's) returns
+its result instead of raising when the awaited thing completed in the same loop turn as the
+cancel (gh-86296, fixed in 3.12), and the task then goes on as if nothing happened. A stop that
+cancels once and waits would wait forever (seen: ``agora worker`` hung on SIGTERM right after
+starting, its relay woken by the LISTEN connection in that very turn). So a stop cancels again
+until the task ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RECANCEL = 0.5  # seconds a cancelled task gets before it is cancelled again
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Cancel ``tasks`` (None skipped) and return when every one of them has ended."""
+    pending = {t for t in tasks if t is not None}
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=RECANCEL)
+        for task in done:  # retrieved, so asyncio does not log it as never retrieved
+            if not task.cancelled():
+                task.exception()
+        if pending:
+            log.info("cancelling again: %s", ", ".join(_name(t) for t in pending))
+
+
+def _name(task: asyncio.Future[Any]) -> str:
+    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
