@@ -175,6 +175,30 @@ def _media(a: argparse.Namespace) -> dict[str, Any]:
         return run(media(services, options))
 
 
+def _mixed(a: argparse.Namespace) -> dict[str, Any]:
+    from bench.mixed import DEFAULT_MIX, MixedOptions, mixed, parse_mix, parse_sweep
+
+    options = MixedOptions(
+        nodes=a.nodes,
+        users=a.users,
+        friends=a.friends,
+        group_size=a.group_size,
+        posts_per_user=a.posts_per_user,
+        rate=a.rate,
+        duration=a.duration,
+        warmup=a.warmup,
+        mix=parse_mix(a.mix or DEFAULT_MIX),
+        hot=a.hot,
+        timeout=a.timeout,
+        rounds=a.rounds,
+        sweep=None if a.sweep is None else parse_sweep(a.sweep),
+        threshold_ms=a.threshold_ms,
+        seed=a.seed,
+    )
+    with resolved_services(need_redis=True) as services:
+        return run(mixed(services, options))
+
+
 def _load_options(p: argparse.ArgumentParser, concurrency: int = 50, duration: float = 30) -> None:
     p.add_argument("--concurrency", type=int, default=concurrency, help="connections")
     p.add_argument("--duration", type=float, default=duration, help="measured seconds")
@@ -309,6 +333,28 @@ def parser() -> argparse.ArgumentParser:
         help="imaging library for the node, as AGORA_MEDIA_LIBRARY (default: the node's own)",
     )
     s.set_defaults(func=_media)
+
+    s = sub.add_parser("mixed", help="connected users doing everything at once, open loop")
+    s.add_argument("--nodes", type=int, choices=(1, 2), default=1)
+    s.add_argument("--users", type=int, default=1000, help="users, one WebSocket each")
+    s.add_argument("--friends", type=int, default=10, help="friends per user, on a ring")
+    s.add_argument("--group-size", type=int, default=5, help="members of each user's group")
+    s.add_argument("--posts-per-user", type=int, default=2, help="posts made before the run")
+    s.add_argument("--rate", type=float, default=500, help="actions per second, all users")
+    s.add_argument("--duration", type=float, default=30, help="measured seconds per round")
+    s.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
+    s.add_argument(
+        "--mix",
+        help="weights of the kinds of action (default "
+        "feed=35,profile=10,post=5,react=15,comment=8,notifications=7,chat=20)",
+    )
+    s.add_argument("--hot", type=float, default=0.8, help="share of targets among newest posts")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds before an action fails")
+    s.add_argument("--rounds", type=int, default=1, help="rounds at --rate on the same set-up")
+    s.add_argument("--sweep", help="rates FROM:TO:STEP or A,B,C: one round each, ascending")
+    s.add_argument("--threshold-ms", type=float, default=200.0, help="the p99 goal")
+    s.add_argument("--seed", type=int, help="random seed (arrivals, users, kinds, targets)")
+    s.set_defaults(func=_mixed)
     return p
 
 
