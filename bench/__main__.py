@@ -176,7 +176,14 @@ def _media(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _mixed(a: argparse.Namespace) -> dict[str, Any]:
-    from bench.mixed import DEFAULT_MIX, MixedOptions, mixed, parse_mix, parse_sweep
+    from bench.mixed import (
+        DEFAULT_MIX,
+        MixedOptions,
+        check_options,
+        mixed,
+        parse_mix,
+        parse_sweep,
+    )
 
     options = MixedOptions(
         nodes=a.nodes,
@@ -195,6 +202,7 @@ def _mixed(a: argparse.Namespace) -> dict[str, Any]:
         threshold_ms=a.threshold_ms,
         seed=a.seed,
     )
+    check_options(options)
     with resolved_services(need_redis=True) as services:
         return run(mixed(services, options))
 

@@ -558,7 +558,7 @@ class _Mixed:
             key, body = exc.key, exc.body
         except TimeoutError:
             key, body = "timeout", f"no answer within {self.o.timeout:g}s"
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, msgspec.DecodeError) as exc:
             key, body = type(exc).__name__, str(exc)[:SAMPLE_CHARS]
         elapsed = perf_counter() - due
         r = self.round
@@ -709,7 +709,8 @@ class _Mixed:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
-def _check(o: MixedOptions) -> None:
+def check_options(o: MixedOptions) -> None:
+    """Refuse options that cannot run (before any service is started)."""
     if o.nodes not in (1, 2):
         raise BenchError("--nodes must be 1 or 2")
     if o.users < 3 or o.friends < 2 or o.friends >= o.users:
@@ -735,7 +736,7 @@ def _check(o: MixedOptions) -> None:
 
 async def mixed(services: Services, o: MixedOptions) -> dict[str, Any]:
     """Set up, run the rounds (or the sweep), clean up; return the report."""
-    _check(o)
+    check_options(o)
     limit = raise_nofile_limit()
     if 2 * o.users + HTTP_CONNECTIONS + 200 > limit:
         raise BenchError(f"RLIMIT_NOFILE is {limit}: too low for {o.users} sockets")

@@ -8,12 +8,8 @@ consistent, and that the seeded data is exactly what it claims to be.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,9 +22,13 @@ from bench.seed import remove_bench_data
 from bench.services import BENCH_RATE_LIMIT_SCALE, Services
 from bench.stats import Recorder
 from tests.conftest import JWT_SECRET
+from tests.support.bench import (
+    bench,
+    bench_env_fixture,  # noqa: F401 (the fixture "bench_env")
+    report,
+)
 from tests.support.services import ServiceSet
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = [
     "--users",
     "40",
@@ -43,52 +43,10 @@ SEED = [
 ]
 
 
-def bench(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60, ok: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m bench ...`` from the repository root."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGORA_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    """The one JSON object a command prints (nothing else may be on stdout)."""
-    data = json.loads(proc.stdout)
-    assert isinstance(data, dict)
-    return data
-
-
 def assert_latency(summary: dict[str, float | None]) -> None:
     p50, p99, p999, top = summary["p50"], summary["p99"], summary["p999"], summary["max"]
     assert p50 is not None and p99 is not None and p999 is not None and top is not None
     assert 0 <= p50 <= p99 <= p999 <= top
-
-
-@pytest.fixture(scope="module")
-def bench_env(
-    services: ServiceSet,
-    database_url: str,
-    redis_prefix: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, str]:
-    return {
-        "AGORA_DATABASE_URL": database_url,
-        "AGORA_REDIS_URL": services.redis_url,
-        "AGORA_REDIS_PREFIX": redis_prefix,
-        "AGORA_JWT_SECRET": JWT_SECRET,
-        "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("bench-var")),
-    }
 
 
 async def _query(database_url: str, sql: str) -> list[asyncpg.Record]:

@@ -13,25 +13,12 @@ from PIL import Image, ImageChops
 
 from agora.config import load_config
 from bench.media import PhotoJpeg, multipart, split_scan
-from tests.conftest import JWT_SECRET
-from tests.support.services import ServiceSet
-from tests.test_bench import assert_latency, bench, report
-
-
-@pytest.fixture(scope="module")
-def bench_env(
-    services: ServiceSet,
-    database_url: str,
-    redis_prefix: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, str]:
-    return {
-        "AGORA_DATABASE_URL": database_url,
-        "AGORA_REDIS_URL": services.redis_url,
-        "AGORA_REDIS_PREFIX": redis_prefix,
-        "AGORA_JWT_SECRET": JWT_SECRET,
-        "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("bench-media-var")),
-    }
+from tests.support.bench import (
+    bench,
+    bench_env_fixture,  # noqa: F401 (the fixture "bench_env")
+    report,
+)
+from tests.test_bench import assert_latency
 
 
 def test_every_upload_is_a_different_jpeg_of_the_same_photo() -> None:

@@ -16,25 +16,12 @@ from bench.corpus import _WORDS
 from bench.procs import BenchError
 from bench.search import KINDS, make_query, parse_kinds, search_path
 from bench.seed import LOREM
-from tests.conftest import JWT_SECRET
-from tests.support.services import ServiceSet
-from tests.test_bench import SEED, _remove_bench_data, assert_latency, bench, report
-
-
-@pytest.fixture(scope="module")
-def bench_env(
-    services: ServiceSet,
-    database_url: str,
-    redis_prefix: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, str]:
-    return {
-        "AGORA_DATABASE_URL": database_url,
-        "AGORA_REDIS_URL": services.redis_url,
-        "AGORA_REDIS_PREFIX": redis_prefix,
-        "AGORA_JWT_SECRET": JWT_SECRET,
-        "AGORA_DATA_DIR": str(tmp_path_factory.mktemp("bench-search-var")),
-    }
+from tests.support.bench import (
+    bench,
+    bench_env_fixture,  # noqa: F401 (the fixture "bench_env")
+    report,
+)
+from tests.test_bench import SEED, _remove_bench_data, assert_latency
 
 
 @pytest.fixture(scope="module")
