@@ -51,6 +51,7 @@ import msgspec
 
 from agora.clock import Clock
 from agora.services.tokens import TokenIssuer
+from agora.storage.migrations import migrate
 from bench.events import _cpu_figures, _cpu_mark
 from bench.fixtures import Account, create_accounts, delete_accounts, run_prefix
 from bench.nodes import start_nodes
@@ -764,6 +765,7 @@ async def mixed(services: Services, o: MixedOptions) -> dict[str, Any]:
         },
     }
     try:
+        await migrate(services.database_url)  # the users are made before any node starts
         accounts = await create_accounts(services, prefix, o.users)
         log(f"{len(accounts)} users {prefix}* with sessions and tokens created")
         procs = await start_nodes(services, o.nodes, AGORA_WS_RATE_LIMIT="0")
