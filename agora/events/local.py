@@ -155,35 +155,53 @@ class LocalSource:
             raise
 
     async def _run(self, deliver: Callable[[Delivery], None], room: Callable[[], int]) -> None:
+        """Lease when woken (a relay enqueued), when room opens after a full lease, or every
+        ``poll`` seconds; acks alone are deleted without leasing again. (Leasing after every
+        ack made two of every three leases come back empty: a quarter of PostgreSQL's time
+        under the mixed load went to them.)"""
+        lease = True
         while True:
-            try:
-                self._acked.clear()
-                await self._flush_acks()
-                free = room()
-                leased = await self._lease(free) if free else []
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("%s: reading its queue failed (%s); retrying", self.consumer, exc)
-                await asyncio.sleep(1.0)
-                continue
-            for delivery_id, body in leased:
-                self.held.add(delivery_id)
-                deliver(LocalDelivery(self, delivery_id, body))
-            if leased and len(leased) == free:
-                # Full: wait for acks (which also make room).
-                await self._acked.wait()
-                continue
-            if leased:
-                continue
+            if lease:
+                try:
+                    self._acked.clear()
+                    await self._flush_acks()
+                    free = room()
+                    leased = await self._lease(free) if free else []
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("%s: reading its queue failed (%s); retrying", self.consumer, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                for delivery_id, body in leased:
+                    self.held.add(delivery_id)
+                    deliver(LocalDelivery(self, delivery_id, body))
+                if not free or len(leased) == free:
+                    # Full (more may wait): lease again once acks make room.
+                    await self._acked.wait()
+                    continue
+            # What was there is leased: wait for a wake-up; meanwhile delete what is acked.
             wake = asyncio.ensure_future(self._wake.wait())
             acked = asyncio.ensure_future(self._acked.wait())
             try:
-                await asyncio.wait({wake, acked}, timeout=self.poll, return_when="FIRST_COMPLETED")
+                done, _ = await asyncio.wait(
+                    {wake, acked}, timeout=self.poll, return_when="FIRST_COMPLETED"
+                )
             finally:
                 wake.cancel()
                 acked.cancel()
-            self._wake.clear()
+            lease = wake in done or not done  # woken, or the poll's safety net
+            if lease:
+                self._wake.clear()
+            else:
+                self._acked.clear()
+                try:
+                    await self._flush_acks()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("%s: deleting acks failed (%s); retrying", self.consumer, exc)
+                    lease = True
 
 
 class LocalDeadLetters:
