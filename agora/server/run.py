@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Coroutine
@@ -67,6 +68,9 @@ def resolve(
     return config, embedded
 
 
+GC_YOUNG_THRESHOLD = 50_000
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when available."""
     try:
@@ -122,6 +126,7 @@ async def _serve(config: Config, host: str, port: int) -> int:
         await runner.cleanup()
         return 1
     log.info("node %s listening on http://%s:%d", config.node_id, host, port)
+    tune_gc()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,6 +135,16 @@ async def _serve(config: Config, host: str, port: int) -> int:
     await stop.wait()
     await drain(runner, app, config.shutdown_timeout)
     return 0
+
+
+def tune_gc() -> None:
+    """What was built at start-up (modules, routes, SQL, pools, the app) lives as long as the
+    process: moved out of the cyclic collector's sight, and the youngest generation collected
+    every 50,000 allocations instead of 700. Requests allocate many short-lived objects; with
+    the defaults the collector ran hundreds of times a second and took 8% of a node under the
+    mixed load (py-spy), most of it walking the same long-lived objects."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
 async def drain(runner: web.AppRunner, app: web.Application, timeout: float) -> None:
