@@ -636,14 +636,14 @@ async def test_a_failure_after_the_event_rolls_back_change_and_event(
         written.append(payload.type)
         raise RuntimeError("after the event")
 
+    post = await create_post(client, author, "before")
     monkeypatch.setattr("agora.storage.content.append", append_then_fail)
     with pytest.raises(RuntimeError, match="after the event"):
-        await PostStore(db).create(uid(author), "never", "public", [])
-    assert written == ["post.created"]
-    assert await events(pg, by=[author.id], type="post.created") == []
-    assert (
-        await pg.fetchval("SELECT count(*) FROM content.posts WHERE author_id = $1", uid(author))
-        == 0
+        await PostStore(db).update(int(post["id"]), "never", None, uid(author))
+    assert written == ["post.updated"]
+    assert await events(pg, about=[post["id"]], type="post.updated") == []
+    assert await pg.fetchval("SELECT text FROM content.posts WHERE id = $1", int(post["id"])) == (
+        "before"
     )
     monkeypatch.undo()
 
@@ -653,10 +653,35 @@ async def test_a_failure_after_the_event_rolls_back_change_and_event(
     monkeypatch.setattr("agora.storage.chat.append", append_then_fail)
     with pytest.raises(RuntimeError, match="after the event"):
         await ChatStore(db).add_members(int(cid_text), [uid(newcomer)], 250, actor_id=uid(users[0]))
-    assert written == ["post.created", "conversation.member_added"]
+    assert written == ["post.updated", "conversation.member_added"]
     assert await events(pg, about=[cid_text], type="conversation.member_added") == []
     members = await ChatStore(db).members_of([int(cid_text)])
     assert uid(newcomer) not in {m.id for m in members[int(cid_text)]}
+
+
+async def test_a_refused_one_statement_write_leaves_neither_change_nor_event(
+    client: TestClient, pg: asyncpg.Connection
+) -> None:
+    # Reacting, commenting and posting are one statement each, event included: the reaction
+    # refused by its CHECK takes its reaction.set with it.
+    author, fan = await register(client), await register(client)
+    post = await create_post(client, author, "hello", visibility="public")
+    db: Database = client.server.app[keys.DB]
+    with pytest.raises(asyncpg.CheckViolationError):
+        await PostStore(db).react(uid(fan), int(post["id"]), "meh")
+    assert await events(pg, about=[post["id"]], type="reaction.set") == []
+    assert (
+        await pg.fetchval(
+            "SELECT count(*) FROM content.reactions WHERE post_id = $1", int(post["id"])
+        )
+        == 0
+    )
+    # The same statement with a valid type writes both.
+    assert await PostStore(db).react(uid(fan), int(post["id"]), "like")
+    (event,) = await events(pg, about=[post["id"]], type="reaction.set")
+    assert payload_of(event) == ReactionSet(
+        post_id=int(post["id"]), post_author_id=uid(author), user_id=uid(fan), reaction="like"
+    )
 
 
 async def test_a_failed_commit_statement_stores_no_message_and_no_event(

@@ -22,7 +22,7 @@ from agora.services.presenters import comment_out, post_out
 from agora.services.roles import has_role
 from agora.services.wordfilter import WordFilter
 from agora.storage.accounts import AccountStore
-from agora.storage.content import CommentStore, MediaNotAttachable, PostStore
+from agora.storage.content import CommentStore, MediaNotAttachable, PostStore, Refused
 from agora.storage.db import MAX_ID
 
 
@@ -167,18 +167,24 @@ class PostService:
     # -- comments --------------------------------------------------------------------------------
 
     async def add_comment(self, viewer: int, post_id: int, body: CreateCommentIn) -> CommentOut:
+        parent_id = int(body.parent_id) if body.parent_id is not None else None
+        if not self.word_filter.matches(body.text):  # the usual comment: one statement
+            created = await self.comments.create_visible(viewer, post_id, parent_id, body.text)
+            if created is Refused.NO_PARENT:
+                raise invalid({"parent_id": "no such comment on this post"})
+            if isinstance(created, Refused):
+                raise not_found("post")
+            await self.feed.post_changed(post_id)
+            return comment_out(created)
+        # Held for review: written with its report in one transaction, seen by its author only.
         access = await self.posts.access(viewer, post_id)
         if access is None or not access.visible:
             raise not_found("post")
-        parent_id = int(body.parent_id) if body.parent_id is not None else None
         if parent_id is not None and await self.comments.post_of(parent_id) != post_id:
             raise invalid({"parent_id": "no such comment on this post"})
-        held = self.word_filter.matches(body.text)
-        comment_id = await self.comments.create(post_id, viewer, parent_id, body.text, held=held)
+        comment_id = await self.comments.create(post_id, viewer, parent_id, body.text, held=True)
         if comment_id is None:
             raise not_found("post")
-        if not held:
-            await self.feed.post_changed(post_id)
         comment = await self.comments.get(comment_id)
         assert comment is not None
         return comment_out(comment)

@@ -24,7 +24,7 @@ from agora.events.types import (
 )
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record
-from agora.storage.events import append
+from agora.storage.events import append, events_from
 from agora.storage.visibility import message_shown, users_hidden
 
 _CONVERSATION_COLUMNS = (
@@ -136,8 +136,6 @@ _STORED_FIELDS = {
     "text": "i.text",
     "created_at": """to_char(i.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""",
 }
-assert set(_STORED_FIELDS) == set(MessageStored.__struct_fields__)
-_STORED_PAYLOAD = ",\n               ".join(f"'{k}', {v}" for k, v in _STORED_FIELDS.items())
 # One statement for the waiting batches of many conversations: one round trip and one implicit
 # transaction. Per conversation it finds resent client ids, moves last_seq from what its owner
 # believes past the fresh messages, but only while the members are the ones the owner checked the
@@ -178,12 +176,15 @@ WITH batch AS (
     WHERE m.conversation_id = r.conversation_id AND m.user_id = r.sender_id
       AND m.last_read_seq < r.seq
 ), stored AS (
-    INSERT INTO events.outbox (type, aggregate, aggregate_id, actor_id, version, payload)
-    SELECT '{MessageStored.type}', '{MessageStored.aggregate}', i.conversation_id, i.sender_id, 1,
-           jsonb_build_object(
-               {_STORED_PAYLOAD})
-    FROM inserted i
-    ORDER BY i.conversation_id, i.seq
+    {
+    events_from(
+        MessageStored,
+        _STORED_FIELDS,
+        aggregate_id="i.conversation_id",
+        actor_id="i.sender_id",
+        source="inserted i ORDER BY i.conversation_id, i.seq",
+    )
+}
 )
 SELECT true AS fresh, i.* FROM inserted i
 UNION ALL

@@ -6,6 +6,7 @@ spliced into the SQL so that no query can forget a part of it.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,13 +26,13 @@ from agora.events.types import (
 from agora.protocol.content import ReactionType, Visibility
 from agora.storage.accounts import PUBLIC_USER_COLUMNS, PublicUser
 from agora.storage.db import Database, Record, Tx, id_floor
-from agora.storage.events import append
+from agora.storage.events import append, events_from
 from agora.storage.media import attach, delete_for_post
 from agora.storage.moderation import hold
 from agora.storage.visibility import comment_visible, post_visible, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
-_UPSERT_ATTEMPTS = 5  # see UPSERT_REACTION
+_UPSERT_ATTEMPTS = 5  # see REACT
 _COUNT_COLUMNS = tuple((t, f"{t}_count") for t in REACTION_TYPES)
 
 
@@ -84,6 +85,28 @@ INSERT_POST = """
 INSERT INTO content.posts (author_id, text, visibility, media_ids, held)
 VALUES ($1, $2, $3, $4, $5)
 RETURNING id
+"""
+# A post without media that the word filter let through, in one statement with its post.created.
+_POST_CREATED = events_from(
+    PostCreated,
+    {
+        "post_id": "i.id",
+        "author_id": "i.author_id",
+        "text": "i.text",
+        "visibility": "i.visibility",
+        "media_ids": "'[]'::jsonb",
+    },
+    aggregate_id="i.id",
+    actor_id="i.author_id",
+    source="ins i",
+)
+CREATE_POST = f"""
+WITH ins AS (
+    INSERT INTO content.posts (author_id, text, visibility, media_ids, held)
+    VALUES ($1, $2, $3, '{{}}', false)
+    RETURNING id, author_id, text, visibility
+), event AS ({_POST_CREATED})
+SELECT id FROM ins
 """
 HOLD_POST = "UPDATE content.posts SET held = true WHERE id = $1 AND NOT held RETURNING author_id"
 # A held post published by a moderator: its post.created is written then (not while held).
@@ -166,26 +189,45 @@ ORDER BY ranked.score DESC, p.id DESC
 )
 
 CHECK_VISIBLE = f"SELECT p.author_id, {VISIBLE} AS visible FROM content.posts p WHERE p.id = $2"
-# Set the user's reaction; `reaction` is the type set (NULL when it already was that type) and
-# `previous` the type it replaced. The user's row is locked before the upsert (prev is read
-# first: the insert's condition needs it), so `previous` is what the update replaced even when
-# another of the user's reactions committed meanwhile. Both NULL: the user's first reaction was
-# inserted by another transaction after prev looked; the update is then skipped and the caller
-# runs the statement again (it then finds and locks that row).
-UPSERT_REACTION = """
-WITH prev AS MATERIALIZED (
-    SELECT type FROM content.reactions WHERE post_id = $1 AND user_id = $2 FOR UPDATE
+DELETE_REACTION = """
+DELETE FROM content.reactions WHERE post_id = $1 AND user_id = $2 RETURNING type
+"""
+# Reacting in one statement, its event included ($1 the viewer, $2 the post, $3 the type).
+# `author_id` is NULL when the viewer may not see the post (nothing written). Otherwise
+# `reaction` is the type set (NULL when it already was that type) and `previous` the type it
+# replaced. The user's row is locked before the upsert (prev is read first: the insert's
+# condition needs it), so `previous` is what the update replaced even when another of the
+# user's reactions committed meanwhile. Both NULL: the user's first reaction was inserted by
+# another transaction after prev looked; the update is then skipped and the caller runs the
+# statement again (it then finds and locks that row). reaction.set is written when something
+# changed.
+_REACTION_SET = events_from(
+    ReactionSet,
+    {
+        "post_id": "$2::bigint",
+        "post_author_id": "t.author_id",
+        "user_id": "$1::bigint",
+        "reaction": "u.type",
+        "previous": "(SELECT type FROM prev)",
+    },
+    aggregate_id="$2::bigint",
+    actor_id="$1::bigint",
+    source="upsert u, target t",
+)
+REACT = f"""
+WITH target AS MATERIALIZED (
+    SELECT p.author_id FROM content.posts p WHERE p.id = $2 AND {VISIBLE}
+), prev AS MATERIALIZED (
+    SELECT type FROM content.reactions WHERE post_id = $2 AND user_id = $1 FOR UPDATE
 ), upsert AS (
     INSERT INTO content.reactions AS r (post_id, user_id, type)
-    SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT FROM prev WHERE prev.type = $3)
+    SELECT $2, $1, $3 FROM target WHERE NOT EXISTS (SELECT FROM prev WHERE prev.type = $3)
     ON CONFLICT (post_id, user_id) DO UPDATE SET type = EXCLUDED.type, created_at = now()
     WHERE r.type <> EXCLUDED.type AND EXISTS (SELECT FROM prev)
     RETURNING r.type
-)
-SELECT (SELECT type FROM upsert) AS reaction, (SELECT type FROM prev) AS previous
-"""
-DELETE_REACTION = """
-DELETE FROM content.reactions WHERE post_id = $1 AND user_id = $2 RETURNING type
+), event AS ({_REACTION_SET})
+SELECT (SELECT author_id FROM target) AS author_id, (SELECT type FROM upsert) AS reaction,
+       (SELECT type FROM prev) AS previous
 """
 
 _COMMENT_SELECT = f"""
@@ -223,6 +265,43 @@ FROM content.comments c JOIN content.posts p ON p.id = c.post_id
 WHERE c.id = $2
 """
 DELETE_COMMENT = "DELETE FROM content.comments WHERE id = $1 RETURNING post_id, author_id"
+# A comment (not held) in one statement, its event included ($1 the author, $2 the post, $3 the
+# parent or NULL, $4 the text): written only when the author may see the post and the parent
+# is a comment of that post; answers the comment with its author, or a row telling which check
+# failed (`post_author_id` NULL: no such post for this viewer; `parent_ok` false).
+_COMMENT_CREATED = events_from(
+    CommentCreated,
+    {
+        "comment_id": "i.id",
+        "post_id": "i.post_id",
+        "post_author_id": "t.author_id",
+        "author_id": "$1::bigint",
+        "parent_id": "i.parent_id",
+        "parent_author_id": "(SELECT author_id FROM parent)",
+        "text": "i.text",
+    },
+    aggregate_id="i.id",
+    actor_id="$1::bigint",
+    source="ins i, target t",
+)
+CREATE_COMMENT = f"""
+WITH target AS MATERIALIZED (
+    SELECT p.author_id FROM content.posts p WHERE p.id = $2 AND {VISIBLE}
+), parent AS MATERIALIZED (
+    SELECT c.author_id FROM content.comments c WHERE c.id = $3 AND c.post_id = $2
+), ins AS (
+    INSERT INTO content.comments (post_id, author_id, parent_id, text, held)
+    SELECT $2, $1, $3, $4, false FROM target
+    WHERE $3::bigint IS NULL OR EXISTS (SELECT FROM parent)
+    RETURNING id, post_id, parent_id, text, created_at
+), event AS ({_COMMENT_CREATED})
+SELECT (SELECT author_id FROM target) AS post_author_id,
+       ($3::bigint IS NULL OR EXISTS (SELECT FROM parent)) AS parent_ok,
+       i.id, i.post_id, i.parent_id, i.text, i.created_at, {PUBLIC_USER_COLUMNS}
+FROM (SELECT 1) one
+LEFT JOIN ins i ON true
+LEFT JOIN accounts.users u ON u.id = $1 AND i.id IS NOT NULL
+"""
 
 
 class PostMedia(msgspec.Struct, frozen=True, gc=False):
@@ -313,6 +392,13 @@ class CommentRow:
         )
 
 
+class Refused(enum.Enum):
+    """Why a one-statement write wrote nothing."""
+
+    NO_POST = "no such post"
+    NO_PARENT = "no such comment on this post"
+
+
 @dataclass(frozen=True, slots=True)
 class CommentAccess:
     author_id: int
@@ -336,6 +422,12 @@ class PostStore:
         the same transaction (:class:`MediaNotAttachable` and nothing written otherwise).
         ``held`` (the word filter matched): stored visible to its author only, with a report in
         the moderators' queue in the same transaction, and no post.created until published."""
+        if not media_ids and not held:  # the usual post: one statement, its event included
+            new_id: int = await self.db.fetchval(
+                "create_post", CREATE_POST, author_id, text, visibility
+            )
+            self.db.events_committed()
+            return new_id
         async with self.db.transaction("create_post") as tx:
             post_id: int = await tx.fetchval(
                 "insert_post", INSERT_POST, author_id, text, visibility, media_ids, held
@@ -510,43 +602,24 @@ class PostStore:
 
     async def react(self, viewer_id: int, post_id: int, kind: str) -> bool:
         """Set the viewer's reaction; False when the post is gone or not visible. A new or
-        changed reaction writes reaction.set; the same type again writes nothing."""
+        changed reaction writes reaction.set; the same type again writes nothing. One
+        statement (:data:`REACT`): no transaction left open between round trips, so the rows
+        it locks are held only while it runs and commits."""
         try:
-            async with self.db.transaction("react") as tx:
-                author_id = await self.visible_author(tx, viewer_id, post_id)
-                if author_id is None:
+            for _ in range(_UPSERT_ATTEMPTS):
+                row = await self.db.fetchrow("react", REACT, viewer_id, post_id, kind)
+                assert row is not None
+                if row["author_id"] is None:
                     return False
-                reaction, previous = await self._upsert_reaction(tx, viewer_id, post_id, kind)
-                if reaction is not None:
-                    await append(
-                        tx,
-                        ReactionSet(
-                            post_id=post_id,
-                            post_author_id=author_id,
-                            user_id=viewer_id,
-                            reaction=reaction,
-                            previous=previous,
-                        ),
-                        viewer_id,
-                    )
+                if row["reaction"] is not None:
+                    self.db.events_committed()
+                    break
+                if row["previous"] is not None:
+                    break  # already that type: nothing written
+                # Both NULL: the viewer's first reaction committed meanwhile (see REACT).
         except asyncpg.ForeignKeyViolationError:  # deleted meanwhile
             return False
         return True
-
-    @staticmethod
-    async def _upsert_reaction(
-        tx: Tx, viewer_id: int, post_id: int, kind: str
-    ) -> tuple[str | None, str | None]:
-        """(the type set or None when it was already set, the type it replaced)."""
-        reaction, previous = None, None
-        for _ in range(_UPSERT_ATTEMPTS):
-            row = await tx.fetchrow("upsert_reaction", UPSERT_REACTION, post_id, viewer_id, kind)
-            assert row is not None
-            reaction, previous = row["reaction"], row["previous"]
-            if reaction is not None or previous is not None:
-                break
-            # Both NULL: the viewer's first reaction committed meanwhile (see UPSERT_REACTION).
-        return reaction, previous
 
     async def unreact(self, viewer_id: int, post_id: int) -> bool:
         """Remove the viewer's reaction (reaction.removed when there was one); False when the
@@ -608,6 +681,28 @@ class CommentStore:
         except asyncpg.ForeignKeyViolationError:  # the post (or parent) was deleted meanwhile
             return None
         return comment_id
+
+    async def create_visible(
+        self, viewer_id: int, post_id: int, parent_id: int | None, text: str
+    ) -> CommentRow | Refused:
+        """A comment (not held) by ``viewer_id`` on a post they may see, under ``parent_id``
+        when that is a comment of the post, with its comment.created: one statement
+        (:data:`CREATE_COMMENT`). The new comment, or why nothing was written."""
+        try:
+            row = await self.db.fetchrow(
+                "create_comment", CREATE_COMMENT, viewer_id, post_id, parent_id, text
+            )
+        except asyncpg.ForeignKeyViolationError:  # the post (or parent) was deleted meanwhile
+            return Refused.NO_POST
+        assert row is not None
+        if row["post_author_id"] is None:
+            return Refused.NO_POST
+        if not row["parent_ok"]:
+            return Refused.NO_PARENT
+        if row["id"] is None:  # the post went between the statement's checks and its insert
+            return Refused.NO_POST
+        self.db.events_committed()
+        return CommentRow.of(row)
 
     async def get(self, comment_id: int) -> CommentRow | None:
         row = await self.db.fetchrow("get_comment", GET_COMMENT, comment_id)

@@ -7,6 +7,7 @@ so a rolled-back change leaves no event and a committed one always has its event
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,18 +23,19 @@ INSERT INTO events.outbox (type, aggregate, aggregate_id, actor_id, version, pay
 VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
 """
 # The relay's batch, in one transaction: claim the partitions of one lane (partition mod
-# lanes) that no other relay holds, then the oldest unsent rows of those partitions.
-CLAIM_PARTITIONS = """
-SELECT partition FROM events.relay_partitions WHERE partition % $1 = $2
-FOR UPDATE SKIP LOCKED
-"""
+# lanes) that no other relay holds, and (same statement) the oldest unsent rows of those
+# partitions; the claims hold until the transaction ends.
 EVENT_COLUMNS = """position, id, type, aggregate, aggregate_id, actor_id, occurred_at, version,
        payload::text AS payload"""
-UNSENT = f"""
+CLAIM = f"""
+WITH claimed AS MATERIALIZED (
+    SELECT partition FROM events.relay_partitions WHERE partition % $1 = $2
+    FOR UPDATE SKIP LOCKED
+)
 SELECT {EVENT_COLUMNS}
 FROM events.outbox
-WHERE sent_at IS NULL AND partition = ANY($1::smallint[])
-ORDER BY position LIMIT $2
+WHERE sent_at IS NULL AND partition IN (SELECT partition FROM claimed)
+ORDER BY position LIMIT $3
 """
 MARK_SENT = """
 UPDATE events.outbox SET sent_at = clock_timestamp() WHERE position = ANY($1::bigint[])
@@ -111,6 +113,29 @@ async def append(tx: Tx, payload: Payload, actor_id: int | None) -> None:
     )
 
 
+def events_from(
+    payload: type[Payload],
+    fields: Mapping[str, str],
+    *,
+    aggregate_id: str,
+    actor_id: str,
+    source: str,
+) -> str:
+    """An ``INSERT ... SELECT`` of one ``payload`` event per row of ``source`` (what follows
+    FROM: tables, joins, conditions, an ORDER BY), the payload built in SQL from ``fields``
+    (every field of the payload, as an SQL expression; RFC 3339 text for a datetime). For a
+    write that is one statement, its event included (a CTE of it): one round trip, no
+    transaction held open between statements. The caller tells the relay after it returns
+    (``Database.events_committed``), as a transaction does at commit."""
+    wanted = set(payload.__struct_fields__)
+    assert set(fields) == wanted, f"{payload.type}: fields {sorted(set(fields) ^ wanted)}"
+    body = ", ".join(f"'{k}', {v}" for k, v in fields.items())
+    return f"""INSERT INTO events.outbox (type, aggregate, aggregate_id, actor_id, version, payload)
+    SELECT '{payload.type}', '{payload.aggregate}', {aggregate_id}, {actor_id}, 1,
+           jsonb_build_object({body})
+    FROM {source}"""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     position: int
@@ -158,13 +183,7 @@ class OutboxStore:
     async def claim(self, tx: Tx, lanes: int, lane: int, limit: int) -> list[OutboxRow]:
         """Claim the free partitions of one lane for this transaction and read their oldest
         unsent events, in position order (within an aggregate: commit order)."""
-        claimed = [
-            r["partition"]
-            for r in await tx.fetch("claim_partitions", CLAIM_PARTITIONS, lanes, lane)
-        ]
-        if not claimed:
-            return []
-        rows = await tx.fetch("unsent_events", UNSENT, claimed, limit)
+        rows = await tx.fetch("claim_events", CLAIM, lanes, lane, limit)
         return [OutboxRow(r["position"], envelope(r), r["type"], r["id"]) for r in rows]
 
     async def mark_sent(self, tx: Tx, positions: list[int]) -> None:
