@@ -502,8 +502,9 @@ class NotificationService:
         self, me: int, unread_only: bool, cursor: str | None, limit: int
     ) -> NotificationPage:
         before = decode_cursor(cursor, CURSOR_KIND, before=int)
-        rows = await self.store.page(
-            me, unread_only, before["before"] if before else MAX_ID + 1, limit + 1
+        rows, unread = await asyncio.gather(  # neither waits for the other
+            self.store.page(me, unread_only, before["before"] if before else MAX_ID + 1, limit + 1),
+            self.store.unread_count(me),
         )
         more = len(rows) > limit
         shown = rows[:limit]
@@ -512,7 +513,7 @@ class NotificationService:
         return NotificationPage(
             items=items,
             next_cursor=encode_cursor(CURSOR_KIND, before=shown[-1].sort_key) if more else None,
-            unread_count=await self.store.unread_count(me),
+            unread_count=unread,
         )
 
     async def mark_read(self, me: int, body: ReadIn) -> None:

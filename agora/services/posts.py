@@ -6,6 +6,7 @@ answered exactly like one that does not exist (404), on every path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -65,8 +66,11 @@ class PostService:
             ) from None
         if held:  # its author alone sees it until a moderator publishes it: no fan-out yet
             return await self.get(author, post_id)
-        audience = await self.feed.post_created(author, post_id, body.visibility)
-        post = await self.get(author, post_id)
+        # The fan-out (friend list, then the feeds in Redis) and the read of the new post do not
+        # wait for each other.
+        audience, post = await asyncio.gather(
+            self.feed.post_created(author, post_id, body.visibility), self.get(author, post_id)
+        )
         if self.on_created is not None:  # the same audience: one friend list read, not two
             await self.on_created(post, [u for u in audience if u != author])
         return post

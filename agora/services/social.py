@@ -8,6 +8,7 @@ After a friendship starts or ends, both users' cached feeds are dropped and rebu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from datetime import UTC, datetime
@@ -189,13 +190,16 @@ class SocialService:
         """A profile, unless the user is suspended or one of the two blocks the other (404 both
         ways, the caller's own blocks included: GET /blocks lists those); with the caller's
         relationship to them when the caller is signed in and someone else."""
-        user = await self.accounts.get_visible_user(viewer, user_id)
-        if user is None:
-            raise not_found("user")
         if viewer is None or viewer == user_id:
+            user = await self.accounts.get_visible_user(viewer, user_id)
+            if user is None:
+                raise not_found("user")
             return profile_out(user, None)
-        rels = await self.store.relationships(viewer, [user_id])
-        if not rels:  # hidden since the line above
+        user, rels = await asyncio.gather(  # neither waits for the other
+            self.accounts.get_visible_user(viewer, user_id),
+            self.store.relationships(viewer, [user_id]),
+        )
+        if user is None or not rels:  # hidden (the two reads may straddle a block: 404 either way)
             raise not_found("user")
         return profile_out(user, rels[0])
 
