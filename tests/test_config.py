@@ -26,6 +26,7 @@ BAD_VALUES = {
     "AGORA_DB_POOL_MAX": "0",
     "AGORA_ACCESS_TOKEN_TTL": "0",
     "AGORA_REFRESH_TOKEN_TTL": "soon",
+    "AGORA_EVENTS_GATHER": "-0.1",
 }
 
 
@@ -44,6 +45,12 @@ def test_defaults_with_nothing_set() -> None:
     assert config.ws.max_sessions_per_user == 100
     assert config.amqp_url is None and config.elasticsearch_url is None
     assert config.data_dir.name == "var"
+
+
+def test_the_relays_gather_window_is_configurable() -> None:
+    assert load_config({}).events.gather == 0.005
+    assert load_config({"AGORA_EVENTS_GATHER": "0.05"}).events.gather == 0.05
+    assert load_config({"AGORA_EVENTS_GATHER": "0"}).events.gather == 0
 
 
 def test_token_lifetimes_are_configurable() -> None:

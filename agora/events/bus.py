@@ -81,7 +81,18 @@ class EventBus:
             self.dead_letters = LocalDeadLetters(self.store)
         self.outlet = outlet
         self.relay = (
-            Relay(db, self.store, outlet, dsn, clock, metrics, poll=config.poll) if relay else None
+            Relay(
+                db,
+                self.store,
+                outlet,
+                dsn,
+                clock,
+                metrics,
+                poll=config.poll,
+                gather=config.gather,
+            )
+            if relay
+            else None
         )
         self.runners = [self._runner(c, dsn) for c in consumers] if consume else []
         if isinstance(outlet, LocalOutlet):

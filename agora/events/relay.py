@@ -37,7 +37,6 @@ from agora.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 CHANNEL = "agora_outbox"
-GATHER = 0.005  # seconds a wake-up waits for more commits before draining
 LANES = 4  # partition groups drained at once
 BATCH = 1000  # events per batch (one transaction, one round of confirms)
 
@@ -149,6 +148,7 @@ class Relay:
         *,
         batch: int = BATCH,
         poll: float = 2.0,
+        gather: float = 0.005,
         lanes: int = LANES,
     ) -> None:
         self.db = db
@@ -158,6 +158,7 @@ class Relay:
         self.metrics = metrics
         self.batch = batch
         self.poll = poll
+        self.gather = gather  # seconds a wake-up waits for more commits before draining
         self.lanes = lanes
         self.broker_ready = False  # the outlet answered at the last attempt
         self.relayed = 0  # events this relay got through
@@ -185,7 +186,7 @@ class Relay:
                     await self._wake.wait()
                 # Let the commits of the next few milliseconds join this drain: one drain per
                 # commit cost every lane a claim and a read for a row or two.
-                await asyncio.sleep(GATHER)
+                await asyncio.sleep(self.gather)
             except TimeoutError:
                 pass
             self._wake.clear()
