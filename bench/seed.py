@@ -14,10 +14,11 @@ so a failed run leaves nothing behind. Shape of the data:
 - reactions and top-level comments on public and friends posts (popular posts get more), by
   friends of the author, after the post.
 
-The triggers that keep ``content.post_stats`` are switched off for the load when the role may
+The triggers that keep the post counters (``content.post_stats`` and the delta rows of
+``content.post_stat_deltas``, migration 0015) are switched off for the load when the role may
 (``session_replication_role = replica``, superusers only; otherwise they fire, slower), and
-``post_stats`` is then rebuilt for the bench posts with one aggregate ``INSERT ... ON CONFLICT``,
-exactly consistent with the rows either way.
+``post_stats`` is then rebuilt for the bench posts with one aggregate ``INSERT ... ON CONFLICT``
+after deleting their deltas in the same transaction, exactly consistent with the rows either way.
 """
 
 from __future__ import annotations
@@ -114,10 +115,11 @@ async def seed(
 
 async def remove_bench_data(conn: asyncpg.Connection) -> None:
     """Delete the bench users and what hangs off them (call inside a transaction). Counters of
-    bench posts go first, so the triggers on the reaction and comment deletes find no row to
-    update: cheaper, and a plain ``DELETE`` of many users at once trips over those triggers
-    updating a ``post_stats`` row whose post the same statement already deleted. Every foreign
-    key still cascades (no replica mode here: tables added later may reference these rows)."""
+    bench posts go first; the delta rows the triggers on the reaction and comment deletes write
+    for bench posts are deleted before the posts (the next fold would drop them anyway), while
+    those for other posts (reactions and comments by bench users) stay: they are real changes
+    of those posts' counts. Every foreign key still cascades (no replica mode here: tables
+    added later may reference these rows)."""
     await conn.execute(f"""
         CREATE TEMP TABLE old_users ON COMMIT DROP AS
             SELECT id FROM accounts.users WHERE {BENCH_USERS};
@@ -128,6 +130,7 @@ async def remove_bench_data(conn: asyncpg.Connection) -> None:
             WHERE post_id IN (SELECT id FROM old_posts) OR user_id IN (SELECT id FROM old_users);
         DELETE FROM content.comments
             WHERE post_id IN (SELECT id FROM old_posts) OR author_id IN (SELECT id FROM old_users);
+        DELETE FROM content.post_stat_deltas WHERE post_id IN (SELECT id FROM old_posts);
         DELETE FROM content.posts WHERE id IN (SELECT id FROM old_posts);
         DELETE FROM social.friendships
             WHERE user_id IN (SELECT id FROM old_users) OR friend_id IN (SELECT id FROM old_users);
@@ -280,6 +283,10 @@ async def _load(
         )
     at = lap("comments", at)
 
+    # The deltas the triggers wrote for bench posts (when they fired) are in the rebuilt rows.
+    await conn.execute("""
+        DELETE FROM content.post_stat_deltas
+        WHERE post_id IN (SELECT p.id FROM content.posts p JOIN bu ON bu.id = p.author_id)""")
     stats_rows = await _execute(
         conn,
         """

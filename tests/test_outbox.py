@@ -463,7 +463,7 @@ async def test_a_first_reaction_racing_another_reports_what_it_replaced(
         post_id=pid, post_author_id=uid(author), user_id=uid(fan), reaction="sad", previous="wow"
     )
     stats = await pg.fetchrow(
-        "SELECT wow_count, sad_count FROM content.post_stats WHERE post_id = $1", pid
+        "SELECT wow_count, sad_count FROM content.post_counts WHERE post_id = $1", pid
     )
     assert tuple(stats) == (0, 1)
 

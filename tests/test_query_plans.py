@@ -6,6 +6,8 @@ PostgreSQL falls back to a sequential scan (at a huge cost) when no index can se
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +68,7 @@ QUERIES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "feed ids": (content.FEED_IDS, (1, 2**53, 800)),
     "feed page": (content.FEED_PAGE, (1, 2**53, 21)),
     "top feed": (content.TOP_FEED, (1, NOW, 2**53, 0, float("inf"), 2**53, 200, 21, NOW)),
+    "fold counters": (content.FOLD_COUNTERS, (5000,)),
     "comments": (content.LIST_COMMENTS, (1, 2, 0, 20)),
     "comment access": (content.COMMENT_ACCESS, (1, 2)),
     "conversation for member": (chat.CONVERSATION_FOR_MEMBER, (1, 2)),
@@ -275,3 +278,41 @@ async def test_last_message_is_one_index_probe_per_conversation(
     assert "seq = c.last_seq" in message["Index Cond"], message
     if name == "conversations":
         assert sides["Outer"]["Node Type"] == "Limit", sides["Outer"]
+
+
+# A post's counters (content.post_counts, migration 0015): its post_stats row and the sum of its
+# pending deltas, each one index lookup per post, the sum run per post on the inner side of a
+# nested loop: never a scan of the deltas table, however many deltas other posts have.
+COUNTER_READS = {"post": 1, "posts by ids": 1, "user posts": 1, "feed page": 1, "top feed": 2}
+
+
+def _with_ancestors(
+    plan: dict[str, Any], ancestors: tuple[dict[str, Any], ...] = ()
+) -> Iterator[tuple[dict[str, Any], tuple[dict[str, Any], ...]]]:
+    yield plan, ancestors
+    for child in plan.get("Plans", []):
+        yield from _with_ancestors(child, (*ancestors, plan))
+
+
+@pytest.mark.parametrize("name", sorted(COUNTER_READS))
+async def test_counters_are_one_index_lookup_per_post(database_url: str, name: str) -> None:
+    sql, args = QUERIES[name]
+    plan = await _plan(database_url, sql, args, "force_generic_plan")
+    nodes = list(_with_ancestors(plan))
+    rows = {n["Alias"]: n for n, _ in nodes if n.get("Relation Name") == "post_stats"}
+    deltas = [(n, up) for n, up in nodes if n.get("Relation Name") == "post_stat_deltas"]
+    assert len(rows) == len(deltas) == COUNTER_READS[name], name
+    for row in rows.values():
+        assert (row["Node Type"], row["Index Name"]) == ("Index Scan", "post_stats_pkey"), row
+        assert row["Index Cond"].startswith(f"({row['Alias']}.post_id = "), row
+    summed = set()
+    for scan, (*_, loop, aggregate) in deltas:
+        index = scan if scan["Node Type"] != "Bitmap Heap Scan" else scan["Plans"][0]
+        assert index["Node Type"] in {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}, scan
+        assert index["Index Name"] == "post_stat_deltas_post", index
+        cond = re.fullmatch(rf"\({scan['Alias']}\.post_id = (\w+)\.post_id\)", index["Index Cond"])
+        assert cond is not None and cond[1] in rows, index["Index Cond"]  # this post's deltas
+        summed.add(cond[1])
+        assert (aggregate["Node Type"], aggregate["Parent Relationship"]) == ("Aggregate", "Inner")
+        assert loop["Node Type"] == "Nested Loop", loop
+    assert summed == set(rows)  # every post_stats row read has its own sum of deltas

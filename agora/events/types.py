@@ -231,7 +231,10 @@ class CommentDeleted(Payload, frozen=True, kw_only=True):
 
 class ReactionSet(Payload, frozen=True, kw_only=True):
     """A reaction added or changed (``previous`` is the type it replaced). The reactions of one
-    post are one aggregate, keyed by the post id (their counter row serializes them)."""
+    post are one aggregate, keyed by the post id. One user's reactions to a post are in commit
+    order (the user's reaction row serializes them); different users' reactions to one post
+    take no common lock (the post's counters are delta rows, migration 0015), so they are
+    independent and may commit, and be published, in either order."""
 
     type = "reaction.set"
     aggregate = "reactions"
@@ -246,6 +249,8 @@ class ReactionSet(Payload, frozen=True, kw_only=True):
 
 
 class ReactionRemoved(Payload, frozen=True, kw_only=True):
+    """A reaction taken back; ordered as :class:`ReactionSet` (one user's in commit order)."""
+
     type = "reaction.removed"
     aggregate = "reactions"
     post_id: int

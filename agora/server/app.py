@@ -97,6 +97,7 @@ from agora.storage.stats import StatsStore
 log = logging.getLogger(__name__)
 
 STEP_TIMEOUT = 3.0  # seconds one shutdown step may take before the node goes on without it
+COUNTER_FOLD_INTERVAL = 1.0  # seconds between folds of the post counters' deltas
 
 
 async def bounded(step: Coroutine[Any, Any, Any], what: str) -> None:
@@ -463,7 +464,8 @@ def consumers_for(
 
 
 async def _events(app: web.Application) -> AsyncIterator[None]:
-    """Outbox relay and event consumers (after _realtime: consumers push through the router)."""
+    """Outbox relay and event consumers (after _realtime: consumers push through the router),
+    and the counter fold, which shares their pool."""
     config = app[keys.CONFIG]
     assert config.database.url
     reach = RouterReach(app[keys.ROUTER], app[keys.PRESENCE])
@@ -491,6 +493,15 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
         consume=config.events.consumers,
     )
     bus.start()
+    # The counter fold (storage/content.py) on every node, on this pool: its commits need no
+    # WAL flush (a fold lost in a crash is lost whole, deltas and sums together).
+    fold = Periodic(
+        "counter-fold",
+        COUNTER_FOLD_INTERVAL,
+        app[keys.CLOCK],
+        PostStore(bus_db).fold_all_counters,
+    )
+    fold.start()
     app[keys.DB].events_committed = bus.committed  # the stores' commits wake the relay
     app[keys.EVENTS] = bus
     log.info(
@@ -500,6 +511,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
         f", consumers {', '.join(r.name for r in bus.runners)}" if bus.runners else "",
     )
     yield
+    await bounded(fold.stop(), "stopping the counter fold")
     await bounded(bus.stop(), "stopping the event relay and consumers")
     await bus_db.close()
 

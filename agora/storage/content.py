@@ -2,6 +2,11 @@
 
 Every read path filters with :func:`agora.storage.visibility.can_see`: the one visibility rule,
 spliced into the SQL so that no query can forget a part of it.
+
+A post's counters are its ``content.post_stats`` row plus its pending rows of
+``content.post_stat_deltas`` (one per comment or reaction change, written by triggers: no
+writer waits for another's commit), read together through the view ``content.post_counts``;
+:meth:`PostStore.fold_counters` moves the deltas into ``post_stats`` (migration 0015).
 """
 
 from __future__ import annotations
@@ -47,14 +52,16 @@ _MEDIA = """CASE WHEN cardinality(p.media_ids) = 0 THEN NULL ELSE (
 
 
 # One page of posts is one statement: the posts, their author, counters, the viewer's reaction
-# and the media. $1 is always the viewer (NULL when anonymous).
+# and the media. $1 is always the viewer (NULL when anonymous). Counters come from the view
+# content.post_counts (migration 0015): the post's post_stats row plus its pending deltas, one
+# index lookup of each per post, in the statement's one snapshot.
 def post_select(extra_columns: str = "") -> str:
     return f"""
 SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at, p.held,
        s.comment_count, s.like_count, s.love_count, s.haha_count, s.wow_count, s.sad_count,
        s.angry_count, r.type AS my_reaction, {PUBLIC_USER_COLUMNS}, {_MEDIA}{extra_columns}
 FROM content.posts p
-JOIN content.post_stats s ON s.post_id = p.id
+JOIN content.post_counts s ON s.post_id = p.id
 JOIN accounts.users u ON u.id = p.author_id
 LEFT JOIN content.reactions r ON r.post_id = p.id AND r.user_id = $1
 """
@@ -172,7 +179,7 @@ JOIN (
             ORDER BY q.id DESC LIMIT $7
         ) q
     ) c
-    JOIN content.post_stats st ON st.post_id = c.id
+    JOIN content.post_counts st ON st.post_id = c.id
     CROSS JOIN LATERAL (
         SELECT (1 + st.like_count + st.love_count + st.haha_count + st.wow_count + st.sad_count
                 + st.angry_count + 2 * st.comment_count)::float8
@@ -187,6 +194,56 @@ WHERE {VISIBLE}
 ORDER BY ranked.score DESC, p.id DESC
 """
 )
+
+# The counter fold (migration 0015): the comment and reaction triggers insert delta rows, and
+# this statement moves up to $1 of them into post_stats, all in one transaction: a fold lost in
+# a crash is lost whole (deltas and sums together), so the counts stay exact. Only one fold runs
+# at a time in the cluster (the advisory lock; `held` false: another one has it, nothing done).
+# The fold never waits for a lock: delta rows and post_stats rows held by another transaction
+# (a post being deleted) are skipped, and their deltas wait for the next fold, so it cannot
+# deadlock with a delete taking several posts' rows in another order. The deltas of a post whose
+# post_stats row is gone (the post was deleted) are deleted and counted nowhere. The snapshot is
+# taken before the lock: a delta the previous fold deleted after it is skipped by FOR UPDATE, and
+# the UPDATE adds to the newest post_stats row (READ COMMITTED re-reads it).
+FOLD_LOCK = "hashtextextended('agora.fold_counters', 0)"
+_SUMS = ", ".join(f"sum({c}) AS {c}" for c in ("comment_count", *dict(_COUNT_COLUMNS).values()))
+_ADD = ", ".join(f"{c} = s.{c} + m.{c}" for c in ("comment_count", *dict(_COUNT_COLUMNS).values()))
+FOLD_COUNTERS = f"""
+WITH lock AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock({FOLD_LOCK}) AS held
+), batch AS MATERIALIZED (
+    SELECT d.id, d.post_id FROM content.post_stat_deltas d
+    WHERE (SELECT held FROM lock)
+    ORDER BY d.id LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), posts AS MATERIALIZED (
+    SELECT array_agg(DISTINCT post_id) AS ids FROM batch
+), target AS MATERIALIZED (
+    SELECT s.post_id FROM content.post_stats s
+    WHERE s.post_id = ANY ((SELECT ids FROM posts)::bigint[])
+    FOR UPDATE SKIP LOCKED
+), gone AS MATERIALIZED (
+    SELECT unnest(ids) AS post_id FROM posts
+    EXCEPT
+    SELECT s.post_id FROM content.post_stats s
+    WHERE s.post_id = ANY ((SELECT ids FROM posts)::bigint[])
+), moved AS (
+    DELETE FROM content.post_stat_deltas d
+    WHERE d.id = ANY (ARRAY(
+        SELECT b.id FROM batch b
+        WHERE b.post_id IN (SELECT post_id FROM target UNION ALL SELECT post_id FROM gone)))
+    RETURNING d.*
+), sums AS (
+    SELECT post_id, {_SUMS} FROM moved GROUP BY post_id
+), added AS (
+    UPDATE content.post_stats s SET {_ADD}
+    FROM sums m WHERE s.post_id = m.post_id
+    RETURNING s.post_id
+)
+SELECT (SELECT held FROM lock) AS held, (SELECT count(*) FROM moved) AS moved,
+       (SELECT count(*) FROM added) AS posts
+"""
+FOLD_BATCH = 5000  # delta rows per fold statement
 
 CHECK_VISIBLE = f"SELECT p.author_id, {VISIBLE} AS visible FROM content.posts p WHERE p.id = $2"
 DELETE_REACTION = """
@@ -409,8 +466,11 @@ class CommentAccess:
 
 class PostStore:
     """Every write is one transaction with its events (agora.events.types), each written after
-    the statement of its change: that statement's row lock (the post's, or for reactions the
-    post's counter row) is held until commit, so one aggregate's events are in commit order."""
+    the statement of its change: that statement's row lock (the post's; for a reaction, the
+    reacting user's row of the post) is held until commit, so one post's events, and one user's
+    reactions to a post, are in commit order. Different users' reactions to one post share no
+    lock (the counters they change are delta rows, see :meth:`fold_counters`): they are
+    independent and may commit in either order."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -592,6 +652,27 @@ class PostStore:
             since,
         )
         return [(PostRow.of(r), r["score"]) for r in rows]
+
+    # -- counters --------------------------------------------------------------------------------
+
+    async def fold_counters(self, batch: int = FOLD_BATCH) -> int | None:
+        """Move up to ``batch`` pending counter deltas into ``content.post_stats`` (one
+        statement, :data:`FOLD_COUNTERS`): the number of delta rows moved, or None when another
+        fold holds the cluster-wide lock. Reads are exact before, during and after."""
+        row = await self.db.fetchrow("fold_counters", FOLD_COUNTERS, batch)
+        assert row is not None
+        return int(row["moved"]) if row["held"] else None
+
+    async def fold_all_counters(self, batch: int = FOLD_BATCH) -> int:
+        """Fold until a fold moves less than a full batch (or another node is folding): the
+        delta rows moved. The node runs this every second (``counter-fold`` in
+        agora/server/app.py)."""
+        total = 0
+        while (moved := await self.fold_counters(batch)) is not None:
+            total += moved
+            if moved < batch:
+                break
+        return total
 
     # -- reactions --------------------------------------------------------------------------
 
