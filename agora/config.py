@@ -98,7 +98,7 @@ class EventsConfig:
     retry_backoff: float = 0.5  # seconds before the first retry; doubled for each next one
     lease: float = 120.0  # in-process mode: seconds a taken delivery waits before redelivery
     poll: float = 2.0  # the relay and in-process queues look without a notification this often
-    gather: float = 0.005  # a woken relay waits this long for more commits to join its batch
+    gather: float = 0.005  # seconds between the starts of two relay drains, at least
     pool: int = 8  # connections of the relay (4 lanes) and consumers, apart from requests'
     retention: float = 7 * 24 * 3600.0  # sent events and handled-event records are kept this long
     purge_interval: float = 3600.0

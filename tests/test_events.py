@@ -371,3 +371,30 @@ async def test_a_relay_stopped_in_the_turn_it_is_woken_still_stops(
         relay.wake()
         await asyncio.wait_for(relay.stop(), 10)
         relay.start()
+
+
+async def test_drains_start_at_most_once_per_gather_window(
+    make_client: AppFactory, bus_config: Config
+) -> None:
+    # Under load the relay waits for the window to pass, so the commits of a busy moment share
+    # one drain (and each consumer one batch) instead of a drain every few milliseconds.
+    gathered = bus_config.with_overrides(events=replace(bus_config.events, gather=0.4))
+    rec = recorder()
+    client = await node(make_client, gathered, rec)
+    await settled(client)
+    relay = client.app[keys.EVENTS].relay
+    assert relay is not None
+    await asyncio.sleep(0.5)  # past the window of the start-up drain
+    db = client.app[keys.DB]
+    post_id = aggregate()
+    before = relay.drains
+    started = asyncio.get_running_loop().time()
+    for i in range(12):
+        await write(db, post_id, f"{i}")
+        await asyncio.sleep(0.05)
+    await settled(client)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert texts(rec, post_id) == [f"{i}" for i in range(12)]
+    # 12 commits over ~0.6 s: one drain per 0.4 s window (plus the one the settle may trigger),
+    # where the default window would have drained about once per commit.
+    assert relay.drains - before <= elapsed / 0.4 + 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from typing import Protocol
 
@@ -37,6 +38,7 @@ from agora.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 CHANNEL = "agora_outbox"
+GATHER_MIN = 0.005  # seconds a wake-up waits for more commits before draining
 LANES = 4  # partition groups drained at once
 BATCH = 1000  # events per batch (one transaction, one round of confirms)
 
@@ -148,7 +150,7 @@ class Relay:
         *,
         batch: int = BATCH,
         poll: float = 2.0,
-        gather: float = 0.005,
+        gather: float = GATHER_MIN,
         lanes: int = LANES,
     ) -> None:
         self.db = db
@@ -158,10 +160,11 @@ class Relay:
         self.metrics = metrics
         self.batch = batch
         self.poll = poll
-        self.gather = gather  # seconds a wake-up waits for more commits before draining
+        self.gather = gather  # seconds between the starts of two drains, at least
         self.lanes = lanes
         self.broker_ready = False  # the outlet answered at the last attempt
         self.relayed = 0  # events this relay got through
+        self.drains = 0  # drains started after a wake-up or poll
         self._wake = asyncio.Event()
         self._listener = Listener(dsn, CHANNEL, self._wake)
         self._task: asyncio.Task[None] | None = None
@@ -180,16 +183,22 @@ class Relay:
 
     async def _run(self) -> None:
         failures = 0
+        loop = asyncio.get_running_loop()
+        last = -math.inf  # when the last drain started
         while True:
             try:
                 async with asyncio.timeout(self.poll):  # not wait_for: see agora.tasks
                     await self._wake.wait()
-                # Let the commits of the next few milliseconds join this drain: one drain per
-                # commit cost every lane a claim and a read for a row or two.
-                await asyncio.sleep(self.gather)
+                # Let the commits of the next moments join this drain: at least GATHER_MIN after
+                # the wake-up (one drain per commit cost a claim and a read for a row or two),
+                # and drains start at most once per `gather` seconds: under load, fewer and
+                # larger batches for the relay and for every consumer behind it.
+                await asyncio.sleep(max(GATHER_MIN, last + self.gather - loop.time()))
             except TimeoutError:
                 pass
             self._wake.clear()
+            last = loop.time()
+            self.drains += 1
             try:
                 await self.drain()
                 failures = 0
