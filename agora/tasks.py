@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -36,3 +36,34 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
 
 def _name(task: asyncio.Future[Any]) -> str:
     return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+
+
+class Background:
+    """Work a request starts and does not wait for (live pushes of a new post): at most
+    ``limit`` running at once; past that the caller waits for its own (backpressure, not an
+    unbounded pile of tasks). Failures are logged; :meth:`stop` cancels what is left."""
+
+    def __init__(self, name: str, limit: int = 1000) -> None:
+        self.name = name
+        self.limit = limit
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, work: Coroutine[Any, Any, None]) -> None:
+        if len(self._tasks) >= self.limit:
+            await work
+            return
+        task = asyncio.create_task(work, name=self.name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("%s failed", self.name, exc_info=exc)
+
+    async def stop(self) -> None:
+        await cancel_and_wait(list(self._tasks))

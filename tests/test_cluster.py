@@ -21,7 +21,7 @@ from agora.config import ClusterConfig
 from agora.errors import AppError, ErrorCode
 from agora.server import keys
 from tests.conftest import JWT_SECRET
-from tests.support.api import PASSWORD, User, befriend, group, register
+from tests.support.api import PASSWORD, User, befriend, create_post, group, register
 from tests.support.node import NodeProcess
 from tests.support.services import ServiceSet
 from tests.support.ws import WsClient
@@ -171,6 +171,31 @@ async def test_a_new_session_is_told_which_friends_are_online_on_any_node(make_c
     assert arrived["status"] == "online"
     await mine.quiet("presence", 0.5)
     for ws in [*others, late, mine]:
+        await ws.close()
+
+
+async def test_a_new_post_reaches_online_friends_on_any_node_after_its_answer(make_client) -> None:  # type: ignore[no-untyped-def]
+    # The post frames go out in the background once the author has the 201 (agora.tasks
+    # .Background): every online friend still gets one, on either node; strangers and the
+    # author get none, and a private post reaches nobody.
+    n1, n2 = await _two_nodes(make_client)
+    author, near, far, stranger = [await register(n1) for _ in range(4)]
+    for friend in (near, far):
+        await befriend(n1, author, friend)
+    sockets = {
+        "near": await WsClient.connect(n1, near.access),
+        "far": await WsClient.connect(n2, far.access),
+        "stranger": await WsClient.connect(n2, stranger.access),
+        "author": await WsClient.connect(n1, author.access),
+    }
+    post = await create_post(n1, author, "live", visibility="friends")
+    for name in ("near", "far"):
+        frame = await sockets[name].expect("post", timeout=5)
+        assert frame["post"]["id"] == post["id"] and frame["post"]["text"] == "live"
+    await create_post(n1, author, "just me", visibility="private")
+    for ws in sockets.values():
+        await ws.quiet("post", 0.5)
+    for ws in sockets.values():
         await ws.close()
 
 

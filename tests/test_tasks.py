@@ -47,3 +47,36 @@ async def test_a_task_cancelled_before_it_ran_and_an_ended_one() -> None:
     await cancel_and_wait([fresh])
     assert fresh.cancelled() and not ran
     await cancel_and_wait([fresh])  # already ended: returns at once
+
+
+async def test_background_work_is_bounded_and_stopped(caplog: pytest.LogCaptureFixture) -> None:
+    from agora.tasks import Background
+
+    background = Background("test", limit=2)
+    gate = asyncio.Event()
+    done: list[int] = []
+
+    async def work(i: int) -> None:
+        await gate.wait()
+        done.append(i)
+
+    async def fail() -> None:
+        raise RuntimeError("boom")
+
+    await background.run(work(1))
+    await background.run(work(2))
+    assert background.running == 2 and done == []  # started, not awaited
+    third = asyncio.create_task(background.run(work(3)))  # over the limit: runs in the caller
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    gate.set()
+    await third
+    assert sorted(done) == [1, 2, 3] or done[-1] == 3
+    await asyncio.sleep(0)
+    await background.run(fail())
+    await asyncio.sleep(0.01)
+    assert "test failed" in caplog.text and background.running == 0
+    gate.clear()
+    await background.run(work(4))
+    await asyncio.wait_for(background.stop(), 5)
+    assert background.running == 0 and 4 not in done

@@ -384,6 +384,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     # behind, so the node still stops and closes its pools.
     unsubscribe()
     await sessions.wait_cleanups(STEP_TIMEOUT)
+    await bounded(realtime.stop(), "stopping post pushes")
     router.leaving = True
     await bounded(nodes.stop(), "leaving the cluster")
     router.announce(joined=False)
