@@ -107,13 +107,19 @@ _POST_CREATED = events_from(
     actor_id="i.author_id",
     source="ins i",
 )
+# Answers the new post as `post_select` would (nothing counted yet, no reaction, no media), so
+# no read follows.
 CREATE_POST = f"""
 WITH ins AS (
     INSERT INTO content.posts (author_id, text, visibility, media_ids, held)
     VALUES ($1, $2, $3, '{{}}', false)
-    RETURNING id, author_id, text, visibility
+    RETURNING id, author_id, text, visibility, media_ids, created_at, updated_at, held
 ), event AS ({_POST_CREATED})
-SELECT id FROM ins
+SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at, p.held,
+       0 AS comment_count, 0 AS like_count, 0 AS love_count, 0 AS haha_count, 0 AS wow_count,
+       0 AS sad_count, 0 AS angry_count, NULL::text AS my_reaction, {PUBLIC_USER_COLUMNS},
+       NULL::json AS media
+FROM ins p JOIN accounts.users u ON u.id = p.author_id
 """
 HOLD_POST = "UPDATE content.posts SET held = true WHERE id = $1 AND NOT held RETURNING author_id"
 # A held post published by a moderator: its post.created is written then (not while held).
@@ -482,12 +488,8 @@ class PostStore:
         the same transaction (:class:`MediaNotAttachable` and nothing written otherwise).
         ``held`` (the word filter matched): stored visible to its author only, with a report in
         the moderators' queue in the same transaction, and no post.created until published."""
-        if not media_ids and not held:  # the usual post: one statement, its event included
-            new_id: int = await self.db.fetchval(
-                "create_post", CREATE_POST, author_id, text, visibility
-            )
-            self.db.events_committed()
-            return new_id
+        if not media_ids and not held:
+            return (await self.create_plain(author_id, text, visibility)).id
         async with self.db.transaction("create_post") as tx:
             post_id: int = await tx.fetchval(
                 "insert_post", INSERT_POST, author_id, text, visibility, media_ids, held
@@ -509,6 +511,14 @@ class PostStore:
                 author_id,
             )
         return post_id
+
+    async def create_plain(self, author_id: int, text: str, visibility: str) -> PostRow:
+        """The usual post (no media, not held by the word filter): one statement, its
+        post.created included, answering the new post as its author sees it."""
+        row = await self.db.fetchrow("create_post", CREATE_POST, author_id, text, visibility)
+        assert row is not None
+        self.db.events_committed()
+        return PostRow.of(row)
 
     async def get(self, viewer_id: int | None, post_id: int) -> PostRow | None:
         row = await self.db.fetchrow("get_post", GET_POST, viewer_id, post_id)
