@@ -28,7 +28,6 @@ unless ``AGORA_EVENTS_EXCHANGE`` is set.
 from __future__ import annotations
 
 import asyncio
-import glob
 import math
 import os
 import random
@@ -54,7 +53,7 @@ from agora.services.tokens import TokenIssuer
 from bench.corpus import COMMENT_CHARS, POST_CHARS, filler
 from bench.httpclient import ProtocolError, ResponseParser, split_url
 from bench.nodes import start_nodes
-from bench.procs import BenchError, ServerProcess, log, own_cpu_seconds
+from bench.procs import BenchError, ServerProcess, cpu_by_process, log, own_cpu_seconds
 from bench.seed import BENCH_USERS, REACTION_MIX
 from bench.services import Services
 from bench.stats import Recorder, per_second
@@ -1269,17 +1268,7 @@ def _cpu_figures(before: _CpuMark, after: _CpuMark, known_pct: float) -> dict[st
 def _cpu_by_comm(names: Iterable[str]) -> dict[str, float]:
     """CPU seconds used so far by the processes with these command names (a process that ends
     between two readings takes its time with it: PostgreSQL backends of closed connections)."""
-    wanted = set(names)
-    out = dict.fromkeys(wanted, 0.0)
-    ticks = os.sysconf("SC_CLK_TCK")
-    for path in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(path) as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
-        if comm in wanted:
-            fields = raw.rsplit(")", 1)[1].split()
-            out[comm] += (int(fields[11]) + int(fields[12])) / ticks
+    out = dict.fromkeys(set(names), 0.0)
+    for (_, _, comm), seconds in cpu_by_process(out).items():
+        out[comm] += seconds
     return out

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import glob
 import itertools
 import math
-import os
 import random
 import secrets
 import time
@@ -55,7 +53,14 @@ from agora.storage.migrations import migrate
 from bench.events import _cpu_figures, _cpu_mark
 from bench.fixtures import Account, create_accounts, delete_accounts, run_prefix
 from bench.nodes import start_nodes
-from bench.procs import BenchError, ServerProcess, log, own_cpu_seconds, raise_nofile_limit
+from bench.procs import (
+    BenchError,
+    ServerProcess,
+    cpu_by_process,
+    log,
+    own_cpu_seconds,
+    raise_nofile_limit,
+)
 from bench.rawws import RawWebSocket, connect_all
 from bench.services import Services
 from bench.stats import Recorder, per_second
@@ -277,26 +282,13 @@ def _summary(recorder: Recorder) -> dict[str, float | None]:
     return {"p50": s["p50"], "p99": s["p99"], "max": s["max"]}
 
 
-def _postgres_cpu() -> dict[tuple[int, str], float]:
-    """CPU seconds so far of every process named ``postgres`` on the machine, keyed by pid and
-    start time (a pid reused between two readings is another process)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[tuple[int, str], float] = {}
-    for path in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(path) as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        if raw[raw.find("(") + 1 : raw.rfind(")")] != "postgres":
-            continue
-        fields = raw.rsplit(")", 1)[1].split()
-        out[(int(path.split("/")[2]), fields[19])] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
+def _postgres_cpu() -> dict[tuple[int, str, str], float]:
+    """CPU seconds so far of every process named ``postgres`` on the machine."""
+    return cpu_by_process(["postgres"])
 
 
 def postgres_cpu_between(
-    before: dict[tuple[int, str], float], after: dict[tuple[int, str], float]
+    before: dict[tuple[int, str, str], float], after: dict[tuple[int, str, str], float]
 ) -> float:
     """CPU seconds PostgreSQL used between two readings: every process alive at the second, less
     what it had used at the first (a backend that started in between counts whole; one that

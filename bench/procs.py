@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import glob
 import os
 import resource
 import signal
@@ -19,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import uvloop
@@ -69,6 +70,26 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def cpu_by_process(names: Iterable[str]) -> dict[tuple[int, str, str], float]:
+    """CPU seconds used so far by every process whose command name is one of ``names``, keyed
+    by (pid, start time, name): a pid reused between two readings is another process."""
+    wanted = set(names)
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[int, str, str], float] = {}
+    for path in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(path) as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
+        if comm in wanted:
+            fields = raw.rsplit(")", 1)[1].split()
+            key = (int(path.split("/")[2]), fields[19], comm)
+            out[key] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def own_cpu_seconds() -> float:
