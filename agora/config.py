@@ -102,6 +102,7 @@ class EventsConfig:
     pool: int = 8  # connections of the relay (4 lanes) and consumers, apart from requests'
     retention: float = 7 * 24 * 3600.0  # sent events and handled-event records are kept this long
     purge_interval: float = 3600.0
+    vacuum_interval: float = 5.0  # seconds between VACUUMs of the churning event tables
 
 
 @dataclass(frozen=True)
@@ -591,6 +592,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                 "pool": ("AGORA_EVENTS_DB_POOL", POSITIVE_INT),
                 "retention": ("AGORA_EVENTS_RETENTION", SECONDS),
                 "purge_interval": ("AGORA_EVENTS_PURGE_INTERVAL", SECONDS),
+                "vacuum_interval": ("AGORA_EVENTS_VACUUM_INTERVAL", SECONDS),
             },
         )
     )

@@ -398,3 +398,29 @@ async def test_drains_start_at_most_once_per_gather_window(
     # 12 commits over ~0.6 s: one drain per 0.4 s window (plus the one the settle may trigger),
     # where the default window would have drained about once per commit.
     assert relay.drains - before <= elapsed / 0.4 + 2
+
+
+async def test_the_churning_tables_are_vacuumed_by_one_node_at_a_time(
+    make_client: AppFactory, bus_config: Config, database_url: str
+) -> None:
+    from agora.events.bus import CHURNING_TABLES, VACUUM_LOCK
+
+    client = await node(make_client, bus_config, recorder())
+    bus = client.app[keys.EVENTS]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.fetchval("SELECT pg_advisory_lock($1)", VACUUM_LOCK)  # another node at it
+        assert await bus.vacuum_once() is False
+        await conn.fetchval("SELECT pg_advisory_unlock($1)", VACUUM_LOCK)
+        before = await conn.fetchval("SELECT now()")
+        assert await bus.vacuum_once() is True
+        for table in CHURNING_TABLES:
+            schema, name = table.split(".")
+            last = await conn.fetchval(
+                "SELECT last_vacuum FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+                schema,
+                name,
+            )
+            assert last is not None and last >= before, table
+    finally:
+        await conn.close()
