@@ -135,8 +135,15 @@ class Database(_Runner):
     ) -> Database:
         """``durable_commits=False``: this pool's commits return before their WAL is flushed
         (``synchronous_commit = off``), for work that is redone after a crash anyway.
-        ``settings``: more session settings of every connection (for a pool of one purpose)."""
+        ``settings``: more session settings of every connection (for a pool of one purpose).
+
+        Statements are planned once per connection (``plan_cache_mode = force_generic_plan``):
+        left to choose, PostgreSQL kept planning some statements on every execution (the chat
+        commit, the notifications consumer's, the relationship lookup), and under bench mixed
+        planning took a fifth as long as executing. tests/test_query_plans.py checks every
+        statement's generic plan; search, whose plans depend on the words, sets its own."""
         settings = {
+            "plan_cache_mode": "force_generic_plan",
             **(settings or {}),
             **({} if durable_commits else {"synchronous_commit": "off"}),
         }
