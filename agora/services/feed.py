@@ -164,15 +164,20 @@ class FeedService:
 
     # -- keeping the caches right -------------------------------------------------------------
 
-    async def _audience(self, author: int, visibility: str) -> list[int]:
+    async def _audience(
+        self, author: int, visibility: str, friends: list[int] | None = None
+    ) -> list[int]:
         """Whose feeds hold a post: the author's, and the friends' unless it is private."""
         if visibility == "private":
             return [author]
-        return [author, *await self.social.friend_ids(author)]
+        return [author, *(await self.social.friend_ids(author) if friends is None else friends)]
 
-    async def post_created(self, author: int, post_id: int, visibility: str) -> list[int]:
-        """Fan the post out to its audience's feeds; return that audience (the author first)."""
-        audience = await self._audience(author, visibility)
+    async def post_created(
+        self, author: int, post_id: int, visibility: str, friends: list[int] | None = None
+    ) -> list[int]:
+        """Fan the post out to its audience's feeds; return that audience (the author first).
+        ``friends``: the author's, when the caller already has them."""
+        audience = await self._audience(author, visibility, friends)
         self.invalidator.viewers(audience)
         if self.cache.enabled:
             await self._guard(self.cache.add(audience, post_id))

@@ -57,10 +57,9 @@ class PostService:
         media_ids = [int(m) for m in dict.fromkeys(body.media_ids)]
         held = self.word_filter.matches(body.text)
         if not media_ids and not held:  # the usual post: one statement, no read after it
-            post = post_out(
-                await self.posts.create_plain(author, body.text, body.visibility), self.urls
-            )
-            audience = await self.feed.post_created(author, int(post.id), body.visibility)
+            row, friends = await self.posts.create_plain(author, body.text, body.visibility)
+            post = post_out(row, self.urls)
+            audience = await self.feed.post_created(author, row.id, body.visibility, friends)
             if self.on_created is not None:  # the same audience: one friend list read, not two
                 await self.on_created(post, [u for u in audience if u != author])
             return post

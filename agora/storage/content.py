@@ -34,6 +34,7 @@ from agora.storage.db import Database, Record, Tx, id_floor
 from agora.storage.events import append, events_from
 from agora.storage.media import attach, delete_for_post
 from agora.storage.moderation import hold
+from agora.storage.social import FRIEND_IDS
 from agora.storage.visibility import comment_visible, post_visible, users_hidden
 
 REACTION_TYPES = ("like", "love", "haha", "wow", "sad", "angry")
@@ -107,8 +108,8 @@ _POST_CREATED = events_from(
     actor_id="i.author_id",
     source="ins i",
 )
-# Answers the new post as `post_select` would (nothing counted yet, no reaction, no media), so
-# no read follows.
+# Answers the new post as `post_select` would (nothing counted yet, no reaction, no media), and
+# the author's friends (its audience, for the feed fan-out), so no read follows.
 CREATE_POST = f"""
 WITH ins AS (
     INSERT INTO content.posts (author_id, text, visibility, media_ids, held)
@@ -118,7 +119,7 @@ WITH ins AS (
 SELECT p.id, p.author_id, p.text, p.visibility, p.media_ids, p.created_at, p.updated_at, p.held,
        0 AS comment_count, 0 AS like_count, 0 AS love_count, 0 AS haha_count, 0 AS wow_count,
        0 AS sad_count, 0 AS angry_count, NULL::text AS my_reaction, {PUBLIC_USER_COLUMNS},
-       NULL::json AS media
+       NULL::json AS media, ARRAY({FRIEND_IDS}) AS friend_ids
 FROM ins p JOIN accounts.users u ON u.id = p.author_id
 """
 HOLD_POST = "UPDATE content.posts SET held = true WHERE id = $1 AND NOT held RETURNING author_id"
@@ -489,7 +490,7 @@ class PostStore:
         ``held`` (the word filter matched): stored visible to its author only, with a report in
         the moderators' queue in the same transaction, and no post.created until published."""
         if not media_ids and not held:
-            return (await self.create_plain(author_id, text, visibility)).id
+            return (await self.create_plain(author_id, text, visibility))[0].id
         async with self.db.transaction("create_post") as tx:
             post_id: int = await tx.fetchval(
                 "insert_post", INSERT_POST, author_id, text, visibility, media_ids, held
@@ -512,13 +513,16 @@ class PostStore:
             )
         return post_id
 
-    async def create_plain(self, author_id: int, text: str, visibility: str) -> PostRow:
+    async def create_plain(
+        self, author_id: int, text: str, visibility: str
+    ) -> tuple[PostRow, list[int]]:
         """The usual post (no media, not held by the word filter): one statement, its
-        post.created included, answering the new post as its author sees it."""
+        post.created included, answering the new post as its author sees it and the author's
+        friends."""
         row = await self.db.fetchrow("create_post", CREATE_POST, author_id, text, visibility)
         assert row is not None
         self.db.events_committed()
-        return PostRow.of(row)
+        return PostRow.of(row), list(row["friend_ids"])
 
     async def get(self, viewer_id: int | None, post_id: int) -> PostRow | None:
         row = await self.db.fetchrow("get_post", GET_POST, viewer_id, post_id)
