@@ -60,7 +60,7 @@ class PostService:
             row, friends = await self.posts.create_plain(author, body.text, body.visibility)
             post = post_out(row, self.urls)
             audience = await self.feed.post_created(author, row.id, body.visibility, friends)
-            if self.on_created is not None:  # the same audience: one friend list read, not two
+            if self.on_created is not None:  # live frames to the fan-out's audience
                 await self.on_created(post, [u for u in audience if u != author])
             return post
         try:
