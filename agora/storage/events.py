@@ -23,19 +23,22 @@ INSERT INTO events.outbox (type, aggregate, aggregate_id, actor_id, version, pay
 VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
 """
 # The relay's batch, in one transaction: claim the partitions of one lane (partition mod
-# lanes) that no other relay holds, and (same statement) the oldest unsent rows of those
-# partitions; the claims hold until the transaction ends.
+# lanes) that no other relay holds, then the oldest unsent rows of those partitions. Two
+# statements, not one: the read must take its snapshot after the claim. In one statement the
+# snapshot predates the locks, so a relay that waited out another's claim read as unsent the
+# rows the other had just marked sent, and published them again (test_events' two relays saw
+# duplicates).
+CLAIM_PARTITIONS = """
+SELECT partition FROM events.relay_partitions WHERE partition % $1 = $2
+FOR UPDATE SKIP LOCKED
+"""
 EVENT_COLUMNS = """position, id, type, aggregate, aggregate_id, actor_id, occurred_at, version,
        payload::text AS payload"""
-CLAIM = f"""
-WITH claimed AS MATERIALIZED (
-    SELECT partition FROM events.relay_partitions WHERE partition % $1 = $2
-    FOR UPDATE SKIP LOCKED
-)
+UNSENT = f"""
 SELECT {EVENT_COLUMNS}
 FROM events.outbox
-WHERE sent_at IS NULL AND partition IN (SELECT partition FROM claimed)
-ORDER BY position LIMIT $3
+WHERE sent_at IS NULL AND partition = ANY($1::smallint[])
+ORDER BY position LIMIT $2
 """
 MARK_SENT = """
 UPDATE events.outbox SET sent_at = clock_timestamp() WHERE position = ANY($1::bigint[])
@@ -183,7 +186,13 @@ class OutboxStore:
     async def claim(self, tx: Tx, lanes: int, lane: int, limit: int) -> list[OutboxRow]:
         """Claim the free partitions of one lane for this transaction and read their oldest
         unsent events, in position order (within an aggregate: commit order)."""
-        rows = await tx.fetch("claim_events", CLAIM, lanes, lane, limit)
+        claimed = [
+            r["partition"]
+            for r in await tx.fetch("claim_partitions", CLAIM_PARTITIONS, lanes, lane)
+        ]
+        if not claimed:
+            return []
+        rows = await tx.fetch("unsent_events", UNSENT, claimed, limit)
         return [OutboxRow(r["position"], envelope(r), r["type"], r["id"]) for r in rows]
 
     async def mark_sent(self, tx: Tx, positions: list[int]) -> None:
